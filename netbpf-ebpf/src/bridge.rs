@@ -1,0 +1,118 @@
+//! The bridge fast path and network isolation for packets leaving a container.
+//!
+//! The decision is pure lookups in maps the controller keeps:
+//! - `ENDPOINT_IFACES[ingress ifindex]` says which network the sender is on;
+//! - `SUBNETS` (longest prefix) says which network owns the destination address;
+//! - `ENDPOINTS[(network, dst)]` says which veth leads to the destination container.
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    macros::map,
+    maps::{HashMap, LpmTrie, PerCpuHashMap, lpm_trie::Key},
+    programs::TcContext,
+};
+use netbpf_common::{
+    DropReason, EndpointCounters, EndpointIface, EndpointKey, EndpointTarget, IFACE_FLAG_INTERNAL,
+    IpAddrKey, MAX_ENDPOINTS, MAX_SUBNETS, SubnetInfo, SubnetKey,
+};
+use network_types::{
+    eth::{EthHdr, EtherType},
+    ip::Ipv4Hdr,
+};
+
+use crate::parse::{ensure_linear, ptr_at};
+
+#[map]
+static ENDPOINTS: HashMap<EndpointKey, EndpointTarget> = HashMap::pinned(MAX_ENDPOINTS, 0);
+
+#[map]
+static ENDPOINT_IFACES: HashMap<u32, EndpointIface> = HashMap::pinned(MAX_ENDPOINTS, 0);
+
+#[map]
+static SUBNETS: LpmTrie<SubnetKey, SubnetInfo> = LpmTrie::pinned(MAX_SUBNETS, 0);
+
+#[map]
+static COUNTERS: PerCpuHashMap<u32, EndpointCounters> = PerCpuHashMap::pinned(MAX_ENDPOINTS, 0);
+
+/// What to do with one packet from a container.
+pub enum Verdict {
+    /// Deliver straight into the peer of this host-side veth, with this destination MAC.
+    Redirect(EndpointTarget),
+    /// Hand it to the Linux bridge unchanged.
+    Pass,
+    Drop(DropReason),
+}
+
+/// Decides the fate of a packet that arrived from the container behind `ifindex`.
+#[inline(always)]
+pub fn decide(ctx: &TcContext, ifindex: u32, iface: &EndpointIface) -> Verdict {
+    if !ensure_linear(ctx, EthHdr::LEN + Ipv4Hdr::LEN) {
+        return Verdict::Pass;
+    }
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return Verdict::Pass;
+    };
+    // SAFETY: ptr_at checked that the header lies inside the packet.
+    let ether_type = unsafe { (*eth).ether_type };
+    if ether_type != EtherType::Ipv4 as u16 {
+        // ARP, IPv6 (not configured on netbpf networks yet) and the rest: the bridge's job.
+        return Verdict::Pass;
+    }
+    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN) else {
+        return Verdict::Pass;
+    };
+    // SAFETY: as above, bounds checked by ptr_at.
+    let dst = IpAddrKey::from_v4(unsafe { (*ip).dst_addr });
+
+    let owner = SUBNETS.get(Key::new(
+        IpAddrKey::V4_MAPPED_PREFIX_BITS + 32,
+        SubnetKey { addr: dst },
+    ));
+    let internal = iface.flags & IFACE_FLAG_INTERNAL != 0;
+    match owner {
+        Some(owner) if owner.network == iface.network => {
+            let key = EndpointKey { network: iface.network, addr: dst };
+            // SAFETY: the controller only replaces whole entries; a racing update yields
+            // either the old or the new target, both valid veths of this network.
+            match unsafe { ENDPOINTS.get(&key) } {
+                Some(target) if target.host_ifindex != ifindex => Verdict::Redirect(*target),
+                _ => Verdict::Pass,
+            }
+        }
+        // The gateway of another network is the host itself, which containers may reach.
+        Some(owner) if owner.gateway == dst && !internal => Verdict::Pass,
+        Some(_) => Verdict::Drop(DropReason::Isolation),
+        None if internal => Verdict::Drop(DropReason::Internal),
+        None => Verdict::Pass,
+    }
+}
+
+/// Looks up which network the veth `ifindex` belongs to; `None` for foreign interfaces.
+#[inline(always)]
+pub fn endpoint_iface(ifindex: u32) -> Option<EndpointIface> {
+    // SAFETY: entries are plain data replaced whole by the controller.
+    unsafe { ENDPOINT_IFACES.get(&ifindex).copied() }
+}
+
+/// Rewrites the destination MAC and hands the packet to the peer's namespace.
+#[inline(always)]
+pub fn redirect_to_peer(ctx: &TcContext, target: &EndpointTarget) -> i32 {
+    if ctx.store(0, &target.mac, 0).is_err() {
+        return TC_ACT_SHOT;
+    }
+    // SAFETY: bpf_redirect_peer only takes integers; an unknown or non-veth ifindex makes it
+    // return TC_ACT_SHOT, which the caller counts as a drop.
+    unsafe { aya_ebpf::helpers::generated::bpf_redirect_peer(target.host_ifindex, 0) as i32 }
+}
+
+/// Bumps this CPU's counters of the endpoint behind `ifindex`.
+#[inline(always)]
+pub fn count(ifindex: u32, update: impl FnOnce(&mut EndpointCounters)) {
+    if let Some(counters) = COUNTERS.get_ptr_mut(&ifindex) {
+        // SAFETY: a per-CPU map value is only touched by this CPU while the program runs.
+        update(unsafe { &mut *counters });
+    }
+}
+
+pub const PASS: i32 = TC_ACT_OK;
+pub const SHOT: i32 = TC_ACT_SHOT;

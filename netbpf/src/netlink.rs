@@ -1,0 +1,271 @@
+//! Typed netlink verbs over rtnetlink: bridges, veths, addresses, routes.
+//!
+//! [`Netlink::run`] opens a connection on a fresh thread (optionally inside a namespace) and
+//! hands the caller blocking methods; kernel errors come back with a hint of what they mean.
+
+use std::{
+    fs::File,
+    net::{IpAddr, Ipv4Addr},
+    os::fd::AsRawFd,
+};
+
+use futures::TryStreamExt as _;
+use ipnet::{IpNet, Ipv4Net};
+use rtnetlink::{
+    Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    packet_route::{
+        link::{LinkAttribute, LinkFlags, LinkMessage},
+        route::{RouteAddress, RouteAttribute},
+    },
+};
+use tokio::runtime::Runtime;
+
+use crate::netns::{self, NetnsError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("{op}: {hint}")]
+    Kernel { op: String, hint: String },
+    #[error("netlink: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+}
+
+/// What the daemon needs to know about one interface.
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mac: Option<[u8; 6]>,
+    pub controller: Option<u32>,
+    pub up: bool,
+}
+
+/// An IPv4 route of the main table, as far as overlap checks need it.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub destination: Ipv4Net,
+    pub oif: Option<u32>,
+}
+
+/// A netlink connection bound to the namespace of the thread that made it.
+pub struct Netlink {
+    runtime: Runtime,
+    handle: Handle,
+}
+
+impl Netlink {
+    /// Runs `work` with a connection in `ns`, or in the caller's namespace when `None`.
+    pub fn run<T: Send>(
+        ns: Option<&File>,
+        work: impl FnOnce(&Netlink) -> Result<T, NetlinkError> + Send,
+    ) -> Result<T, NetlinkError> {
+        let in_thread = || Netlink::connect().and_then(|nl| work(&nl));
+        match ns {
+            Some(ns) => netns::run_in(ns, in_thread)?,
+            None => netns::on_fresh_thread(in_thread)?,
+        }
+    }
+
+    fn connect() -> Result<Self, NetlinkError> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let handle = runtime.block_on(async {
+            let (connection, handle, _) = rtnetlink::new_connection()?;
+            tokio::spawn(connection);
+            Ok::<_, std::io::Error>(handle)
+        })?;
+        Ok(Self { runtime, handle })
+    }
+
+    fn block<T>(
+        &self,
+        op: impl FnOnce() -> String,
+        fut: impl Future<Output = Result<T, rtnetlink::Error>>,
+    ) -> Result<T, NetlinkError> {
+        self.runtime.block_on(fut).map_err(|e| kernel_error(op(), e))
+    }
+
+    pub fn link_by_name(&self, name: &str) -> Result<Option<Link>, NetlinkError> {
+        let request = self.handle.link().get().match_name(name.to_owned()).execute();
+        match self.runtime.block_on(request.try_next()) {
+            Ok(msg) => Ok(msg.map(link_from_message)),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(kernel_error(format!("looking up interface {name}"), e)),
+        }
+    }
+
+    pub fn links(&self) -> Result<Vec<Link>, NetlinkError> {
+        let request = self.handle.link().get().execute();
+        let msgs: Vec<LinkMessage> =
+            self.block(|| "listing interfaces".into(), request.try_collect())?;
+        Ok(msgs.into_iter().map(link_from_message).collect())
+    }
+
+    /// Looks up an interface that must exist.
+    pub fn link(&self, name: &str) -> Result<Link, NetlinkError> {
+        self.link_by_name(name)?.ok_or_else(|| NetlinkError::Kernel {
+            op: format!("looking up interface {name}"),
+            hint: "no such interface".into(),
+        })
+    }
+
+    pub fn create_bridge(&self, name: &str, mac: [u8; 6]) -> Result<Link, NetlinkError> {
+        let msg = LinkBridge::new(name).address(mac.to_vec()).up().build();
+        self.block(|| format!("creating bridge {name}"), self.handle.link().add(msg).execute())?;
+        self.link(name)
+    }
+
+    /// Creates a veth pair, both ends in this namespace, both down.
+    pub fn create_veth(&self, name: &str, peer: &str) -> Result<(), NetlinkError> {
+        let msg = LinkVeth::new(name, peer).build();
+        self.block(
+            || format!("creating veth pair {name}/{peer}"),
+            self.handle.link().add(msg).execute(),
+        )
+    }
+
+    fn set(&self, op: impl FnOnce() -> String, msg: LinkMessage) -> Result<(), NetlinkError> {
+        self.block(op, self.handle.link().set(msg).execute())
+    }
+
+    pub fn set_controller(&self, index: u32, controller: u32) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(index).controller(controller).build();
+        self.set(|| format!("attaching interface {index} to bridge {controller}"), msg)
+    }
+
+    pub fn set_up(&self, index: u32) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(index).up().build();
+        self.set(|| format!("bringing interface {index} up"), msg)
+    }
+
+    /// Moves an interface into the namespace `ns`.
+    pub fn move_to_netns(&self, index: u32, ns: &File) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(index).setns_by_fd(ns.as_raw_fd()).build();
+        self.set(|| format!("moving interface {index} into the container namespace"), msg)
+    }
+
+    /// Renames an interface and sets its MAC address (it must be down).
+    pub fn rename_with_mac(&self, index: u32, name: &str, mac: [u8; 6]) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(index).name(name.to_owned()).address(mac.to_vec()).build();
+        self.set(|| format!("renaming interface {index} to {name}"), msg)
+    }
+
+    pub fn add_address(&self, index: u32, addr: IpAddr, prefix: u8) -> Result<(), NetlinkError> {
+        self.block(
+            || format!("adding address {addr}/{prefix}"),
+            self.handle.address().add(index, addr, prefix).execute(),
+        )
+    }
+
+    pub fn add_default_route(&self, gateway: Ipv4Addr) -> Result<(), NetlinkError> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).build();
+        self.block(
+            || format!("adding default route via {gateway}"),
+            self.handle.route().add(msg).execute(),
+        )
+    }
+
+    pub fn delete_link(&self, index: u32) -> Result<(), NetlinkError> {
+        match self.runtime.block_on(self.handle.link().del(index).execute()) {
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(()),
+            other => other.map_err(|e| kernel_error(format!("deleting interface {index}"), e)),
+        }
+    }
+
+    pub fn routes_v4(&self) -> Result<Vec<Route>, NetlinkError> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let routes: Vec<_> = self.block(
+            || "listing routes".into(),
+            self.handle.route().get(msg).execute().try_collect(),
+        )?;
+        Ok(routes
+            .into_iter()
+            .filter_map(|r| {
+                let mut dst = Ipv4Addr::UNSPECIFIED;
+                let mut oif = None;
+                for attr in &r.attributes {
+                    match attr {
+                        RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = *a,
+                        RouteAttribute::Oif(i) => oif = Some(*i),
+                        _ => {}
+                    }
+                }
+                let destination = Ipv4Net::new(dst, r.header.destination_prefix_length).ok()?;
+                Some(Route { destination, oif })
+            })
+            .collect())
+    }
+
+    /// The interface of the IPv4 default route, if there is one.
+    pub fn default_route_link(&self) -> Result<Option<Link>, NetlinkError> {
+        let Some(oif) = self
+            .routes_v4()?
+            .into_iter()
+            .find(|r| r.destination.prefix_len() == 0)
+            .and_then(|r| r.oif)
+        else {
+            return Ok(None);
+        };
+        Ok(self.links()?.into_iter().find(|l| l.index == oif))
+    }
+
+    /// Addresses configured on any interface, for overlap checks.
+    pub fn addresses(&self) -> Result<Vec<IpNet>, NetlinkError> {
+        use rtnetlink::packet_route::address::AddressAttribute;
+        let msgs: Vec<_> = self.block(
+            || "listing addresses".into(),
+            self.handle.address().get().execute().try_collect(),
+        )?;
+        Ok(msgs
+            .into_iter()
+            .filter_map(|m| {
+                m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(ip) => IpNet::new(*ip, m.header.prefix_len).ok(),
+                    _ => None,
+                })
+            })
+            .collect())
+    }
+}
+
+fn link_from_message(msg: LinkMessage) -> Link {
+    let mut link = Link {
+        index: msg.header.index,
+        name: String::new(),
+        mac: None,
+        controller: None,
+        up: msg.header.flags.contains(LinkFlags::Up),
+    };
+    for attr in msg.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => link.name = n,
+            LinkAttribute::Address(a) if a.len() == 6 => {
+                link.mac = Some([a[0], a[1], a[2], a[3], a[4], a[5]])
+            }
+            LinkAttribute::Controller(c) => link.controller = Some(c),
+            _ => {}
+        }
+    }
+    link
+}
+
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(msg) => Some(-msg.raw_code()),
+        _ => None,
+    }
+}
+
+/// Turns a kernel error into "what we were doing: what it means".
+fn kernel_error(op: String, e: rtnetlink::Error) -> NetlinkError {
+    let hint = match errno(&e) {
+        Some(libc::EEXIST) => "it already exists".to_owned(),
+        Some(libc::ENODEV) => "no such interface".to_owned(),
+        Some(libc::EPERM) => "permission denied (the daemon must run as root)".to_owned(),
+        Some(libc::EADDRNOTAVAIL) => "address not available".to_owned(),
+        Some(code) => std::io::Error::from_raw_os_error(code).to_string(),
+        None => e.to_string(),
+    };
+    NetlinkError::Kernel { op, hint }
+}
