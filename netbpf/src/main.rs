@@ -1,1 +1,29 @@
-fn main(){}
+use clap::Parser as _;
+use netbpf::cli::{Cli, Command};
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let code = match cli.command {
+        Command::Daemon(args) => {
+            let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+            tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+            match runtime.block_on(netbpf::daemon::run(cli.socket, args)) {
+                Ok(()) => 0,
+                Err(error) => {
+                    eprintln!("Error: {error:#}");
+                    1
+                }
+            }
+        }
+        command => match runtime.block_on(netbpf::cli::run_client(cli.socket, command)) {
+            Ok(code) => code,
+            Err(error) => {
+                eprintln!("Error: {error}");
+                1
+            }
+        },
+    };
+    std::process::exit(code);
+}

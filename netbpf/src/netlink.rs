@@ -87,7 +87,7 @@ impl Netlink {
     }
 
     pub fn link_by_name(&self, name: &str) -> Result<Option<Link>, NetlinkError> {
-        let request = self.handle.link().get().match_name(name.to_owned()).execute();
+        let mut request = self.handle.link().get().match_name(name.to_owned()).execute();
         match self.runtime.block_on(request.try_next()) {
             Ok(msg) => Ok(msg.map(link_from_message)),
             Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
@@ -158,6 +158,14 @@ impl Netlink {
         )
     }
 
+    /// Like [`Self::add_address`], but an address that is already there is fine.
+    pub fn ensure_address(&self, index: u32, addr: IpAddr, prefix: u8) -> Result<(), NetlinkError> {
+        match self.runtime.block_on(self.handle.address().add(index, addr, prefix).execute()) {
+            Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
+            other => other.map_err(|e| kernel_error(format!("adding address {addr}/{prefix}"), e)),
+        }
+    }
+
     pub fn add_default_route(&self, gateway: Ipv4Addr) -> Result<(), NetlinkError> {
         let msg = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).build();
         self.block(
@@ -181,6 +189,9 @@ impl Netlink {
         )?;
         Ok(routes
             .into_iter()
+            // Only the main table: the local table lists every address of the host, which
+            // the overlap checks look at separately.
+            .filter(|r| r.header.table == libc::RT_TABLE_MAIN)
             .filter_map(|r| {
                 let mut dst = Ipv4Addr::UNSPECIFIED;
                 let mut oif = None;

@@ -1,0 +1,246 @@
+//! The daemon's local API: HTTP+JSON over a Unix socket, so `curl --unix-socket` works too.
+//!
+//! Routes (all JSON; errors are `{"message": "..."}` with 400, 404, 409 or 500):
+//!
+//! ```text
+//! GET    /info                           daemon, uplink, pin dir, program and map ids
+//! GET    /networks                       POST /networks                 (NetworkCreate)
+//! GET    /networks/{name}                DELETE /networks/{name}
+//! POST   /networks/{name}/connect        (ConnectRequest)
+//! POST   /networks/{name}/disconnect     (DisconnectRequest)
+//! POST   /networks/prune
+//! GET    /containers?all=true            POST /containers               (ContainerCreate)
+//! POST   /containers/attach              (AttachRequest)
+//! GET    /containers/{name}              DELETE /containers/{name}?force=true
+//! POST   /containers/{name}/start        POST /containers/{name}/stop?timeout=10
+//! POST   /containers/{name}/exec         (ExecRequest) -> ExecResponse
+//! POST   /containers/{name}/wait         -> WaitResponse
+//! GET    /containers/{name}/logs?follow=true    raw bytes, streamed while it runs
+//! GET    /stats                          per-endpoint counters from the BPF maps
+//! ```
+
+pub mod client;
+pub mod server;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// An error as the API reports it: an HTTP status and a one-line message.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub status: u16,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self { status: 400, message: message.into() }
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self { status: 404, message: message.into() }
+    }
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self { status: 409, message: message.into() }
+    }
+    pub fn internal(message: impl std::fmt::Display) -> Self {
+        Self { status: 500, message: message.to_string() }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NetworkCreate {
+    pub name: String,
+    pub driver: Option<String>,
+    pub subnet: Option<String>,
+    pub gateway: Option<String>,
+    pub ip_range: Option<String>,
+    #[serde(default)]
+    pub internal: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ConnectRequest {
+    pub container: String,
+    pub ip: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DisconnectRequest {
+    pub container: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ContainerCreate {
+    pub name: String,
+    pub cmd: Vec<String>,
+    /// `bridge` (default), a network name, `host`, `none` or `container:NAME`.
+    pub network: Option<String>,
+    pub ip: Option<String>,
+    /// Remove the container when it exits.
+    #[serde(default)]
+    pub auto_remove: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AttachRequest {
+    pub name: String,
+    pub pid: Option<i32>,
+    pub netns: Option<String>,
+    pub network: Option<String>,
+    pub ip: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ExecRequest {
+    pub cmd: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ExecResponse {
+    pub exit_code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WaitResponse {
+    /// `None` when the exit status is unknown (the process ended while the daemon was down,
+    /// or it was attached rather than started by the daemon).
+    pub exit_code: Option<i32>,
+}
+
+/// `netbpf network inspect`, shaped like `docker network inspect`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NetworkView {
+    pub name: String,
+    pub id: String,
+    pub created: String,
+    pub scope: String,
+    pub driver: String,
+    #[serde(rename = "EnableIPv6")]
+    pub enable_ipv6: bool,
+    #[serde(rename = "IPAM")]
+    pub ipam: IpamView,
+    pub internal: bool,
+    pub containers: BTreeMap<String, NetworkEndpointView>,
+    pub options: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct IpamView {
+    pub driver: String,
+    pub config: Vec<IpamConfigView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct IpamConfigView {
+    pub subnet: String,
+    pub gateway: String,
+    #[serde(rename = "IPRange", skip_serializing_if = "Option::is_none")]
+    pub ip_range: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NetworkEndpointView {
+    pub name: String,
+    #[serde(rename = "EndpointID")]
+    pub endpoint_id: String,
+    pub mac_address: String,
+    #[serde(rename = "IPv4Address")]
+    pub ipv4_address: String,
+    #[serde(rename = "IPv6Address")]
+    pub ipv6_address: String,
+}
+
+/// `netbpf inspect`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ContainerView {
+    pub id: String,
+    pub name: String,
+    pub created: String,
+    pub cmd: Vec<String>,
+    pub state: ContainerStateView,
+    pub network_mode: String,
+    /// The network namespace (`SandboxKey` in Docker).
+    pub sandbox_key: Option<String>,
+    pub networks: BTreeMap<String, ContainerEndpointView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ContainerStateView {
+    pub status: String,
+    pub running: bool,
+    pub pid: i32,
+    pub exit_code: Option<i32>,
+    /// `pid` or `netns` when the container was attached rather than started.
+    pub attached: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ContainerEndpointView {
+    #[serde(rename = "NetworkID")]
+    pub network_id: String,
+    #[serde(rename = "EndpointID")]
+    pub endpoint_id: String,
+    pub gateway: String,
+    #[serde(rename = "IPAddress")]
+    pub ip_address: String,
+    pub ip_prefix_len: u8,
+    pub mac_address: String,
+    /// Name inside the container.
+    pub interface: String,
+    /// The host-side veth, where the fast path is attached.
+    pub host_interface: String,
+    pub counters: Option<CountersView>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CountersView {
+    pub fast_packets: u64,
+    pub fast_bytes: u64,
+    pub passed_packets: u64,
+    pub passed_bytes: u64,
+    /// By drop reason name.
+    pub drops: BTreeMap<String, u64>,
+}
+
+/// One row of `netbpf stats`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EndpointStats {
+    pub container: String,
+    pub network: String,
+    pub interface: String,
+    pub host_interface: String,
+    #[serde(flatten)]
+    pub counters: CountersView,
+}
+
+/// One row of `netbpf ps`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ContainerSummary {
+    pub id: String,
+    pub name: String,
+    pub command: String,
+    pub status: String,
+    pub networks: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DaemonInfo {
+    pub version: String,
+    pub state_dir: String,
+    pub bpffs: String,
+    pub uplink: Option<String>,
+    pub program_ids: BTreeMap<String, u32>,
+    pub map_ids: BTreeMap<String, u32>,
+}

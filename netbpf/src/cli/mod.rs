@@ -1,0 +1,324 @@
+//! The command line: `netbpf daemon` and the client commands, mirroring Docker's verbs.
+
+mod output;
+
+use std::{io::Write as _, path::PathBuf};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use hyper::Method;
+
+use crate::{
+    api::{
+        AttachRequest, ConnectRequest, ContainerCreate, ContainerSummary, ContainerView,
+        DaemonInfo, DisconnectRequest, EndpointStats, ExecRequest, ExecResponse, NetworkCreate,
+        NetworkView, WaitResponse,
+        client::{Client, ClientError},
+    },
+    daemon::DaemonArgs,
+};
+
+pub const DEFAULT_SOCKET: &str = "/run/netbpf/netbpf.sock";
+
+#[derive(Parser, Debug)]
+#[command(name = "netbpf", version, about = "eBPF data plane for container networks")]
+pub struct Cli {
+    /// The daemon's API socket.
+    #[arg(long, global = true, env = "NETBPF_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the daemon (needs root): owns programs, maps, bridges, namespaces and state.
+    Daemon(DaemonArgs),
+    /// Manage networks.
+    #[command(subcommand)]
+    Network(NetworkCommand),
+    /// Start a container: a command in its own network and mount namespaces.
+    Run(RunArgs),
+    /// Wire a namespace someone else made (a process or a namespace file) into a network.
+    Attach(AttachArgs),
+    /// Run a command inside a running container's namespaces.
+    Exec {
+        name: String,
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// List containers.
+    Ps {
+        /// Show stopped containers too.
+        #[arg(short, long)]
+        all: bool,
+        /// Only ids.
+        #[arg(short, long)]
+        quiet: bool,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Show a container as JSON: namespace, pid, networks with IP/MAC/interface, counters.
+    Inspect { name: String },
+    /// Print a container's output.
+    Logs {
+        name: String,
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Stop containers (SIGTERM, then SIGKILL after --time seconds); releases their IPs.
+    Stop {
+        #[arg(short, long, default_value_t = 10)]
+        time: u64,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Start stopped containers again (they get addresses anew).
+    Start {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove containers.
+    Rm {
+        /// Stop running containers first.
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Per-endpoint counters read from the BPF maps.
+    Stats {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Show the daemon's settings and the ids of its BPF programs and maps.
+    Info,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NetworkCommand {
+    /// Create a bridge network.
+    Create {
+        #[arg(short, long, default_value = "bridge")]
+        driver: String,
+        #[arg(long)]
+        subnet: Option<String>,
+        #[arg(long)]
+        gateway: Option<String>,
+        #[arg(long)]
+        ip_range: Option<String>,
+        /// No traffic leaves the network's subnet.
+        #[arg(long)]
+        internal: bool,
+        name: String,
+    },
+    /// List networks.
+    Ls {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Show networks as JSON, like `docker network inspect`.
+    Inspect {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove networks (refused while containers use them).
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Connect a container to a network (a new interface, live if it runs).
+    Connect {
+        #[arg(long)]
+        ip: Option<String>,
+        network: String,
+        container: String,
+    },
+    /// Disconnect a container from a network.
+    Disconnect { network: String, container: String },
+    /// Remove all networks no container uses.
+    Prune,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Run in the background and print the container id.
+    #[arg(short, long)]
+    detach: bool,
+    /// Remove the container when it exits.
+    #[arg(long)]
+    rm: bool,
+    #[arg(long)]
+    name: String,
+    /// A network name, `bridge`, `host`, `none` or `container:NAME`.
+    #[arg(long)]
+    network: Option<String>,
+    #[arg(long)]
+    ip: Option<String>,
+    #[arg(last = true, required = true)]
+    cmd: Vec<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct AttachArgs {
+    #[arg(long)]
+    name: String,
+    #[arg(long, conflicts_with = "netns", required_unless_present = "netns")]
+    pid: Option<i32>,
+    #[arg(long)]
+    netns: Option<String>,
+    #[arg(long)]
+    network: Option<String>,
+    #[arg(long)]
+    ip: Option<String>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+/// Runs a client command; returns the process exit code.
+pub async fn run_client(socket: PathBuf, command: Command) -> Result<i32, ClientError> {
+    let client = Client::new(&socket);
+    let none = None::<&()>;
+    match command {
+        Command::Daemon(_) => unreachable!("handled by main"),
+        Command::Network(cmd) => return network(&client, cmd).await,
+        Command::Run(args) => return run(&client, args).await,
+        Command::Attach(args) => {
+            let req = AttachRequest {
+                name: args.name,
+                pid: args.pid,
+                netns: args.netns,
+                network: args.network,
+                ip: args.ip,
+            };
+            let view: ContainerView = client.call(Method::POST, "/containers/attach", Some(&req)).await?;
+            println!("{}", view.id);
+        }
+        Command::Exec { name, cmd } => {
+            let out: ExecResponse =
+                client.call(Method::POST, &format!("/containers/{name}/exec"), Some(&ExecRequest { cmd })).await?;
+            print!("{}", out.stdout);
+            eprint!("{}", out.stderr);
+            return Ok(out.exit_code);
+        }
+        Command::Ps { all, quiet, format } => {
+            let list: Vec<ContainerSummary> = client.get(&format!("/containers?all={all}")).await?;
+            output::containers(&list, quiet, format);
+        }
+        Command::Inspect { name } => {
+            let view: ContainerView = client.get(&format!("/containers/{name}")).await?;
+            output::json(&view);
+        }
+        Command::Logs { name, follow } => {
+            client
+                .stream(&format!("/containers/{name}/logs?follow={follow}"), |chunk| {
+                    let mut stdout = std::io::stdout().lock();
+                    let _ = stdout.write_all(chunk).and_then(|()| stdout.flush());
+                })
+                .await?;
+        }
+        Command::Stop { time, names } => {
+            for name in names {
+                client.call::<()>(Method::POST, &format!("/containers/{name}/stop?timeout={time}"), none).await?;
+                println!("{name}");
+            }
+        }
+        Command::Start { names } => {
+            for name in names {
+                client.call::<ContainerView>(Method::POST, &format!("/containers/{name}/start"), none).await?;
+                println!("{name}");
+            }
+        }
+        Command::Rm { force, names } => {
+            for name in names {
+                client.call::<()>(Method::DELETE, &format!("/containers/{name}?force={force}"), none).await?;
+                println!("{name}");
+            }
+        }
+        Command::Stats { format } => {
+            let stats: Vec<EndpointStats> = client.get("/stats").await?;
+            output::stats(&stats, format);
+        }
+        Command::Info => {
+            let info: DaemonInfo = client.get("/info").await?;
+            output::json(&info);
+        }
+    }
+    Ok(0)
+}
+
+async fn network(client: &Client, cmd: NetworkCommand) -> Result<i32, ClientError> {
+    let none = None::<&()>;
+    match cmd {
+        NetworkCommand::Create { driver, subnet, gateway, ip_range, internal, name } => {
+            let req = NetworkCreate { name, driver: Some(driver), subnet, gateway, ip_range, internal };
+            let view: NetworkView = client.call(Method::POST, "/networks", Some(&req)).await?;
+            println!("{}", view.id);
+        }
+        NetworkCommand::Ls { format } => {
+            let list: Vec<NetworkView> = client.get("/networks").await?;
+            output::networks(&list, format);
+        }
+        NetworkCommand::Inspect { names } => {
+            let mut views = vec![];
+            for name in names {
+                views.push(client.get::<NetworkView>(&format!("/networks/{name}")).await?);
+            }
+            output::json(&views);
+        }
+        NetworkCommand::Rm { names } => {
+            for name in names {
+                client.call::<()>(Method::DELETE, &format!("/networks/{name}"), none).await?;
+                println!("{name}");
+            }
+        }
+        NetworkCommand::Connect { ip, network, container } => {
+            let req = ConnectRequest { container, ip };
+            client.call::<()>(Method::POST, &format!("/networks/{network}/connect"), Some(&req)).await?;
+        }
+        NetworkCommand::Disconnect { network, container } => {
+            let req = DisconnectRequest { container };
+            client.call::<()>(Method::POST, &format!("/networks/{network}/disconnect"), Some(&req)).await?;
+        }
+        NetworkCommand::Prune => {
+            let removed: Vec<String> = client.call(Method::POST, "/networks/prune", none).await?;
+            for name in removed {
+                println!("{name}");
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// `run`: with `-d`, print the id; otherwise follow the output and exit with the
+/// command's status. For attached `--rm` runs the client removes the container after reading
+/// the status, so a fast command's output and status are never lost to an early removal.
+async fn run(client: &Client, args: RunArgs) -> Result<i32, ClientError> {
+    let req = ContainerCreate {
+        name: args.name,
+        cmd: args.cmd,
+        network: args.network,
+        ip: args.ip,
+        auto_remove: args.rm && args.detach,
+    };
+    let view: ContainerView = client.call(Method::POST, "/containers", Some(&req)).await?;
+    if args.detach {
+        println!("{}", view.id);
+        return Ok(0);
+    }
+    client
+        .stream(&format!("/containers/{}/logs?follow=true", view.id), |chunk| {
+            let mut stdout = std::io::stdout().lock();
+            let _ = stdout.write_all(chunk).and_then(|()| stdout.flush());
+        })
+        .await?;
+    let wait: WaitResponse =
+        client.call(Method::POST, &format!("/containers/{}/wait", view.id), None::<&()>).await?;
+    if args.rm {
+        client.call::<()>(Method::DELETE, &format!("/containers/{}", view.id), None::<&()>).await?;
+    }
+    Ok(wait.exit_code.unwrap_or(255))
+}

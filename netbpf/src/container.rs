@@ -1,0 +1,170 @@
+//! Container processes: start one inside a namespace, watch it exit, signal it, run `exec`.
+//!
+//! A container is a process tree in its own session (so one signal reaches the whole tree),
+//! in a network namespace chosen by the controller and in a mount namespace of its own (so
+//! per-container `/etc/resolv.conf` and `/etc/hosts` can be bind-mounted later).
+
+use std::{
+    ffi::CString,
+    fs::File,
+    io,
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::{ffi::OsStrExt, process::CommandExt, process::ExitStatusExt},
+    },
+    path::Path,
+    process::{Child, Command, ExitStatus, Stdio},
+};
+
+/// Everything `pre_exec` needs, prepared before `fork` so the child does not allocate.
+struct ChildSetup {
+    netns: Option<File>,
+    /// Another process's mount namespace to enter (for `exec`); else a fresh copy is made.
+    mntns: Option<File>,
+    /// Directory of the daemon's namespace bind mounts, dropped from the child's copy of the
+    /// mount table so that it does not keep other containers' namespaces alive.
+    netns_dir: CString,
+    new_session: bool,
+}
+
+impl ChildSetup {
+    /// Runs in the forked child, before exec: only async-signal-safe calls.
+    fn apply(&self) -> io::Result<()> {
+        // SAFETY: plain syscalls on fds and a C string owned by `self`, which outlives the
+        // call; no allocation, no locks, as required between fork and exec.
+        unsafe {
+            if self.new_session && libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if let Some(ns) = &self.netns {
+                if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            if let Some(ns) = &self.mntns {
+                if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNS) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                return Ok(());
+            }
+            if libc::unshare(libc::CLONE_NEWNS) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let root = c"/";
+            let flags = libc::MS_REC | libc::MS_PRIVATE;
+            if libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), flags, std::ptr::null())
+                < 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            // Not fatal: the directory may not be a mount point (then there is nothing to drop).
+            libc::umount2(self.netns_dir.as_ptr(), libc::MNT_DETACH);
+        }
+        Ok(())
+    }
+}
+
+fn c_path(path: &Path) -> CString {
+    CString::new(path.as_os_str().as_bytes()).unwrap_or_default()
+}
+
+/// Starts `cmd` in the namespace `netns` (the daemon's own when `None`), output to `log`.
+pub fn spawn(cmd: &[String], netns: Option<&Path>, log: &Path, netns_dir: &Path) -> io::Result<Child> {
+    let (program, args) = cmd.split_first().ok_or_else(|| io::Error::other("empty command"))?;
+    let setup = ChildSetup {
+        netns: netns.map(File::open).transpose()?,
+        mntns: None,
+        netns_dir: c_path(netns_dir),
+        new_session: true,
+    };
+    let out = File::options().create(true).append(true).open(log)?;
+    let mut command = Command::new(program);
+    command.args(args).stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
+    // SAFETY: `apply` makes only async-signal-safe syscalls (see its comment).
+    unsafe { command.pre_exec(move || setup.apply()) };
+    command.spawn()
+}
+
+/// What `exec` returns: the command's status and its captured output.
+pub struct ExecOutput {
+    pub exit_code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+/// Runs `cmd` to completion inside a container's namespaces: its network namespace and, if
+/// its process is alive, its mount namespace too.
+pub fn exec(
+    cmd: &[String],
+    netns: Option<&Path>,
+    pid: Option<i32>,
+    netns_dir: &Path,
+) -> io::Result<ExecOutput> {
+    let (program, args) = cmd.split_first().ok_or_else(|| io::Error::other("empty command"))?;
+    let mntns = pid.and_then(|pid| File::open(format!("/proc/{pid}/ns/mnt")).ok());
+    let setup = ChildSetup {
+        netns: netns.map(File::open).transpose()?,
+        mntns,
+        netns_dir: c_path(netns_dir),
+        new_session: false,
+    };
+    let mut command = Command::new(program);
+    command.args(args).stdin(Stdio::null());
+    // SAFETY: as in `spawn`.
+    unsafe { command.pre_exec(move || setup.apply()) };
+    let output = command.output()?;
+    Ok(ExecOutput { exit_code: exit_code(output.status), stdout: output.stdout, stderr: output.stderr })
+}
+
+/// The shell convention: the exit code, or 128 + the signal that killed it.
+pub fn exit_code(status: ExitStatus) -> i32 {
+    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+/// Sends `signal` to the container's whole process group (its session leader is `pid`).
+pub fn signal_group(pid: i32, signal: libc::c_int) {
+    // SAFETY: kill(2) with a negative pid targets a process group; no memory is involved.
+    unsafe { libc::kill(-pid, signal) };
+}
+
+/// Field 22 of /proc/PID/stat: when the process started, in clock ticks since boot.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may contain spaces: skip past it.
+    let after_comm = &stat[stat.rfind(')')? + 2..];
+    after_comm.split(' ').nth(19)?.parse().ok()
+}
+
+/// Whether `pid` is still the process that had `start` as its start time.
+pub fn is_same_process(pid: i32, start: Option<u64>) -> bool {
+    match (start_time(pid), start) {
+        (Some(now), Some(then)) => now == then,
+        (Some(_), None) => true,
+        (None, _) => false,
+    }
+}
+
+/// Blocks until `pid` exits, for processes that are not our children (after a daemon
+/// restart, or attached with `--pid`) and so cannot be waited for. Uses a pidfd, which
+/// becomes readable when the process exits.
+pub fn wait_foreign(pid: i32) -> io::Result<()> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let mut pollfd = libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    loop {
+        // SAFETY: one valid pollfd, count 1, no timeout.
+        let n = unsafe { libc::poll(&mut pollfd, 1, -1) };
+        if n > 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}

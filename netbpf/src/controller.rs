@@ -1,0 +1,1138 @@
+//! The controller: every change to networks and containers goes through here, in order,
+//! under one lock. Each operation validates everything first, then changes the kernel, and
+//! on failure undoes what it did, so a refused request leaves nothing behind. State is saved
+//! after every change.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, VecDeque},
+    fs::File,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    str::FromStr,
+};
+
+use ipnet::Ipv4Net;
+use netbpf_common::{DropReason, EndpointCounters, EndpointIface, EndpointTarget, IFACE_FLAG_INTERNAL};
+use tokio::sync::{mpsc, watch};
+
+use crate::{
+    api::{
+        ApiError, AttachRequest, ConnectRequest, ContainerCreate, ContainerEndpointView,
+        ContainerStateView, ContainerSummary, ContainerView, CountersView, DaemonInfo,
+        DisconnectRequest, EndpointStats, NetworkCreate, NetworkView,
+    },
+    container,
+    datapath::{self, Datapath, Desired},
+    endpoint,
+    ipam::{self, Pool, format_mac},
+    netlink::Netlink,
+    netns,
+    network::{self, DEFAULT_BRIDGE, DEFAULT_NETWORK},
+    state::{
+        AttachedTo, ContainerRecord, EndpointRecord, NetworkMode, NetworkRecord, NetworkRequest,
+        State, Status, Store, now_rfc3339, random_id,
+    },
+};
+
+/// What the daemon was started with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub state_dir: PathBuf,
+    pub bpffs: PathBuf,
+    pub uplink: Option<String>,
+    pub default_subnet: Ipv4Net,
+}
+
+impl Config {
+    pub fn netns_dir(&self) -> PathBuf {
+        self.state_dir.join("netns")
+    }
+    pub fn log_path(&self, id: &str) -> PathBuf {
+        self.state_dir.join("containers").join(id).join("log")
+    }
+}
+
+/// A container's process ended. `code` is `None` when it was not our child (after a
+/// restart, or attached) and so its status cannot be known.
+#[derive(Debug)]
+pub struct ExitEvent {
+    pub id: String,
+    pub pid: i32,
+    pub code: Option<i32>,
+}
+
+/// What `wait` finds: an exit status now, or a channel that will carry it.
+pub enum WaitFor {
+    Exited(Option<i32>),
+    Running(watch::Receiver<Option<Option<i32>>>),
+}
+
+/// How many exit statuses of auto-removed containers to remember for late `wait` calls.
+const FINISHED_KEPT: usize = 256;
+
+type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+pub struct Controller {
+    config: Config,
+    store: Store,
+    state: State,
+    datapath: Datapath,
+    /// Where watcher threads report exits; the daemon feeds them back to `on_exit`.
+    exits: mpsc::UnboundedSender<ExitEvent>,
+    /// Per running container id: `None` until it exits, then `Some(exit code)`.
+    exit_watches: BTreeMap<String, watch::Sender<Option<Option<i32>>>>,
+    /// Exit codes of auto-removed containers, by id, for `wait` calls that come late.
+    finished: VecDeque<(String, Option<i32>)>,
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::internal(e)
+}
+
+fn parse<T: FromStr>(what: &str, value: &str) -> Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    value.parse().map_err(|e| ApiError::bad_request(format!("invalid {what} {value:?}: {e}")))
+}
+
+fn parse_opt<T: FromStr>(what: &str, value: Option<&str>) -> Result<Option<T>>
+where
+    T::Err: std::fmt::Display,
+{
+    value.map(|v| parse(what, v)).transpose()
+}
+
+impl Controller {
+    /// Loads state and programs, reconciles them with the kernel, and makes sure the default
+    /// network exists.
+    pub fn start(config: Config, exits: mpsc::UnboundedSender<ExitEvent>) -> anyhow::Result<Self> {
+        let store = Store::new(&config.state_dir);
+        let state = store.load()?;
+        let datapath = Datapath::load(&config.bpffs)?;
+        let mut ctl = Self {
+            config,
+            store,
+            state,
+            datapath,
+            exits,
+            exit_watches: BTreeMap::new(),
+            finished: VecDeque::new(),
+        };
+        ctl.reconcile()?;
+        if !ctl.state.networks.contains_key(DEFAULT_NETWORK) {
+            let subnet = ctl.config.default_subnet;
+            ctl.create_network(DEFAULT_NETWORK, DEFAULT_BRIDGE.to_owned(), subnet, None, None, false)
+                .map_err(|e| anyhow::anyhow!("default network: {e}"))?;
+        }
+        Ok(ctl)
+    }
+
+    fn save(&self) -> Result<()> {
+        self.store.save(&self.state).map_err(internal)
+    }
+
+    // ---- networks ------------------------------------------------------------------------
+
+    fn network(&self, name: &str) -> Result<&NetworkRecord> {
+        self.state
+            .networks
+            .get(name)
+            .or_else(|| {
+                // Docker also accepts a unique id prefix.
+                let mut hits = self.state.networks.values().filter(|n| n.id.starts_with(name));
+                match (hits.next(), hits.next()) {
+                    (Some(n), None) if !name.is_empty() => Some(n),
+                    _ => None,
+                }
+            })
+            .ok_or_else(|| ApiError::not_found(format!("network {name} not found")))
+    }
+
+    fn bridge_names(&self) -> Vec<String> {
+        self.state.networks.values().map(|n| n.bridge.clone()).collect()
+    }
+
+    pub fn network_create(&mut self, req: NetworkCreate) -> Result<NetworkView> {
+        network::validate_name("network", &req.name)?;
+        if network::RESERVED_NAMES.contains(&req.name.as_str()) || req.name == DEFAULT_NETWORK {
+            return Err(ApiError::conflict(format!(
+                "network name {} is reserved for a network mode",
+                req.name
+            )));
+        }
+        if self.state.networks.contains_key(&req.name) {
+            return Err(ApiError::conflict(format!("network with name {} already exists", req.name)));
+        }
+        match req.driver.as_deref().unwrap_or("bridge") {
+            "bridge" => {}
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "driver {other:?} is not supported: use bridge"
+                )));
+            }
+        }
+        let subnet: Option<Ipv4Net> = parse_opt("subnet", req.subnet.as_deref())?;
+        let gateway: Option<Ipv4Addr> = parse_opt("gateway", req.gateway.as_deref())?;
+        let ip_range: Option<Ipv4Net> = parse_opt("ip range", req.ip_range.as_deref())?;
+        if subnet.is_none() && (gateway.is_some() || ip_range.is_some()) {
+            return Err(ApiError::bad_request("--gateway and --ip-range need --subnet"));
+        }
+        let subnet = match subnet {
+            Some(subnet) => subnet,
+            None => {
+                let mut taken = network::host_subnets(&self.bridge_names()).map_err(internal)?;
+                taken.extend(self.state.networks.values().map(|n| n.subnet));
+                ipam::free_subnet(network::user_pool(), network::USER_PREFIX_LEN, &taken)
+                    .ok_or_else(|| {
+                        ApiError::conflict(format!(
+                            "no free /{} left in the address pool {}: give --subnet",
+                            network::USER_PREFIX_LEN,
+                            network::user_pool()
+                        ))
+                    })?
+            }
+        };
+        let id = random_id();
+        self.create_network(&req.name, network::bridge_name(&id), subnet, gateway, ip_range, req.internal)?;
+        self.network_inspect(&req.name)
+    }
+
+    /// Validates, creates the bridge, programs the subnet, records the network.
+    fn create_network(
+        &mut self,
+        name: &str,
+        bridge: String,
+        subnet: Ipv4Net,
+        gateway: Option<Ipv4Addr>,
+        ip_range: Option<Ipv4Net>,
+        is_internal: bool,
+    ) -> Result<()> {
+        let pool = Pool::new(subnet, gateway, ip_range).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        if let Some(other) = self.state.networks.values().find(|n| ipam::overlaps(n.subnet, pool.subnet)) {
+            return Err(ApiError::conflict(format!(
+                "subnet {} overlaps network {} ({})",
+                pool.subnet, other.name, other.subnet
+            )));
+        }
+        let host = network::host_subnets(&self.bridge_names()).map_err(internal)?;
+        if let Some(route) = host.iter().find(|r| ipam::overlaps(**r, pool.subnet)) {
+            return Err(ApiError::conflict(format!(
+                "subnet {} overlaps {route}, which the host already routes: choose another subnet",
+                pool.subnet
+            )));
+        }
+        let record = NetworkRecord {
+            id: random_id(),
+            name: name.to_owned(),
+            driver: "bridge".into(),
+            subnet: pool.subnet,
+            gateway: pool.gateway,
+            ip_range: pool.range,
+            internal: is_internal,
+            index: self.state.next_network_index,
+            bridge,
+            created: now_rfc3339(),
+        };
+        let undo = |record: &NetworkRecord, dp: &mut Datapath| {
+            dp.remove_subnet(record.subnet);
+            network::delete_bridge(record);
+        };
+        if let Err(e) = network::ensure_bridge(&record) {
+            undo(&record, &mut self.datapath);
+            return Err(internal(e));
+        }
+        if let Err(e) = self.datapath.set_subnet(record.subnet, network::subnet_info(&record)) {
+            undo(&record, &mut self.datapath);
+            return Err(internal(e));
+        }
+        self.state.next_network_index += 1;
+        self.state.networks.insert(name.to_owned(), record.clone());
+        if let Err(e) = self.save() {
+            self.state.networks.remove(name);
+            undo(&record, &mut self.datapath);
+            return Err(e);
+        }
+        tracing::info!(network = name, subnet = %record.subnet, bridge = record.bridge, "network created");
+        Ok(())
+    }
+
+    pub fn network_list(&self) -> Vec<NetworkView> {
+        self.state
+            .networks
+            .values()
+            .map(|n| network::view(n, self.state.containers.values()))
+            .collect()
+    }
+
+    pub fn network_inspect(&self, name: &str) -> Result<NetworkView> {
+        let record = self.network(name)?;
+        Ok(network::view(record, self.state.containers.values()))
+    }
+
+    pub fn network_remove(&mut self, name: &str) -> Result<()> {
+        let record = self.network(name)?.clone();
+        if record.name == DEFAULT_NETWORK {
+            return Err(ApiError::conflict("bridge is the default network and cannot be removed"));
+        }
+        let users: Vec<&str> = self
+            .state
+            .containers
+            .values()
+            .filter(|c| c.networks.iter().any(|r| r.network == record.name))
+            .map(|c| c.name.as_str())
+            .collect();
+        if !users.is_empty() {
+            return Err(ApiError::conflict(format!(
+                "network {} has containers attached: {} (disconnect or remove them first)",
+                record.name,
+                users.join(", ")
+            )));
+        }
+        self.state.networks.remove(&record.name);
+        self.save()?;
+        self.datapath.remove_subnet(record.subnet);
+        network::delete_bridge(&record);
+        tracing::info!(network = record.name, "network removed");
+        Ok(())
+    }
+
+    /// Removes every user-defined network no container uses; returns their names.
+    pub fn network_prune(&mut self) -> Result<Vec<String>> {
+        let unused: Vec<String> = self
+            .state
+            .networks
+            .keys()
+            .filter(|name| *name != DEFAULT_NETWORK)
+            .filter(|name| {
+                !self.state.containers.values().any(|c| c.networks.iter().any(|r| &r.network == *name))
+            })
+            .cloned()
+            .collect();
+        for name in &unused {
+            self.network_remove(name)?;
+        }
+        Ok(unused)
+    }
+
+    pub fn network_connect(&mut self, name: &str, req: ConnectRequest) -> Result<()> {
+        let net = self.network(name)?.clone();
+        let ip: Option<Ipv4Addr> = parse_opt("IP address", req.ip.as_deref())?;
+        let c = self.container(&req.container)?.clone();
+        if c.mode != NetworkMode::Bridge {
+            return Err(ApiError::conflict(format!(
+                "container {} uses network mode {}: it cannot join networks",
+                c.name,
+                mode_name(&c.mode)
+            )));
+        }
+        if c.networks.iter().any(|r| r.network == net.name) {
+            return Err(ApiError::conflict(format!(
+                "container {} is already connected to network {}",
+                c.name, net.name
+            )));
+        }
+        check_fixed_ip_allowed(&net, ip)?;
+        let request = NetworkRequest { network: net.name.clone(), ip };
+        if c.is_running() {
+            let ns = self.open_netns(&c)?;
+            let ep = self.add_endpoint(&c, &ns, &net, ip)?;
+            let record = self.state.containers.get_mut(&c.name).expect("exists");
+            record.endpoints.push(ep);
+        }
+        let record = self.state.containers.get_mut(&c.name).expect("exists");
+        record.networks.push(request);
+        self.save()
+    }
+
+    pub fn network_disconnect(&mut self, name: &str, req: DisconnectRequest) -> Result<()> {
+        let net = self.network(name)?.clone();
+        let c = self.container(&req.container)?.clone();
+        if !c.networks.iter().any(|r| r.network == net.name) {
+            return Err(ApiError::conflict(format!(
+                "container {} is not connected to network {}",
+                c.name, net.name
+            )));
+        }
+        for ep in c.endpoints.iter().filter(|ep| ep.network == net.name) {
+            self.remove_endpoint(ep);
+        }
+        let record = self.state.containers.get_mut(&c.name).expect("exists");
+        record.endpoints.retain(|ep| ep.network != net.name);
+        record.networks.retain(|r| r.network != net.name);
+        self.save()
+    }
+
+    // ---- endpoints -----------------------------------------------------------------------
+
+    fn in_use(&self, network: &str) -> BTreeSet<Ipv4Addr> {
+        self.state
+            .containers
+            .values()
+            .flat_map(|c| &c.endpoints)
+            .filter(|ep| ep.network == network)
+            .map(|ep| ep.ip)
+            .collect()
+    }
+
+    /// Allocates an address and wires a new interface for `c` into `ns`, fast path included.
+    fn add_endpoint(
+        &mut self,
+        c: &ContainerRecord,
+        ns: &File,
+        net: &NetworkRecord,
+        ip: Option<Ipv4Addr>,
+    ) -> Result<EndpointRecord> {
+        let pool = Pool { subnet: net.subnet, gateway: net.gateway, range: net.ip_range };
+        let ip = pool
+            .allocate(&self.in_use(&net.name), ip)
+            .map_err(|e| ApiError::conflict(format!("network {}: {e}", net.name)))?;
+        let id = random_id();
+        let ifname = (0..)
+            .map(|i| format!("eth{i}"))
+            .find(|n| !c.endpoints.iter().any(|ep| &ep.ifname == n))
+            .expect("unbounded");
+        let ep = EndpointRecord {
+            network: net.name.clone(),
+            host_veth: endpoint::host_veth_name(&id),
+            id,
+            ip,
+            mac: ipam::mac_for(ip),
+            ifname,
+            host_ifindex: 0,
+        };
+        let host_ifindex = endpoint::wire(ns, net, &ep).map_err(internal)?;
+        let ep = EndpointRecord { host_ifindex, ..ep };
+        if let Err(e) = self.install_endpoint(net, &ep) {
+            self.remove_endpoint(&ep);
+            return Err(internal(e));
+        }
+        tracing::info!(container = c.name, network = net.name, %ip, veth = ep.host_veth, "endpoint up");
+        Ok(ep)
+    }
+
+    /// Attaches the fast path to the endpoint's veth and publishes it in the maps.
+    fn install_endpoint(&mut self, net: &NetworkRecord, ep: &EndpointRecord) -> Result<(), datapath::DatapathError> {
+        self.datapath.attach(&ep.host_veth)?;
+        let flags = if net.internal { IFACE_FLAG_INTERNAL } else { 0 };
+        self.datapath.set_iface(ep.host_ifindex, EndpointIface { network: net.index, flags })?;
+        self.datapath.set_endpoint(net.index, ep.ip, endpoint_target(ep))
+    }
+
+    /// Takes an endpoint out of the maps, then deletes its veth; never fails half-way.
+    fn remove_endpoint(&mut self, ep: &EndpointRecord) {
+        if let Some(net) = self.state.networks.get(&ep.network) {
+            self.datapath.remove_endpoint(net.index, ep.ip);
+        }
+        self.datapath.remove_iface(ep.host_ifindex);
+        self.datapath.detach(&ep.host_veth);
+        endpoint::unwire(&ep.host_veth);
+    }
+
+    // ---- containers ----------------------------------------------------------------------
+
+    fn container(&self, key: &str) -> Result<&ContainerRecord> {
+        self.state
+            .containers
+            .get(key)
+            .or_else(|| {
+                let mut hits = self.state.containers.values().filter(|c| c.id.starts_with(key));
+                match (hits.next(), hits.next()) {
+                    (Some(c), None) if !key.is_empty() => Some(c),
+                    _ => None,
+                }
+            })
+            .ok_or_else(|| ApiError::not_found(format!("no such container: {key}")))
+    }
+
+    /// The network namespace of a running container, opened.
+    fn open_netns(&self, c: &ContainerRecord) -> Result<File> {
+        let path = self.netns_path_of(c).ok_or_else(|| {
+            ApiError::conflict(format!("container {} has no network namespace of its own", c.name))
+        })?;
+        netns::open(&path).map_err(internal)
+    }
+
+    /// Where the container's network namespace can be opened: its process's, if alive,
+    /// otherwise the recorded path. `None` means the daemon's own namespace (host mode).
+    fn netns_path_of(&self, c: &ContainerRecord) -> Option<PathBuf> {
+        if let Some(pid) = c.pid.filter(|pid| container::is_same_process(*pid, c.pid_start_time)) {
+            if c.mode != NetworkMode::Host {
+                return Some(PathBuf::from(format!("/proc/{pid}/ns/net")));
+            }
+        }
+        c.netns.clone()
+    }
+
+    fn parse_mode(&self, network: Option<&str>, ip: Option<Ipv4Addr>) -> Result<(NetworkMode, Vec<NetworkRequest>)> {
+        let network = network.unwrap_or(DEFAULT_NETWORK);
+        let plain = |mode| {
+            if ip.is_some() {
+                return Err(ApiError::bad_request(format!("--ip cannot be used with --network {network}")));
+            }
+            Ok((mode, vec![]))
+        };
+        match network {
+            "host" => plain(NetworkMode::Host),
+            "none" => plain(NetworkMode::None),
+            _ => {
+                if let Some(target) = network.strip_prefix("container:") {
+                    let target = self.container(target)?;
+                    if !matches!(target.mode, NetworkMode::Bridge | NetworkMode::None | NetworkMode::Host) {
+                        return Err(ApiError::bad_request(format!(
+                            "container {} itself shares another container's namespace: join that one",
+                            target.name
+                        )));
+                    }
+                    return plain(NetworkMode::Container(target.name.clone()));
+                }
+                let net = self.network(network)?;
+                check_fixed_ip_allowed(net, ip)?;
+                Ok((NetworkMode::Bridge, vec![NetworkRequest { network: net.name.clone(), ip }]))
+            }
+        }
+    }
+
+    fn check_new_container_name(&self, name: &str) -> Result<()> {
+        network::validate_name("container", name)?;
+        if let Some(c) = self.state.containers.get(name) {
+            return Err(ApiError::conflict(format!(
+                "container name {name} is already in use by container {}: remove it or choose another name",
+                &c.id[..12]
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn container_create(&mut self, req: ContainerCreate) -> Result<ContainerView> {
+        self.check_new_container_name(&req.name)?;
+        if req.cmd.is_empty() {
+            return Err(ApiError::bad_request("no command given: netbpf run --name NAME -- CMD [ARGS...]"));
+        }
+        let ip: Option<Ipv4Addr> = parse_opt("IP address", req.ip.as_deref())?;
+        let (mode, networks) = self.parse_mode(req.network.as_deref(), ip)?;
+        let record = ContainerRecord {
+            id: random_id(),
+            name: req.name.clone(),
+            cmd: req.cmd,
+            mode,
+            networks,
+            endpoints: vec![],
+            status: Status::Created,
+            pid: None,
+            pid_start_time: None,
+            exit_code: None,
+            netns: None,
+            attached: None,
+            auto_remove: req.auto_remove,
+            created: now_rfc3339(),
+        };
+        let log = self.config.log_path(&record.id);
+        std::fs::create_dir_all(log.parent().expect("has parent")).map_err(internal)?;
+        self.state.containers.insert(record.name.clone(), record.clone());
+        if let Err(e) = self.start_container(&record.name) {
+            self.state.containers.remove(&record.name);
+            let _ = std::fs::remove_dir_all(log.parent().expect("has parent"));
+            return Err(e);
+        }
+        self.container_inspect(&record.name)
+    }
+
+    pub fn container_start(&mut self, key: &str) -> Result<ContainerView> {
+        let c = self.container(key)?.clone();
+        if c.is_running() {
+            return Err(ApiError::conflict(format!("container {} is already running", c.name)));
+        }
+        if c.attached.is_some() {
+            return Err(ApiError::conflict(format!(
+                "container {} was attached, not started by netbpf: attach it again",
+                c.name
+            )));
+        }
+        self.start_container(&c.name)?;
+        self.container_inspect(&c.name)
+    }
+
+    /// Makes the namespace, wires the endpoints, starts the process; undoes it all on error.
+    fn start_container(&mut self, name: &str) -> Result<()> {
+        let c = self.state.containers.get(name).expect("caller checked").clone();
+        let own_netns = self.config.netns_dir().join(&c.id);
+        let netns_path = match &c.mode {
+            NetworkMode::Host => None,
+            NetworkMode::Bridge | NetworkMode::None => {
+                netns::remove_persistent(&own_netns);
+                netns::create_persistent(&own_netns).map_err(internal)?;
+                Some(own_netns.clone())
+            }
+            NetworkMode::Container(target) => {
+                let target = self.container(target)?;
+                if !target.is_running() {
+                    return Err(ApiError::conflict(format!(
+                        "cannot join the namespace of container {}: it is not running",
+                        target.name
+                    )));
+                }
+                self.netns_path_of(target)
+            }
+        };
+        let mut endpoints = vec![];
+        let result = (|| -> Result<std::process::Child> {
+            if let Some(path) = &netns_path {
+                if c.mode == NetworkMode::None || c.mode == NetworkMode::Bridge {
+                    let ns = netns::open(path).map_err(internal)?;
+                    endpoint::loopback_up(&ns).map_err(internal)?;
+                    for req in &c.networks {
+                        let net = self.network(&req.network).map_err(|_| {
+                            ApiError::not_found(format!(
+                                "network {} of container {} no longer exists: disconnect it",
+                                req.network, c.name
+                            ))
+                        })?;
+                        let net = net.clone();
+                        let view = ContainerRecord { endpoints: endpoints.clone(), ..c.clone() };
+                        endpoints.push(self.add_endpoint(&view, &ns, &net, req.ip)?);
+                    }
+                }
+            }
+            container::spawn(&c.cmd, netns_path.as_deref(), &self.config.log_path(&c.id), &self.config.netns_dir())
+                .map_err(|e| ApiError::bad_request(format!("cannot start {:?}: {e}", c.cmd[0])))
+        })();
+        let child = match result {
+            Ok(child) => child,
+            Err(e) => {
+                for ep in &endpoints {
+                    self.remove_endpoint(ep);
+                }
+                if c.mode == NetworkMode::Bridge || c.mode == NetworkMode::None {
+                    netns::remove_persistent(&own_netns);
+                }
+                return Err(e);
+            }
+        };
+        let pid = child.id() as i32;
+        let record = self.state.containers.get_mut(name).expect("exists");
+        record.endpoints = endpoints;
+        record.status = Status::Running;
+        record.pid = Some(pid);
+        record.pid_start_time = container::start_time(pid);
+        record.exit_code = None;
+        record.netns = netns_path;
+        let id = record.id.clone();
+        self.exit_watches.insert(id.clone(), watch::channel(None).0);
+        let exits = self.exits.clone();
+        std::thread::spawn(move || {
+            let mut child = child;
+            let code = child.wait().ok().map(container::exit_code);
+            let _ = exits.send(ExitEvent { id, pid, code });
+        });
+        tracing::info!(container = name, pid, "container started");
+        self.save()
+    }
+
+    /// Watches a process that is not our child, reporting its exit like a child's.
+    fn watch_foreign(&mut self, id: &str, pid: i32) {
+        self.exit_watches.insert(id.to_owned(), watch::channel(None).0);
+        let exits = self.exits.clone();
+        let id = id.to_owned();
+        std::thread::spawn(move || {
+            if let Err(error) = container::wait_foreign(pid) {
+                tracing::warn!(%error, pid, "cannot watch process; treating it as exited");
+            }
+            let _ = exits.send(ExitEvent { id, pid, code: None });
+        });
+    }
+
+    /// A container's process ended: release its endpoints and namespace, record the status,
+    /// wake waiters, and remove it if it was `--rm`.
+    pub fn on_exit(&mut self, event: ExitEvent) {
+        let Some(c) = self
+            .state
+            .containers
+            .values()
+            .find(|c| c.id == event.id && c.pid == Some(event.pid))
+            .cloned()
+        else {
+            return;
+        };
+        self.release(&c);
+        let record = self.state.containers.get_mut(&c.name).expect("exists");
+        record.status = Status::Exited;
+        record.exit_code = event.code;
+        record.pid = None;
+        record.pid_start_time = None;
+        if let Err(error) = self.save() {
+            tracing::error!(%error, "saving state");
+        }
+        if let Some(watch) = self.exit_watches.remove(&c.id) {
+            let _ = watch.send(Some(event.code));
+        }
+        tracing::info!(container = c.name, code = ?event.code, "container exited");
+        if c.auto_remove {
+            self.finished.push_back((c.id.clone(), event.code));
+            if self.finished.len() > FINISHED_KEPT {
+                self.finished.pop_front();
+            }
+            if let Err(error) = self.container_remove(&c.name, false) {
+                tracing::warn!(%error, "auto-remove");
+            }
+        }
+    }
+
+    /// Tears down what a running container holds: endpoints (their leases) and its netns.
+    fn release(&mut self, c: &ContainerRecord) {
+        for ep in &c.endpoints {
+            self.remove_endpoint(ep);
+        }
+        if let Some(record) = self.state.containers.get_mut(&c.name) {
+            record.endpoints.clear();
+        }
+        if matches!(c.mode, NetworkMode::Bridge | NetworkMode::None) && c.attached.is_none() {
+            netns::remove_persistent(&self.config.netns_dir().join(&c.id));
+        }
+    }
+
+    /// First half of `stop`: signal the process group, return what to wait on.
+    pub fn container_signal(&mut self, key: &str, signal: libc::c_int) -> Result<Option<WaitFor>> {
+        let c = self.container(key)?.clone();
+        if c.attached.is_some() {
+            return Err(ApiError::conflict(format!(
+                "container {} was attached, not started by netbpf: use rm to detach it",
+                c.name
+            )));
+        }
+        if !c.is_running() {
+            return Ok(None);
+        }
+        if let Some(pid) = c.pid.filter(|pid| container::is_same_process(*pid, c.pid_start_time)) {
+            container::signal_group(pid, signal);
+        }
+        self.wait(&c.id).map(Some)
+    }
+
+    pub fn wait(&self, key: &str) -> Result<WaitFor> {
+        if let Some((_, code)) = self.finished.iter().find(|(id, _)| id == key) {
+            return Ok(WaitFor::Exited(*code));
+        }
+        let c = self.container(key)?;
+        match (c.is_running(), self.exit_watches.get(&c.id)) {
+            (true, Some(watch)) => Ok(WaitFor::Running(watch.subscribe())),
+            _ => Ok(WaitFor::Exited(c.exit_code)),
+        }
+    }
+
+    pub fn container_remove(&mut self, key: &str, force: bool) -> Result<()> {
+        let c = self.container(key)?.clone();
+        if c.is_running() && c.attached.is_none() {
+            return Err(ApiError::conflict(format!(
+                "container {} is running: stop it first or use rm -f",
+                c.name
+            )));
+        }
+        let _ = force;
+        if let Some(dependent) = self
+            .state
+            .containers
+            .values()
+            .find(|d| d.is_running() && d.mode == NetworkMode::Container(c.name.clone()))
+        {
+            return Err(ApiError::conflict(format!(
+                "container {} shares the network namespace of {}: remove it first",
+                dependent.name, c.name
+            )));
+        }
+        self.release(&c);
+        self.state.containers.remove(&c.name);
+        self.exit_watches.remove(&c.id);
+        self.save()?;
+        let _ = std::fs::remove_dir_all(self.config.log_path(&c.id).parent().expect("has parent"));
+        tracing::info!(container = c.name, "container removed");
+        Ok(())
+    }
+
+    /// `attach`: wire a namespace someone else made, as the manual walkthrough does.
+    pub fn attach(&mut self, req: AttachRequest) -> Result<ContainerView> {
+        self.check_new_container_name(&req.name)?;
+        let ip: Option<Ipv4Addr> = parse_opt("IP address", req.ip.as_deref())?;
+        let (path, attached, pid) = match (req.pid, req.netns.as_deref()) {
+            (Some(pid), None) => {
+                if container::start_time(pid).is_none() {
+                    return Err(ApiError::not_found(format!("no process with pid {pid}")));
+                }
+                (PathBuf::from(format!("/proc/{pid}/ns/net")), AttachedTo::Pid, Some(pid))
+            }
+            (None, Some(path)) => {
+                let path = PathBuf::from(path);
+                if !netns::is_namespace(&path) {
+                    return Err(ApiError::bad_request(format!(
+                        "{} is not a network namespace",
+                        path.display()
+                    )));
+                }
+                (path, AttachedTo::Netns, None)
+            }
+            _ => return Err(ApiError::bad_request("give exactly one of --pid and --netns")),
+        };
+        let ns = netns::open(&path).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        if same_netns(&ns, Path::new("/proc/self/ns/net")) {
+            return Err(ApiError::bad_request(
+                "that namespace is the daemon's own (host) namespace: nothing to attach",
+            ));
+        }
+        let (mode, networks) = self.parse_mode(req.network.as_deref(), ip)?;
+        if mode != NetworkMode::Bridge {
+            return Err(ApiError::bad_request("attach needs a bridge network"));
+        }
+        let mut record = ContainerRecord {
+            id: random_id(),
+            name: req.name.clone(),
+            cmd: vec![],
+            mode,
+            networks,
+            endpoints: vec![],
+            status: Status::Running,
+            pid,
+            pid_start_time: pid.and_then(container::start_time),
+            exit_code: None,
+            netns: Some(path),
+            attached: Some(attached),
+            auto_remove: false,
+            created: now_rfc3339(),
+        };
+        endpoint::loopback_up(&ns).map_err(internal)?;
+        let req0 = record.networks[0].clone();
+        let net = self.network(&req0.network)?.clone();
+        let ep = self.add_endpoint(&record, &ns, &net, req0.ip)?;
+        record.endpoints.push(ep);
+        let id = record.id.clone();
+        self.state.containers.insert(record.name.clone(), record);
+        if let Err(e) = self.save() {
+            let c = self.state.containers.remove(&req.name).expect("just inserted");
+            self.release(&c);
+            return Err(e);
+        }
+        if let Some(pid) = pid {
+            self.watch_foreign(&id, pid);
+        }
+        self.container_inspect(&req.name)
+    }
+
+    /// Where and as whom `exec` runs: (network namespace, pid whose mount namespace to use).
+    pub fn exec_target(&self, key: &str) -> Result<(Option<PathBuf>, Option<i32>)> {
+        let c = self.container(key)?;
+        if !c.is_running() {
+            return Err(ApiError::conflict(format!("container {} is not running", c.name)));
+        }
+        let pid = c.pid.filter(|pid| container::is_same_process(*pid, c.pid_start_time));
+        Ok((self.netns_path_of(c), pid))
+    }
+
+    pub fn netns_dir(&self) -> PathBuf {
+        self.config.netns_dir()
+    }
+
+    /// The log file and whether the container is still running (logs follow until it stops).
+    pub fn log_of(&self, key: &str) -> Result<(PathBuf, String)> {
+        let c = self.container(key)?;
+        Ok((self.config.log_path(&c.id), c.id.clone()))
+    }
+
+    pub fn is_running_id(&self, id: &str) -> bool {
+        self.state.containers.values().any(|c| c.id == id && c.is_running())
+    }
+
+    pub fn container_list(&self, all: bool) -> Vec<ContainerSummary> {
+        self.state
+            .containers
+            .values()
+            .filter(|c| all || c.is_running())
+            .map(|c| ContainerSummary {
+                id: c.id.clone(),
+                name: c.name.clone(),
+                command: c.cmd.join(" "),
+                status: match (c.status, c.exit_code) {
+                    (Status::Exited, Some(code)) => format!("exited ({code})"),
+                    (Status::Running, _) if c.attached.is_some() => "running (attached)".into(),
+                    (status, _) => status_name(status).into(),
+                },
+                networks: match &c.mode {
+                    NetworkMode::Bridge => c.networks.iter().map(|r| r.network.clone()).collect(),
+                    other => vec![mode_name(other)],
+                },
+            })
+            .collect()
+    }
+
+    fn counters_view(&self, ep: &EndpointRecord) -> CountersView {
+        counters_view(&self.datapath.counters(ep.host_ifindex))
+    }
+
+    pub fn container_inspect(&self, key: &str) -> Result<ContainerView> {
+        let c = self.container(key)?;
+        let mut networks = BTreeMap::new();
+        for req in &c.networks {
+            let Some(net) = self.state.networks.get(&req.network) else { continue };
+            let ep = c.endpoints.iter().find(|ep| ep.network == req.network);
+            networks.insert(
+                req.network.clone(),
+                ContainerEndpointView {
+                    network_id: net.id.clone(),
+                    endpoint_id: ep.map(|ep| ep.id.clone()).unwrap_or_default(),
+                    gateway: if ep.is_some() { net.gateway.to_string() } else { String::new() },
+                    ip_address: ep.map(|ep| ep.ip.to_string()).unwrap_or_default(),
+                    ip_prefix_len: if ep.is_some() { net.subnet.prefix_len() } else { 0 },
+                    mac_address: ep.map(|ep| format_mac(ep.mac)).unwrap_or_default(),
+                    interface: ep.map(|ep| ep.ifname.clone()).unwrap_or_default(),
+                    host_interface: ep.map(|ep| ep.host_veth.clone()).unwrap_or_default(),
+                    counters: ep.map(|ep| self.counters_view(ep)),
+                },
+            );
+        }
+        Ok(ContainerView {
+            id: c.id.clone(),
+            name: c.name.clone(),
+            created: c.created.clone(),
+            cmd: c.cmd.clone(),
+            state: ContainerStateView {
+                status: status_name(c.status).into(),
+                running: c.is_running(),
+                pid: c.pid.unwrap_or(0),
+                exit_code: c.exit_code,
+                attached: c.attached.as_ref().map(|a| format!("{a:?}").to_lowercase()),
+            },
+            network_mode: mode_name(&c.mode),
+            sandbox_key: if c.is_running() {
+                self.netns_path_of(c).map(|p| p.display().to_string())
+            } else {
+                None
+            },
+            networks,
+        })
+    }
+
+    pub fn stats(&self) -> Vec<EndpointStats> {
+        self.state
+            .containers
+            .values()
+            .flat_map(|c| c.endpoints.iter().map(move |ep| (c, ep)))
+            .map(|(c, ep)| EndpointStats {
+                container: c.name.clone(),
+                network: ep.network.clone(),
+                interface: ep.ifname.clone(),
+                host_interface: ep.host_veth.clone(),
+                counters: self.counters_view(ep),
+            })
+            .collect()
+    }
+
+    pub fn info(&self) -> DaemonInfo {
+        let ids = self.datapath.ids();
+        DaemonInfo {
+            version: env!("CARGO_PKG_VERSION").into(),
+            state_dir: self.config.state_dir.display().to_string(),
+            bpffs: self.config.bpffs.display().to_string(),
+            uplink: self.config.uplink.clone(),
+            program_ids: ids.program_ids,
+            map_ids: ids.map_ids,
+        }
+    }
+
+    // ---- restart and shutdown ------------------------------------------------------------
+
+    /// Brings the kernel in line with the recorded state after a restart: bridges restored,
+    /// live containers re-adopted (the new program swapped into their pinned links), dead
+    /// ones released, and leftovers no record explains removed.
+    fn reconcile(&mut self) -> anyhow::Result<()> {
+        for net in self.state.networks.values() {
+            network::ensure_bridge(net)?;
+        }
+        let containers: Vec<ContainerRecord> = self.state.containers.values().cloned().collect();
+        for c in containers {
+            if !c.is_running() {
+                continue;
+            }
+            let alive = match (&c.attached, c.pid) {
+                (Some(AttachedTo::Netns), _) => c.netns.as_deref().is_some_and(netns::is_namespace),
+                (_, Some(pid)) => container::is_same_process(pid, c.pid_start_time),
+                (_, None) => false,
+            };
+            if !alive {
+                tracing::info!(container = c.name, "exited while the daemon was down");
+                self.release(&c);
+                let record = self.state.containers.get_mut(&c.name).expect("exists");
+                record.status = Status::Exited;
+                record.exit_code = None;
+                record.pid = None;
+                if c.auto_remove {
+                    self.state.containers.remove(&c.name);
+                    let _ = std::fs::remove_dir_all(self.config.log_path(&c.id).parent().expect("has parent"));
+                }
+                continue;
+            }
+            let mut kept = vec![];
+            for ep in &c.endpoints {
+                let link = Netlink::run(None, |nl| nl.link_by_name(&ep.host_veth))?;
+                let net = self.state.networks.get(&ep.network).cloned();
+                match (link, net) {
+                    (Some(link), Some(net)) if link.index == ep.host_ifindex => {
+                        self.install_endpoint(&net, ep)?;
+                        kept.push(ep.clone());
+                    }
+                    _ => {
+                        tracing::warn!(container = c.name, veth = ep.host_veth, "endpoint vanished; dropping it");
+                        self.remove_endpoint(ep);
+                    }
+                }
+            }
+            self.state.containers.get_mut(&c.name).expect("exists").endpoints = kept;
+            if let Some(pid) = c.pid {
+                self.watch_foreign(&c.id, pid);
+            }
+            tracing::info!(container = c.name, "re-adopted");
+        }
+        self.remove_leftovers()?;
+        self.datapath.sync(&self.desired())?;
+        self.save()?;
+        Ok(())
+    }
+
+    /// Deletes veths on our bridges, link pins and namespace mounts that no record owns.
+    fn remove_leftovers(&mut self) -> anyhow::Result<()> {
+        let veths: BTreeSet<String> = self
+            .state
+            .containers
+            .values()
+            .flat_map(|c| c.endpoints.iter().map(|ep| ep.host_veth.clone()))
+            .collect();
+        let bridges = self.bridge_names();
+        Netlink::run(None, |nl| {
+            let links = nl.links()?;
+            let bridge_indexes: Vec<u32> =
+                links.iter().filter(|l| bridges.contains(&l.name)).map(|l| l.index).collect();
+            for link in links {
+                let on_ours = link.controller.is_some_and(|c| bridge_indexes.contains(&c));
+                if on_ours && !veths.contains(&link.name) {
+                    tracing::info!(veth = link.name, "removing leftover veth");
+                    nl.delete_link(link.index)?;
+                }
+            }
+            Ok(())
+        })?;
+        for pin in self.datapath.pinned_links() {
+            if !veths.contains(&pin) {
+                self.datapath.detach(&pin);
+            }
+        }
+        let live: BTreeSet<String> = self
+            .state
+            .containers
+            .values()
+            .filter(|c| c.is_running() && c.attached.is_none())
+            .map(|c| c.id.clone())
+            .collect();
+        if let Ok(dir) = std::fs::read_dir(self.config.netns_dir()) {
+            for entry in dir.flatten() {
+                if !live.contains(&entry.file_name().to_string_lossy().into_owned()) {
+                    netns::remove_persistent(&entry.path());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn desired(&self) -> Desired {
+        let mut desired = Desired::default();
+        for net in self.state.networks.values() {
+            desired.subnets.insert(net.subnet, network::subnet_info(net));
+        }
+        for ep in self.state.containers.values().flat_map(|c| &c.endpoints) {
+            let Some(net) = self.state.networks.get(&ep.network) else { continue };
+            let flags = if net.internal { IFACE_FLAG_INTERNAL } else { 0 };
+            desired.ifaces.insert(ep.host_ifindex, EndpointIface { network: net.index, flags });
+            desired.endpoints.insert((net.index, ep.ip), endpoint_target(ep));
+        }
+        desired
+    }
+
+    /// Pids of the containers the daemon started and that still run, for shutdown.
+    pub fn running_pids(&self) -> Vec<(String, i32)> {
+        self.state
+            .containers
+            .values()
+            .filter(|c| c.is_running() && c.attached.is_none())
+            .filter_map(|c| c.pid.map(|pid| (c.id.clone(), pid)))
+            .collect()
+    }
+
+    /// Graceful shutdown, after the containers were stopped: remove every interface,
+    /// namespace and pin the daemon made. Networks stay recorded; their bridges come back at
+    /// the next start.
+    pub fn teardown(&mut self) {
+        let containers: Vec<ContainerRecord> = self.state.containers.values().cloned().collect();
+        for c in containers {
+            if c.is_running() {
+                self.release(&c);
+                let record = self.state.containers.get_mut(&c.name).expect("exists");
+                record.status = Status::Exited;
+                record.pid = None;
+            }
+            if c.auto_remove {
+                let _ = self.container_remove(&c.name, true);
+            }
+        }
+        for net in self.state.networks.values() {
+            network::delete_bridge(net);
+        }
+        if let Err(error) = self.save() {
+            tracing::error!(%error, "saving state at shutdown");
+        }
+        datapath::remove_pins(&self.config.bpffs);
+    }
+}
+
+fn check_fixed_ip_allowed(net: &NetworkRecord, ip: Option<Ipv4Addr>) -> Result<()> {
+    if ip.is_some() && net.name == DEFAULT_NETWORK {
+        return Err(ApiError::bad_request(
+            "--ip is only supported on user-defined networks (as in Docker)",
+        ));
+    }
+    Ok(())
+}
+
+fn same_netns(a: &File, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    match (a.metadata(), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+        _ => false,
+    }
+}
+
+fn endpoint_target(ep: &EndpointRecord) -> EndpointTarget {
+    EndpointTarget { host_ifindex: ep.host_ifindex, mac: ep.mac, _pad: [0; 2] }
+}
+
+fn counters_view(c: &EndpointCounters) -> CountersView {
+    CountersView {
+        fast_packets: c.fast_packets,
+        fast_bytes: c.fast_bytes,
+        passed_packets: c.passed_packets,
+        passed_bytes: c.passed_bytes,
+        drops: DropReason::ALL.iter().map(|r| (r.name().to_owned(), c.drops[*r as usize])).collect(),
+    }
+}
+
+fn status_name(status: Status) -> &'static str {
+    match status {
+        Status::Created => "created",
+        Status::Running => "running",
+        Status::Exited => "exited",
+    }
+}
+
+fn mode_name(mode: &NetworkMode) -> String {
+    match mode {
+        NetworkMode::Bridge => "bridge".into(),
+        NetworkMode::Host => "host".into(),
+        NetworkMode::None => "none".into(),
+        NetworkMode::Container(name) => format!("container:{name}"),
+    }
+}

@@ -1,0 +1,219 @@
+//! `netbpf daemon`: prepares the host side (state dir, pin dir, socket, forwarding), starts
+//! the controller and serves the API until SIGTERM/SIGINT, then shuts down cleanly.
+//!
+//! A clean shutdown stops the containers and removes every interface, namespace and pin it
+//! made. A crash or `kill -9` leaves them in place: pinned maps and links keep traffic
+//! flowing, and the next start re-adopts them.
+
+use std::{
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use ipnet::Ipv4Net;
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use tokio::{net::UnixListener, signal::unix::SignalKind, sync::mpsc};
+
+use crate::{
+    api::server,
+    container,
+    controller::{Config, Controller, WaitFor},
+    netlink::Netlink,
+};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct DaemonArgs {
+    /// Where networks, containers and leases are recorded.
+    #[arg(long, default_value = "/var/lib/netbpf")]
+    pub state_dir: PathBuf,
+    /// Pin directory for maps and links; a bpf file system is mounted there if needed.
+    #[arg(long, default_value = "/sys/fs/bpf/netbpf")]
+    pub bpffs: PathBuf,
+    /// The host's way out (for masquerade); default: the interface of the default route.
+    #[arg(long)]
+    pub uplink: Option<String>,
+    /// Subnet of the default `bridge` network.
+    #[arg(long, default_value = "10.213.0.0/16")]
+    pub default_subnet: Ipv4Net,
+    /// tracing filter, e.g. `info`, `netbpf=debug`.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+fn is_bpffs(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+}
+
+/// Makes `path` a directory on a bpf file system. Returns whether we mounted one there (and
+/// so must unmount it at shutdown).
+fn prepare_bpffs(path: &Path) -> anyhow::Result<bool> {
+    if is_bpffs(path) {
+        return Ok(false);
+    }
+    let parent = path.parent().context("--bpffs needs a parent directory")?;
+    if is_bpffs(parent) {
+        std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+        return Ok(false);
+    }
+    // The system location is not mounted (a bare machine): mount it there, as systemd would.
+    if parent == Path::new("/sys/fs/bpf") {
+        mount(Some("bpffs"), parent, Some("bpf"), MsFlags::empty(), None::<&str>)
+            .context("mounting bpffs on /sys/fs/bpf")?;
+        std::fs::create_dir_all(path)?;
+        return Ok(false);
+    }
+    std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+    mount(Some("bpffs"), path, Some("bpf"), MsFlags::empty(), None::<&str>)
+        .with_context(|| format!("mounting bpffs on {}", path.display()))?;
+    Ok(true)
+}
+
+fn is_mount_point(path: &Path) -> bool {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let target = path.to_string_lossy();
+    mounts.lines().any(|l| l.split(' ').nth(4) == Some(&*target))
+}
+
+/// Makes the namespace directory a mount point of its own, so container processes can drop
+/// it (and the other containers' namespace mounts in it) from their mount table at once.
+fn prepare_netns_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    if !is_mount_point(dir) {
+        mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .with_context(|| format!("bind-mounting {}", dir.display()))?;
+    }
+    mount(None::<&str>, dir, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>)
+        .with_context(|| format!("making {} private", dir.display()))?;
+    Ok(())
+}
+
+fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        bail!("another daemon is already serving {}", path.display());
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Containers, bridges and routing live in this namespace; forwarding must be on for
+/// traffic between networks and to the uplink.
+fn enable_forwarding() -> anyhow::Result<()> {
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling net.ipv4.ip_forward")
+}
+
+pub async fn run(socket: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("netbpf daemon must run as root (it creates namespaces, interfaces and BPF programs)");
+    }
+    let state_dir = std::path::absolute(&args.state_dir)?;
+    std::fs::create_dir_all(state_dir.join("containers"))
+        .with_context(|| format!("creating state dir {}", state_dir.display()))?;
+    let lock = std::fs::File::create(state_dir.join("lock"))?;
+    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|_| anyhow::anyhow!("another daemon is using state dir {}", state_dir.display()))?;
+    let listener = bind_socket(&socket)?;
+    let uplink = match &args.uplink {
+        Some(name) => {
+            let name2 = name.clone();
+            Netlink::run(None, move |nl| nl.link(&name2)).with_context(|| format!("--uplink {name}"))?;
+            Some(name.clone())
+        }
+        None => Netlink::run(None, |nl| nl.default_route_link())?.map(|l| l.name),
+    };
+    if uplink.is_none() {
+        tracing::warn!("no default route and no --uplink: containers reach only the host");
+    }
+    enable_forwarding()?;
+    let bpffs = std::path::absolute(&args.bpffs)?;
+    let mounted_bpffs = prepare_bpffs(&bpffs)?;
+    let config = Config { state_dir: state_dir.clone(), bpffs: bpffs.clone(), uplink, default_subnet: args.default_subnet };
+    prepare_netns_dir(&config.netns_dir())?;
+
+    let (exits_tx, mut exits_rx) = mpsc::unbounded_channel();
+    let ctl = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || Controller::start(config, exits_tx)).await??
+    };
+    let ctl = Arc::new(Mutex::new(ctl));
+    let exit_loop = {
+        let ctl = ctl.clone();
+        tokio::spawn(async move {
+            while let Some(event) = exits_rx.recv().await {
+                let ctl = ctl.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    ctl.lock().unwrap_or_else(|p| p.into_inner()).on_exit(event)
+                })
+                .await;
+            }
+        })
+    };
+
+    tracing::info!(socket = %socket.display(), state_dir = %state_dir.display(), bpffs = %bpffs.display(), "netbpf daemon ready");
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    };
+    axum::serve(listener, server::router(ctl.clone()))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving the API")?;
+
+    tracing::info!("shutting down: stopping containers");
+    stop_all(&ctl).await;
+    exit_loop.abort();
+    let ctl2 = ctl.clone();
+    tokio::task::spawn_blocking(move || ctl2.lock().unwrap_or_else(|p| p.into_inner()).teardown()).await?;
+    let netns_dir = config.netns_dir();
+    let _ = umount2(&netns_dir, MntFlags::MNT_DETACH);
+    let _ = std::fs::remove_dir(&netns_dir);
+    if mounted_bpffs {
+        let _ = umount2(&bpffs, MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir(&bpffs);
+    }
+    let _ = std::fs::remove_file(&socket);
+    tracing::info!("netbpf daemon stopped");
+    Ok(())
+}
+
+/// SIGTERM to every container, SIGKILL to those still running after 10 s; returns once
+/// each exit has been handled.
+async fn stop_all(ctl: &Arc<Mutex<Controller>>) {
+    let ctl2 = ctl.clone();
+    let targets = tokio::task::spawn_blocking(move || {
+        let mut c = ctl2.lock().unwrap_or_else(|p| p.into_inner());
+        c.running_pids()
+            .into_iter()
+            .filter_map(|(id, pid)| c.container_signal(&id, libc::SIGTERM).ok().flatten().map(|w| (pid, w)))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_default();
+    for (pid, wait) in targets {
+        let WaitFor::Running(mut rx) = wait else { continue };
+        let exited = async {
+            while rx.borrow_and_update().is_none() {
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(10), exited).await.is_err() {
+            container::signal_group(pid, libc::SIGKILL);
+            let _ = tokio::time::timeout(Duration::from_secs(5), rx.changed()).await;
+        }
+    }
+}

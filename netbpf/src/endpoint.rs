@@ -1,0 +1,87 @@
+//! Endpoints: one container interface on one bridge network, wired the way the manual
+//! walkthrough does it — a veth pair, one end plugged into the bridge, the other moved into
+//! the container's namespace and renamed, an address, a default route via the gateway, `lo`
+//! up — and then handed to the fast path.
+
+use std::{fs::File, net::IpAddr};
+
+use crate::{
+    netlink::{Netlink, NetlinkError},
+    state::{EndpointRecord, NetworkRecord},
+};
+
+/// Temporary name of the container end until it is inside the namespace and renamed; it
+/// shares the host end's random suffix so concurrent set-ups never collide.
+fn peer_temp_name(host_veth: &str) -> String {
+    format!("tmp{}", host_veth.trim_start_matches("veth"))
+}
+
+/// A host veth name like Docker's: `veth` + 7 hex digits, from the endpoint id.
+pub fn host_veth_name(endpoint_id: &str) -> String {
+    format!("veth{}", &endpoint_id[..7])
+}
+
+/// Creates the veth pair and configures both ends. On failure nothing is left behind:
+/// deleting the host end deletes its peer wherever it is.
+pub fn wire(
+    ns: &File,
+    network: &NetworkRecord,
+    endpoint: &EndpointRecord,
+) -> Result<u32, NetlinkError> {
+    let result = wire_inner(ns, network, endpoint);
+    if result.is_err() {
+        unwire(&endpoint.host_veth);
+    }
+    result
+}
+
+fn wire_inner(
+    ns: &File,
+    network: &NetworkRecord,
+    endpoint: &EndpointRecord,
+) -> Result<u32, NetlinkError> {
+    let peer = peer_temp_name(&endpoint.host_veth);
+    let host_index = Netlink::run(None, |nl| {
+        let bridge = nl.link(&network.bridge)?;
+        nl.create_veth(&endpoint.host_veth, &peer)?;
+        let host = nl.link(&endpoint.host_veth)?;
+        nl.set_controller(host.index, bridge.index)?;
+        nl.set_up(host.index)?;
+        nl.move_to_netns(nl.link(&peer)?.index, ns)?;
+        Ok(host.index)
+    })?;
+    Netlink::run(Some(ns), |nl| {
+        let container_end = nl.link(&peer)?;
+        nl.rename_with_mac(container_end.index, &endpoint.ifname, endpoint.mac)?;
+        nl.add_address(
+            container_end.index,
+            IpAddr::V4(endpoint.ip),
+            network.subnet.prefix_len(),
+        )?;
+        nl.set_up(container_end.index)?;
+        nl.set_up(nl.link("lo")?.index)?;
+        // Like Docker: the first non-internal network gives the default route; internal
+        // networks never do, since nothing outside them is reachable.
+        if !network.internal && nl.default_route_link()?.is_none() {
+            nl.add_default_route(network.gateway)?;
+        }
+        Ok(())
+    })?;
+    Ok(host_index)
+}
+
+/// Deletes the host end of an endpoint's veth pair (and so the container end).
+pub fn unwire(host_veth: &str) {
+    let result = Netlink::run(None, |nl| match nl.link_by_name(host_veth)? {
+        Some(link) => nl.delete_link(link.index),
+        None => Ok(()),
+    });
+    if let Err(error) = result {
+        tracing::warn!(%error, host_veth, "could not delete veth");
+    }
+}
+
+/// Brings up `lo` in a namespace that gets no endpoint (`--network none`).
+pub fn loopback_up(ns: &File) -> Result<(), NetlinkError> {
+    Netlink::run(Some(ns), |nl| nl.set_up(nl.link("lo")?.index))
+}

@@ -1,0 +1,151 @@
+//! Bridge networks: the Linux bridge device of each, checks on new subnets, and the
+//! Docker-shaped view of a network.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use ipnet::{IpNet, Ipv4Net};
+use netbpf_common::{IpAddrKey, SubnetInfo};
+
+use crate::{
+    api::{ApiError, IpamConfigView, IpamView, NetworkEndpointView, NetworkView},
+    ipam::{self, format_mac},
+    netlink::{Netlink, NetlinkError},
+    state::{ContainerRecord, NetworkRecord},
+};
+
+/// The network containers join when `--network` is not given; like Docker's `bridge`.
+pub const DEFAULT_NETWORK: &str = "bridge";
+/// Its bridge device (Docker's is `docker0`; a different name lets both run side by side).
+pub const DEFAULT_BRIDGE: &str = "netbpf0";
+/// Names that select a network mode rather than a network.
+pub const RESERVED_NAMES: [&str; 2] = ["host", "none"];
+
+/// Where user-defined networks get a /24 when no `--subnet` is given. Clear of Docker's
+/// pools (172.17.0.0/16 to 172.31.0.0/16, 192.168.0.0/16 in /20s) and Podman's
+/// (10.88.0.0/16, 10.89.0.0/16 in /24s).
+pub fn user_pool() -> Ipv4Net {
+    "10.214.0.0/15".parse().expect("valid constant")
+}
+pub const USER_PREFIX_LEN: u8 = 24;
+
+/// The bridge device name of a user-defined network, like Docker's `br-<12 hex of the id>`.
+pub fn bridge_name(network_id: &str) -> String {
+    format!("br-{}", &network_id[..12])
+}
+
+/// Docker's rule for names: a letter or digit, then letters, digits, `_`, `.` or `-`.
+pub fn validate_name(kind: &str, name: &str) -> Result<(), ApiError> {
+    let mut chars = name.chars();
+    let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        && name.len() <= 64;
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "invalid {kind} name {name:?}: use letters, digits, '_', '.' and '-', starting with a letter or digit"
+        )))
+    }
+}
+
+/// Makes sure the network's bridge exists, has the gateway address and is up. Idempotent,
+/// so the same call creates a bridge and restores one after a restart.
+pub fn ensure_bridge(network: &NetworkRecord) -> Result<u32, NetlinkError> {
+    Netlink::run(None, |nl| {
+        let bridge = match nl.link_by_name(&network.bridge)? {
+            Some(link) => link,
+            None => nl.create_bridge(&network.bridge, ipam::mac_for(network.gateway))?,
+        };
+        nl.ensure_address(bridge.index, IpAddr::V4(network.gateway), network.subnet.prefix_len())?;
+        nl.set_up(bridge.index)?;
+        Ok(bridge.index)
+    })
+}
+
+pub fn delete_bridge(network: &NetworkRecord) {
+    let result = Netlink::run(None, |nl| match nl.link_by_name(&network.bridge)? {
+        Some(link) => nl.delete_link(link.index),
+        None => Ok(()),
+    });
+    if let Err(error) = result {
+        tracing::warn!(%error, bridge = network.bridge, "could not delete bridge");
+    }
+}
+
+/// IPv4 networks the host already uses (main-table routes and addresses), leaving out the
+/// default route and anything on the bridges in `ours`.
+pub fn host_subnets(ours: &[String]) -> Result<Vec<Ipv4Net>, NetlinkError> {
+    Netlink::run(None, |nl| {
+        let our_indexes: Vec<u32> =
+            nl.links()?.into_iter().filter(|l| ours.contains(&l.name)).map(|l| l.index).collect();
+        let mut used: Vec<Ipv4Net> = nl
+            .routes_v4()?
+            .into_iter()
+            .filter(|r| r.destination.prefix_len() > 0)
+            .filter(|r| !r.oif.is_some_and(|oif| our_indexes.contains(&oif)))
+            .map(|r| r.destination)
+            .collect();
+        for addr in nl.addresses()? {
+            if let IpNet::V4(net) = addr {
+                // Loopback addresses never collide with a bridge subnet in practice, and
+                // our own gateways are on our bridges.
+                if !net.addr().is_loopback() && !used.iter().any(|u| u.contains(&net.addr())) {
+                    used.push(Ipv4Net::new(net.addr(), 32).expect("/32 is valid"));
+                }
+            }
+        }
+        Ok(used)
+    })
+}
+
+/// The entry of the subnet trie that tells the fast path which network owns an address.
+pub fn subnet_info(network: &NetworkRecord) -> SubnetInfo {
+    SubnetInfo {
+        network: network.index,
+        _pad: 0,
+        gateway: IpAddrKey::from_v4(network.gateway.octets()),
+    }
+}
+
+pub fn view<'a>(
+    network: &NetworkRecord,
+    containers: impl Iterator<Item = &'a ContainerRecord>,
+) -> NetworkView {
+    let mut endpoints = BTreeMap::new();
+    for container in containers {
+        for ep in container.endpoints.iter().filter(|ep| ep.network == network.name) {
+            endpoints.insert(
+                container.id.clone(),
+                NetworkEndpointView {
+                    name: container.name.clone(),
+                    endpoint_id: ep.id.clone(),
+                    mac_address: format_mac(ep.mac),
+                    ipv4_address: format!("{}/{}", ep.ip, network.subnet.prefix_len()),
+                    ipv6_address: String::new(),
+                },
+            );
+        }
+    }
+    NetworkView {
+        name: network.name.clone(),
+        id: network.id.clone(),
+        created: network.created.clone(),
+        scope: "local".into(),
+        driver: network.driver.clone(),
+        enable_ipv6: false,
+        ipam: IpamView {
+            driver: "default".into(),
+            config: vec![IpamConfigView {
+                subnet: network.subnet.to_string(),
+                gateway: network.gateway.to_string(),
+                ip_range: network.ip_range.map(|r| r.to_string()),
+            }],
+        },
+        internal: network.internal,
+        containers: endpoints,
+        options: BTreeMap::from([(
+            "com.docker.network.bridge.name".to_owned(),
+            network.bridge.clone(),
+        )]),
+    }
+}

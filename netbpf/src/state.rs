@@ -1,0 +1,252 @@
+//! The daemon's on-disk state: networks, containers and their endpoints (which are the
+//! address leases).
+//!
+//! Layout of `--state-dir`:
+//!
+//! ```text
+//! state.json              this module's `State`, the only source of truth for restarts
+//! netns/<container id>    bind mounts keeping container network namespaces alive
+//! containers/<id>/log     stdout and stderr of the container's command
+//! ```
+//!
+//! Why a JSON file and not an embedded database: the state is small (kilobytes), changes a
+//! few times a second at most, and is always written whole under the controller's lock. A
+//! write goes to `state.json.tmp`, is fsynced, renamed over `state.json`, and the directory
+//! is fsynced; `rename` is atomic, so after a crash or `kill -9` the file is either the old
+//! or the new state, never a torn mix. Users can read it with `jq`. See docs/architecture.md.
+
+use std::{
+    collections::BTreeMap,
+    fs::{self, File},
+    io::Write as _,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot read state {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("state file {path} is corrupt: {source}")]
+    Corrupt { path: PathBuf, source: serde_json::Error },
+    #[error("cannot write state {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct State {
+    /// By name.
+    pub networks: BTreeMap<String, NetworkRecord>,
+    /// By name.
+    pub containers: BTreeMap<String, ContainerRecord>,
+    /// The next numeric network index for the BPF maps; never reused, so a stale map entry
+    /// left by a crash can never be mistaken for a new network's.
+    pub next_network_index: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NetworkRecord {
+    pub id: String,
+    pub name: String,
+    pub driver: String,
+    pub subnet: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    pub ip_range: Option<Ipv4Net>,
+    pub internal: bool,
+    /// Key of this network in the BPF maps.
+    pub index: u32,
+    /// Name of the Linux bridge device.
+    pub bridge: String,
+    pub created: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Created,
+    Running,
+    Exited,
+}
+
+/// How a container gets its network namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "kind", content = "value")]
+pub enum NetworkMode {
+    /// Its own namespace, wired to one or more bridge networks.
+    Bridge,
+    /// The daemon's ("host") namespace.
+    Host,
+    /// Its own namespace with only `lo`.
+    None,
+    /// The namespace of another container (by name).
+    Container(String),
+}
+
+/// A network the container should be on while it runs, as asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkRequest {
+    pub network: String,
+    /// A fixed address (`--ip`), kept across stop/start.
+    pub ip: Option<Ipv4Addr>,
+}
+
+/// One interface of a running container on one network; its `ip` is the lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointRecord {
+    pub network: String,
+    pub id: String,
+    pub ip: Ipv4Addr,
+    pub mac: [u8; 6],
+    /// Name inside the container (`eth0`, `eth1`, ...).
+    pub ifname: String,
+    /// Name of the host-side veth, plugged into the bridge.
+    pub host_veth: String,
+    /// Its ifindex: the key of its entries in the BPF maps.
+    pub host_ifindex: u32,
+}
+
+/// Where the namespace of an attached (not daemon-started) container comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachedTo {
+    Pid,
+    Netns,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub id: String,
+    pub name: String,
+    pub cmd: Vec<String>,
+    pub mode: NetworkMode,
+    pub networks: Vec<NetworkRequest>,
+    pub endpoints: Vec<EndpointRecord>,
+    pub status: Status,
+    pub pid: Option<i32>,
+    /// Start time of `pid` (field 22 of /proc/PID/stat), so that a recycled pid is never
+    /// mistaken for the container after a restart.
+    pub pid_start_time: Option<u64>,
+    pub exit_code: Option<i32>,
+    /// The namespace the endpoints live in while running: a bind mount the daemon made, or
+    /// the `--netns` path given to `attach`.
+    pub netns: Option<PathBuf>,
+    /// Set for `attach`: the daemon wired the namespace but did not start the process.
+    pub attached: Option<AttachedTo>,
+    pub auto_remove: bool,
+    pub created: String,
+}
+
+impl ContainerRecord {
+    pub fn is_running(&self) -> bool {
+        self.status == Status::Running
+    }
+}
+
+/// Reads and writes `state.json` atomically.
+pub struct Store {
+    path: PathBuf,
+    dir: PathBuf,
+}
+
+impl Store {
+    pub fn new(dir: &Path) -> Self {
+        Self { path: dir.join("state.json"), dir: dir.to_owned() }
+    }
+
+    pub fn load(&self) -> Result<State, StateError> {
+        match fs::read(&self.path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|source| StateError::Corrupt { path: self.path.clone(), source }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
+            Err(source) => Err(StateError::Read { path: self.path.clone(), source }),
+        }
+    }
+
+    pub fn save(&self, state: &State) -> Result<(), StateError> {
+        let err = |source| StateError::Write { path: self.path.clone(), source };
+        let tmp = self.path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec_pretty(state).expect("state serialises");
+        let mut file = File::create(&tmp).map_err(err)?;
+        file.write_all(&bytes).map_err(err)?;
+        file.sync_all().map_err(err)?;
+        fs::rename(&tmp, &self.path).map_err(err)?;
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(err)
+    }
+}
+
+/// Current time as RFC 3339 UTC, for `Created` fields.
+pub fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// Howard Hinnant's days-to-civil algorithm; avoids a date crate for one timestamp.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// A random 64-hex id like Docker's, from the kernel's random source.
+pub fn random_id() -> String {
+    let mut bytes = [0u8; 32];
+    // /dev/urandom never blocks once the kernel is initialised, which it is by now.
+    File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .expect("/dev/urandom is readable");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_414), (2025, 11, 22));
+    }
+
+    #[test]
+    fn state_round_trips_through_the_store() {
+        let dir = std::env::temp_dir().join(format!("netbpf-state-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let store = Store::new(&dir);
+        assert!(store.load().unwrap().networks.is_empty());
+        let mut state = State { next_network_index: 7, ..State::default() };
+        state.networks.insert(
+            "n".into(),
+            NetworkRecord {
+                id: random_id(),
+                name: "n".into(),
+                driver: "bridge".into(),
+                subnet: "10.9.0.0/24".parse().unwrap(),
+                gateway: "10.9.0.1".parse().unwrap(),
+                ip_range: None,
+                internal: false,
+                index: 3,
+                bridge: "br-x".into(),
+                created: now_rfc3339(),
+            },
+        );
+        store.save(&state).unwrap();
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.next_network_index, 7);
+        assert_eq!(loaded.networks["n"].index, 3);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
