@@ -49,11 +49,11 @@ fn is_bpffs(path: &Path) -> bool {
     nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
 }
 
-/// Makes `path` a directory on a bpf file system. Returns whether we mounted one there (and
-/// so must unmount it at shutdown).
+/// Makes `path` a directory on a bpf file system. Returns whether it is a bpffs mount of its
+/// own (mounted by us now, or by an earlier run that was killed), to unmount at shutdown.
 fn prepare_bpffs(path: &Path) -> anyhow::Result<bool> {
     if is_bpffs(path) {
-        return Ok(false);
+        return Ok(is_mount_point(path) && path != Path::new("/sys/fs/bpf"));
     }
     let parent = path.parent().context("--bpffs needs a parent directory")?;
     if is_bpffs(parent) {

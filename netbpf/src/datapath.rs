@@ -21,7 +21,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, IterableMap, LpmTrie, MapData, PerCpuHashMap, lpm_trie::Key},
+    maps::{HashMap, IterableMap, LpmTrie, MapData, PerCpuHashMap, PerCpuValues, lpm_trie::Key},
     programs::{
         LinkOrder, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
@@ -51,6 +51,8 @@ pub enum DatapathError {
     Map(#[from] aya::maps::MapError),
     #[error("eBPF link: {0}")]
     Link(#[from] aya::programs::links::LinkError),
+    #[error("counting CPUs: {0}")]
+    Cpus(std::io::Error),
     #[error("pinning: {0}")]
     Pin(#[from] aya::pin::PinError),
 }
@@ -173,7 +175,16 @@ impl Datapath {
         let _ = self.endpoints.remove(&endpoint_key(network, ip));
     }
 
+    /// Records which network a host veth belongs to, and gives it zeroed counters unless it
+    /// has some already (a restart keeps them). The program only updates existing counter
+    /// entries, so entries live and die with the endpoint, under the controller's control.
     pub fn set_iface(&mut self, ifindex: u32, iface: EndpointIface) -> Result<(), DatapathError> {
+        if self.counters.get(&ifindex, 0).is_err() {
+            let cpus = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Cpus(e))?;
+            let zeroes = PerCpuValues::try_from(vec![EndpointCounters::default(); cpus])
+                .map_err(DatapathError::Cpus)?;
+            self.counters.insert(ifindex, zeroes, 0)?;
+        }
         Ok(self.ifaces.insert(ifindex, iface, 0)?)
     }
 

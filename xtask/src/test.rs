@@ -1,0 +1,20 @@
+//! `cargo xtask test`: everything CI checks, in order of cost.
+
+use crate::{is_root, root, setup, sh};
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    if !setup::ready() {
+        setup::run()?;
+    }
+    sh("cargo", &["fmt", "--all", "--check"], &[])?;
+    sh("cargo", &["clippy", "--workspace", "--exclude", "netbpf-ebpf", "--all-targets", "--", "-D", "warnings"], &[])?;
+    sh("cargo", &["test", "--package", "netbpf", "--package", "netbpf-common"], &[])?;
+    // Integration tests make namespaces, interfaces and BPF programs: they need root, and
+    // fail (rather than skip) without it.
+    anyhow::ensure!(is_root(), "the integration tests need root: run `sudo -E cargo xtask test`");
+    sh("cargo", &["build", "--package", "netbpf"], &[])?;
+    let bin = root().join("target/debug/netbpf");
+    let mut test_args = vec!["test", "--package", "netbpf-tests", "--"];
+    test_args.extend(args.iter().map(String::as_str));
+    sh("cargo", &test_args, &[("NETBPF_BIN", bin.to_str().expect("utf-8 path"))])
+}
