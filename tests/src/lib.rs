@@ -1,1 +1,351 @@
+//! The integration test harness: a throwaway "host" per test, with a daemon of its own.
+//!
+//! Each [`TestHost`] makes two named network namespaces — `host`, where the daemon runs,
+//! and `outside`, joined to it by an uplink veth on 198.18.0.0/24 (a benchmarking range
+//! that is never routed) — plus its own state dir, socket and bpffs mount. Nothing touches
+//! the machine's root namespace, so tests run in parallel. `Drop` tears everything down on
+//! every path, panics included.
+//!
+//! Tests need root and fail (never skip) without it.
 
+use std::{
+    fs::File,
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// Address of the host namespace's uplink, and of the `outside` end.
+pub const HOST_UPLINK_IP: &str = "198.18.0.2";
+pub const OUTSIDE_IP: &str = "198.18.0.1";
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Runs a command, panicking with its output if it cannot start.
+pub fn cmd(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
+}
+
+/// Runs a command that must succeed; returns its stdout.
+pub fn must(program: &str, args: &[&str]) -> String {
+    let out = cmd(program, args);
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn netbpf_bin() -> PathBuf {
+    let bin = std::env::var_os("NETBPF_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/netbpf")
+    });
+    assert!(bin.exists(), "netbpf binary not found at {} (run `cargo xtask test`)", bin.display());
+    bin
+}
+
+/// The result of one `netbpf` client command.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub struct TestHost {
+    pub id: String,
+    pub host_ns: String,
+    pub outside_ns: String,
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub bpffs: PathBuf,
+    daemon: Option<Child>,
+    /// Extra processes a test started (e.g. for `attach --pid`), killed on drop.
+    pub extra: Vec<Child>,
+}
+
+impl TestHost {
+    /// A fresh host namespace with an uplink, and a daemon running in it.
+    pub fn new() -> Self {
+        Self::with_daemon_args(&[])
+    }
+
+    pub fn with_daemon_args(args: &[&str]) -> Self {
+        let host = Self::bare();
+        let mut host = host;
+        host.start_daemon(args);
+        host
+    }
+
+    /// The namespaces and directories, without a daemon.
+    pub fn bare() -> Self {
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(unsafe { libc::geteuid() }, 0, "integration tests must run as root (cargo xtask test)");
+        let id = format!("nbt{}x{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
+        let dir = std::env::temp_dir().join(format!("netbpf-test-{id}"));
+        std::fs::create_dir_all(&dir).expect("test dir");
+        let host = Self {
+            host_ns: format!("{id}-host"),
+            outside_ns: format!("{id}-out"),
+            socket: dir.join("netbpf.sock"),
+            state_dir: dir.join("state"),
+            bpffs: dir.join("bpffs"),
+            dir,
+            id,
+            daemon: None,
+            extra: vec![],
+        };
+        must("ip", &["netns", "add", &host.host_ns]);
+        must("ip", &["netns", "add", &host.outside_ns]);
+        for ns in [&host.host_ns, &host.outside_ns] {
+            must("ip", &["-n", ns, "link", "set", "lo", "up"]);
+        }
+        must("ip", &["-n", &host.host_ns, "link", "add", "up0", "type", "veth", "peer", "name", "up0", "netns", &host.outside_ns]);
+        must("ip", &["-n", &host.host_ns, "addr", "add", &format!("{HOST_UPLINK_IP}/24"), "dev", "up0"]);
+        must("ip", &["-n", &host.outside_ns, "addr", "add", &format!("{OUTSIDE_IP}/24"), "dev", "up0"]);
+        must("ip", &["-n", &host.host_ns, "link", "set", "up0", "up"]);
+        must("ip", &["-n", &host.outside_ns, "link", "set", "up0", "up"]);
+        must("ip", &["-n", &host.host_ns, "route", "add", "default", "via", OUTSIDE_IP]);
+        host
+    }
+
+    /// Starts `netbpf daemon` inside the host namespace (entered with setns before exec,
+    /// not `ip netns exec`, which would also remount /sys for the daemon).
+    pub fn start_daemon(&mut self, args: &[&str]) {
+        let ns = File::open(format!("/run/netns/{}", self.host_ns)).expect("host netns");
+        let log = File::options().create(true).append(true).open(self.dir.join("daemon.log")).unwrap();
+        let mut command = Command::new(netbpf_bin());
+        command
+            .arg("daemon")
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--bpffs")
+            .arg(&self.bpffs)
+            .arg("--log-level")
+            .arg("netbpf=debug,info")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let fd = ns.as_raw_fd();
+        // SAFETY: setns is async-signal-safe and `ns` outlives the spawn.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().expect("spawn daemon");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("daemon exited early ({status}):\n{}", self.daemon_log());
+            }
+            if self.netbpf(&["info"]).code == 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "daemon not ready:\n{}", self.daemon_log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.daemon = Some(child);
+    }
+
+    /// Starts a daemon that must fail; returns its log.
+    pub fn daemon_must_fail(&mut self, args: &[&str]) -> String {
+        let ns = File::open(format!("/run/netns/{}", self.host_ns)).expect("host netns");
+        let fd = ns.as_raw_fd();
+        let mut command = Command::new(netbpf_bin());
+        command
+            .arg("daemon")
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--bpffs")
+            .arg(&self.bpffs)
+            .args(args);
+        // SAFETY: as in `start_daemon`.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let out = command.output().expect("spawn daemon");
+        assert!(!out.status.success(), "daemon should have failed");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    pub fn daemon_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill_daemon(&mut self) {
+        if let Some(mut child) = self.daemon.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM and wait for the clean shutdown.
+    pub fn stop_daemon(&mut self) {
+        if let Some(mut child) = self.daemon.take() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    assert!(status.success(), "daemon shutdown failed: {status}\n{}", self.daemon_log());
+                    return;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!("daemon did not stop within 30 s:\n{}", self.daemon_log());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// Runs a client command against this host's daemon.
+    pub fn netbpf(&self, args: &[&str]) -> Run {
+        let out = Command::new(netbpf_bin())
+            .args(args)
+            .env("NETBPF_SOCKET", &self.socket)
+            .output()
+            .expect("run netbpf");
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// A client command that must succeed; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let run = self.netbpf(args);
+        assert_eq!(run.code, 0, "netbpf {args:?} failed: {}{}", run.stdout, run.stderr);
+        run.stdout
+    }
+
+    /// A client command that must fail with one line naming the problem; returns it.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let run = self.netbpf(args);
+        assert_ne!(run.code, 0, "netbpf {args:?} should have failed: {}", run.stdout);
+        let message = run.stderr.trim().to_owned();
+        assert!(message.starts_with("Error: "), "netbpf {args:?}: unclear error {message:?}");
+        assert_eq!(message.lines().count(), 1, "netbpf {args:?}: error is not one line: {message:?}");
+        message
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        let out = self.ok(args);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("netbpf {args:?}: not JSON ({e}): {out}"))
+    }
+
+    /// The first IPv4 address of a container on a network.
+    pub fn ip_of(&self, container: &str, network: &str) -> String {
+        let view = self.json(&["inspect", container]);
+        view["Networks"][network]["IPAddress"].as_str().expect("IP address").to_owned()
+    }
+
+    /// Whether `from` can ping `ip` (one packet, one second).
+    pub fn pings(&self, from: &str, ip: &str) -> bool {
+        self.netbpf(&["exec", from, "--", "ping", "-c", "1", "-W", "1", ip]).code == 0
+    }
+
+    /// Counters of one endpoint from `netbpf stats`.
+    pub fn counters(&self, container: &str, network: &str) -> Value {
+        let stats = self.json(&["stats", "--format", "json"]);
+        stats
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["container"] == container && s["network"] == network)
+            .cloned()
+            .unwrap_or_else(|| panic!("no stats for {container} on {network}: {stats}"))
+    }
+
+    /// Interface names in a namespace of this host.
+    pub fn links(&self, ns: &str) -> Vec<String> {
+        let out = must("ip", &["-n", ns, "-j", "link", "show"]);
+        let links: Value = serde_json::from_str(&out).unwrap();
+        links.as_array().unwrap().iter().map(|l| l["ifname"].as_str().unwrap().to_owned()).collect()
+    }
+
+    /// Mounts under this test's directory (namespace bind mounts, bpffs).
+    pub fn mounts(&self) -> Vec<String> {
+        let prefix = self.dir.to_string_lossy().into_owned();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&prefix))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Pids recorded for containers in the state file.
+    fn recorded_pids(&self) -> Vec<i32> {
+        let Ok(text) = std::fs::read_to_string(self.state_dir.join("state.json")) else { return vec![] };
+        let Ok(state) = serde_json::from_str::<Value>(&text) else { return vec![] };
+        state["containers"]
+            .as_object()
+            .map(|cs| cs.values().filter_map(|c| c["pid"].as_i64()).map(|p| p as i32).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        if self.daemon.is_some() {
+            if std::thread::panicking() {
+                eprintln!("--- daemon log of {} ---\n{}", self.id, self.daemon_log());
+            }
+            // A clean shutdown first; it also stops the containers.
+            if let Some(child) = &self.daemon {
+                // SAFETY: kill(2) on our own child's pid.
+                unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            }
+            let mut child = self.daemon.take().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for pid in self.recorded_pids() {
+            // SAFETY: kill(2); containers run in their own process group.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+        }
+        for child in &mut self.extra {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let mut mounts = self.mounts();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = Command::new("umount").args(["-l", &m]).status();
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.host_ns]).status();
+        let _ = Command::new("ip").args(["netns", "del", &self.outside_ns]).status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
