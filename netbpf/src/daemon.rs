@@ -20,6 +20,7 @@ use tokio::{net::UnixListener, signal::unix::SignalKind, sync::mpsc};
 use crate::{
     api::server,
     container,
+    datapath,
     controller::{Config, Controller, WaitFor},
     netlink::Netlink,
 };
@@ -141,8 +142,15 @@ pub async fn run(socket: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
 
     let (exits_tx, mut exits_rx) = mpsc::unbounded_channel();
     let ctl = {
-        let config = config.clone();
-        tokio::task::spawn_blocking(move || Controller::start(config, exits_tx)).await??
+        let for_start = config.clone();
+        match tokio::task::spawn_blocking(move || Controller::start(for_start, exits_tx)).await? {
+            Ok(ctl) => ctl,
+            Err(error) => {
+                // Leave nothing behind: a refused start is not a crash to recover from.
+                unprepare(&config, &socket, mounted_bpffs);
+                return Err(error);
+            }
+        }
     };
     let ctl = Arc::new(Mutex::new(ctl));
     let exit_loop = {
@@ -177,16 +185,22 @@ pub async fn run(socket: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
     exit_loop.abort();
     let ctl2 = ctl.clone();
     tokio::task::spawn_blocking(move || ctl2.lock().unwrap_or_else(|p| p.into_inner()).teardown()).await?;
+    unprepare(&config, &socket, mounted_bpffs);
+    tracing::info!("netbpf daemon stopped");
+    Ok(())
+}
+
+/// Undoes the host preparation: the namespace dir mount, our bpffs mount, the socket.
+fn unprepare(config: &Config, socket: &Path, mounted_bpffs: bool) {
     let netns_dir = config.netns_dir();
     let _ = umount2(&netns_dir, MntFlags::MNT_DETACH);
     let _ = std::fs::remove_dir(&netns_dir);
+    datapath::remove_pins(&config.bpffs);
     if mounted_bpffs {
-        let _ = umount2(&bpffs, MntFlags::MNT_DETACH);
-        let _ = std::fs::remove_dir(&bpffs);
+        let _ = umount2(&config.bpffs, MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir(&config.bpffs);
     }
-    let _ = std::fs::remove_file(&socket);
-    tracing::info!("netbpf daemon stopped");
-    Ok(())
+    let _ = std::fs::remove_file(socket);
 }
 
 /// SIGTERM to every container, SIGKILL to those still running after 10 s; returns once
