@@ -13,7 +13,12 @@ fn main() -> anyhow::Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../netbpf-ebpf");
     let root = root.to_str().expect("utf-8 path");
     aya_build::build_ebpf(
-        [Package { name: "netbpf-ebpf", root_dir: root, no_default_features: false, features: &[] }],
+        [Package {
+            name: "netbpf-ebpf",
+            root_dir: root,
+            no_default_features: false,
+            features: &[],
+        }],
         Toolchain::Custom(EBPF_TOOLCHAIN),
     )
 }

@@ -130,8 +130,11 @@ pub enum DropReason {
 
 impl DropReason {
     pub const COUNT: usize = 3;
-    pub const ALL: [DropReason; Self::COUNT] =
-        [DropReason::Isolation, DropReason::Internal, DropReason::RedirectFailed];
+    pub const ALL: [DropReason; Self::COUNT] = [
+        DropReason::Isolation,
+        DropReason::Internal,
+        DropReason::RedirectFailed,
+    ];
 
     pub const fn name(self) -> &'static str {
         match self {

@@ -71,7 +71,10 @@ pub fn decide(ctx: &TcContext, ifindex: u32, iface: &EndpointIface) -> Verdict {
     let internal = iface.flags & IFACE_FLAG_INTERNAL != 0;
     match owner {
         Some(owner) if owner.network == iface.network => {
-            let key = EndpointKey { network: iface.network, addr: dst };
+            let key = EndpointKey {
+                network: iface.network,
+                addr: dst,
+            };
             // SAFETY: the controller only replaces whole entries; a racing update yields
             // either the old or the new target, both valid veths of this network.
             match unsafe { ENDPOINTS.get(&key) } {

@@ -31,7 +31,9 @@ pub fn from_container(ctx: TcContext) -> i32 {
                     c.fast_bytes += bytes;
                 });
             } else {
-                bridge::count(ifindex, |c| c.drops[DropReason::RedirectFailed as usize] += 1);
+                bridge::count(ifindex, |c| {
+                    c.drops[DropReason::RedirectFailed as usize] += 1
+                });
             }
             action
         }

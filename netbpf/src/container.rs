@@ -36,10 +36,10 @@ impl ChildSetup {
             if self.new_session && libc::setsid() < 0 {
                 return Err(io::Error::last_os_error());
             }
-            if let Some(ns) = &self.netns {
-                if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
+            if let Some(ns) = &self.netns
+                && libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) < 0
+            {
+                return Err(io::Error::last_os_error());
             }
             if let Some(ns) = &self.mntns {
                 if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNS) < 0 {
@@ -52,8 +52,13 @@ impl ChildSetup {
             }
             let root = c"/";
             let flags = libc::MS_REC | libc::MS_PRIVATE;
-            if libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), flags, std::ptr::null())
-                < 0
+            if libc::mount(
+                std::ptr::null(),
+                root.as_ptr(),
+                std::ptr::null(),
+                flags,
+                std::ptr::null(),
+            ) < 0
             {
                 return Err(io::Error::last_os_error());
             }
@@ -69,8 +74,15 @@ fn c_path(path: &Path) -> CString {
 }
 
 /// Starts `cmd` in the namespace `netns` (the daemon's own when `None`), output to `log`.
-pub fn spawn(cmd: &[String], netns: Option<&Path>, log: &Path, netns_dir: &Path) -> io::Result<Child> {
-    let (program, args) = cmd.split_first().ok_or_else(|| io::Error::other("empty command"))?;
+pub fn spawn(
+    cmd: &[String],
+    netns: Option<&Path>,
+    log: &Path,
+    netns_dir: &Path,
+) -> io::Result<Child> {
+    let (program, args) = cmd
+        .split_first()
+        .ok_or_else(|| io::Error::other("empty command"))?;
     let setup = ChildSetup {
         netns: netns.map(File::open).transpose()?,
         mntns: None,
@@ -79,7 +91,11 @@ pub fn spawn(cmd: &[String], netns: Option<&Path>, log: &Path, netns_dir: &Path)
     };
     let out = File::options().create(true).append(true).open(log)?;
     let mut command = Command::new(program);
-    command.args(args).stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
     // SAFETY: `apply` makes only async-signal-safe syscalls (see its comment).
     unsafe { command.pre_exec(move || setup.apply()) };
     command.spawn()
@@ -100,7 +116,9 @@ pub fn exec(
     pid: Option<i32>,
     netns_dir: &Path,
 ) -> io::Result<ExecOutput> {
-    let (program, args) = cmd.split_first().ok_or_else(|| io::Error::other("empty command"))?;
+    let (program, args) = cmd
+        .split_first()
+        .ok_or_else(|| io::Error::other("empty command"))?;
     let mntns = pid.and_then(|pid| File::open(format!("/proc/{pid}/ns/mnt")).ok());
     let setup = ChildSetup {
         netns: netns.map(File::open).transpose()?,
@@ -113,12 +131,18 @@ pub fn exec(
     // SAFETY: as in `spawn`.
     unsafe { command.pre_exec(move || setup.apply()) };
     let output = command.output()?;
-    Ok(ExecOutput { exit_code: exit_code(output.status), stdout: output.stdout, stderr: output.stderr })
+    Ok(ExecOutput {
+        exit_code: exit_code(output.status),
+        stdout: output.stdout,
+        stderr: output.stderr,
+    })
 }
 
 /// The shell convention: the exit code, or 128 + the signal that killed it.
 pub fn exit_code(status: ExitStatus) -> i32 {
-    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
 /// Sends `signal` to the container's whole process group (its session leader is `pid`).
@@ -155,7 +179,11 @@ pub fn wait_foreign(pid: i32) -> io::Result<()> {
     }
     // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
     let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    let mut pollfd = libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let mut pollfd = libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
     loop {
         // SAFETY: one valid pollfd, count 1, no timeout.
         let n = unsafe { libc::poll(&mut pollfd, 1, -1) };

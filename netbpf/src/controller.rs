@@ -12,7 +12,9 @@ use std::{
 };
 
 use ipnet::Ipv4Net;
-use netbpf_common::{DropReason, EndpointCounters, EndpointIface, EndpointTarget, IFACE_FLAG_INTERNAL};
+use netbpf_common::{
+    DropReason, EndpointCounters, EndpointIface, EndpointTarget, IFACE_FLAG_INTERNAL,
+};
 use tokio::sync::{mpsc, watch};
 
 use crate::{
@@ -93,7 +95,9 @@ fn parse<T: FromStr>(what: &str, value: &str) -> Result<T>
 where
     T::Err: std::fmt::Display,
 {
-    value.parse().map_err(|e| ApiError::bad_request(format!("invalid {what} {value:?}: {e}")))
+    value
+        .parse()
+        .map_err(|e| ApiError::bad_request(format!("invalid {what} {value:?}: {e}")))
 }
 
 fn parse_opt<T: FromStr>(what: &str, value: Option<&str>) -> Result<Option<T>>
@@ -122,8 +126,15 @@ impl Controller {
         ctl.reconcile()?;
         if !ctl.state.networks.contains_key(DEFAULT_NETWORK) {
             let subnet = ctl.config.default_subnet;
-            ctl.create_network(DEFAULT_NETWORK, DEFAULT_BRIDGE.to_owned(), subnet, None, None, false)
-                .map_err(|e| anyhow::anyhow!("default network: {e}"))?;
+            ctl.create_network(
+                DEFAULT_NETWORK,
+                DEFAULT_BRIDGE.to_owned(),
+                subnet,
+                None,
+                None,
+                false,
+            )
+            .map_err(|e| anyhow::anyhow!("default network: {e}"))?;
         }
         Ok(ctl)
     }
@@ -140,7 +151,11 @@ impl Controller {
             .get(name)
             .or_else(|| {
                 // Docker also accepts a unique id prefix.
-                let mut hits = self.state.networks.values().filter(|n| n.id.starts_with(name));
+                let mut hits = self
+                    .state
+                    .networks
+                    .values()
+                    .filter(|n| n.id.starts_with(name));
                 match (hits.next(), hits.next()) {
                     (Some(n), None) if !name.is_empty() => Some(n),
                     _ => None,
@@ -150,7 +165,11 @@ impl Controller {
     }
 
     fn bridge_names(&self) -> Vec<String> {
-        self.state.networks.values().map(|n| n.bridge.clone()).collect()
+        self.state
+            .networks
+            .values()
+            .map(|n| n.bridge.clone())
+            .collect()
     }
 
     pub fn network_create(&mut self, req: NetworkCreate) -> Result<NetworkView> {
@@ -162,7 +181,10 @@ impl Controller {
             )));
         }
         if self.state.networks.contains_key(&req.name) {
-            return Err(ApiError::conflict(format!("network with name {} already exists", req.name)));
+            return Err(ApiError::conflict(format!(
+                "network with name {} already exists",
+                req.name
+            )));
         }
         match req.driver.as_deref().unwrap_or("bridge") {
             "bridge" => {}
@@ -176,7 +198,9 @@ impl Controller {
         let gateway: Option<Ipv4Addr> = parse_opt("gateway", req.gateway.as_deref())?;
         let ip_range: Option<Ipv4Net> = parse_opt("ip range", req.ip_range.as_deref())?;
         if subnet.is_none() && (gateway.is_some() || ip_range.is_some()) {
-            return Err(ApiError::bad_request("--gateway and --ip-range need --subnet"));
+            return Err(ApiError::bad_request(
+                "--gateway and --ip-range need --subnet",
+            ));
         }
         let subnet = match subnet {
             Some(subnet) => subnet,
@@ -194,7 +218,14 @@ impl Controller {
             }
         };
         let id = random_id();
-        self.create_network(&req.name, network::bridge_name(&id), subnet, gateway, ip_range, req.internal)?;
+        self.create_network(
+            &req.name,
+            network::bridge_name(&id),
+            subnet,
+            gateway,
+            ip_range,
+            req.internal,
+        )?;
         self.network_inspect(&req.name)
     }
 
@@ -208,8 +239,14 @@ impl Controller {
         ip_range: Option<Ipv4Net>,
         is_internal: bool,
     ) -> Result<()> {
-        let pool = Pool::new(subnet, gateway, ip_range).map_err(|e| ApiError::bad_request(e.to_string()))?;
-        if let Some(other) = self.state.networks.values().find(|n| ipam::overlaps(n.subnet, pool.subnet)) {
+        let pool = Pool::new(subnet, gateway, ip_range)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        if let Some(other) = self
+            .state
+            .networks
+            .values()
+            .find(|n| ipam::overlaps(n.subnet, pool.subnet))
+        {
             return Err(ApiError::conflict(format!(
                 "subnet {} overlaps network {} ({})",
                 pool.subnet, other.name, other.subnet
@@ -242,7 +279,10 @@ impl Controller {
             undo(&record, &mut self.datapath);
             return Err(internal(e));
         }
-        if let Err(e) = self.datapath.set_subnet(record.subnet, network::subnet_info(&record)) {
+        if let Err(e) = self
+            .datapath
+            .set_subnet(record.subnet, network::subnet_info(&record))
+        {
             undo(&record, &mut self.datapath);
             return Err(internal(e));
         }
@@ -273,7 +313,9 @@ impl Controller {
     pub fn network_remove(&mut self, name: &str) -> Result<()> {
         let record = self.network(name)?.clone();
         if record.name == DEFAULT_NETWORK {
-            return Err(ApiError::conflict("bridge is the default network and cannot be removed"));
+            return Err(ApiError::conflict(
+                "bridge is the default network and cannot be removed",
+            ));
         }
         let users: Vec<&str> = self
             .state
@@ -305,7 +347,11 @@ impl Controller {
             .keys()
             .filter(|name| *name != DEFAULT_NETWORK)
             .filter(|name| {
-                !self.state.containers.values().any(|c| c.networks.iter().any(|r| &r.network == *name))
+                !self
+                    .state
+                    .containers
+                    .values()
+                    .any(|c| c.networks.iter().any(|r| &r.network == *name))
             })
             .cloned()
             .collect();
@@ -333,7 +379,10 @@ impl Controller {
             )));
         }
         check_fixed_ip_allowed(&net, ip)?;
-        let request = NetworkRequest { network: net.name.clone(), ip };
+        let request = NetworkRequest {
+            network: net.name.clone(),
+            ip,
+        };
         if c.is_running() {
             let ns = self.open_netns(&c)?;
             let ep = self.add_endpoint(&c, &ns, &net, ip)?;
@@ -383,7 +432,11 @@ impl Controller {
         net: &NetworkRecord,
         ip: Option<Ipv4Addr>,
     ) -> Result<EndpointRecord> {
-        let pool = Pool { subnet: net.subnet, gateway: net.gateway, range: net.ip_range };
+        let pool = Pool {
+            subnet: net.subnet,
+            gateway: net.gateway,
+            range: net.ip_range,
+        };
         let ip = pool
             .allocate(&self.in_use(&net.name), ip)
             .map_err(|e| ApiError::conflict(format!("network {}: {e}", net.name)))?;
@@ -412,11 +465,22 @@ impl Controller {
     }
 
     /// Attaches the fast path to the endpoint's veth and publishes it in the maps.
-    fn install_endpoint(&mut self, net: &NetworkRecord, ep: &EndpointRecord) -> Result<(), datapath::DatapathError> {
+    fn install_endpoint(
+        &mut self,
+        net: &NetworkRecord,
+        ep: &EndpointRecord,
+    ) -> Result<(), datapath::DatapathError> {
         self.datapath.attach(&ep.host_veth)?;
         let flags = if net.internal { IFACE_FLAG_INTERNAL } else { 0 };
-        self.datapath.set_iface(ep.host_ifindex, EndpointIface { network: net.index, flags })?;
-        self.datapath.set_endpoint(net.index, ep.ip, endpoint_target(ep))
+        self.datapath.set_iface(
+            ep.host_ifindex,
+            EndpointIface {
+                network: net.index,
+                flags,
+            },
+        )?;
+        self.datapath
+            .set_endpoint(net.index, ep.ip, endpoint_target(ep))
     }
 
     /// Takes an endpoint out of the maps, then deletes its veth; never fails half-way.
@@ -436,7 +500,11 @@ impl Controller {
             .containers
             .get(key)
             .or_else(|| {
-                let mut hits = self.state.containers.values().filter(|c| c.id.starts_with(key));
+                let mut hits = self
+                    .state
+                    .containers
+                    .values()
+                    .filter(|c| c.id.starts_with(key));
                 match (hits.next(), hits.next()) {
                     (Some(c), None) if !key.is_empty() => Some(c),
                     _ => None,
@@ -448,7 +516,10 @@ impl Controller {
     /// The network namespace of a running container, opened.
     fn open_netns(&self, c: &ContainerRecord) -> Result<File> {
         let path = self.netns_path_of(c).ok_or_else(|| {
-            ApiError::conflict(format!("container {} has no network namespace of its own", c.name))
+            ApiError::conflict(format!(
+                "container {} has no network namespace of its own",
+                c.name
+            ))
         })?;
         netns::open(&path).map_err(internal)
     }
@@ -456,19 +527,27 @@ impl Controller {
     /// Where the container's network namespace can be opened: its process's, if alive,
     /// otherwise the recorded path. `None` means the daemon's own namespace (host mode).
     fn netns_path_of(&self, c: &ContainerRecord) -> Option<PathBuf> {
-        if let Some(pid) = c.pid.filter(|pid| container::is_same_process(*pid, c.pid_start_time)) {
-            if c.mode != NetworkMode::Host {
-                return Some(PathBuf::from(format!("/proc/{pid}/ns/net")));
-            }
+        if let Some(pid) = c
+            .pid
+            .filter(|pid| container::is_same_process(*pid, c.pid_start_time))
+            && c.mode != NetworkMode::Host
+        {
+            return Some(PathBuf::from(format!("/proc/{pid}/ns/net")));
         }
         c.netns.clone()
     }
 
-    fn parse_mode(&self, network: Option<&str>, ip: Option<Ipv4Addr>) -> Result<(NetworkMode, Vec<NetworkRequest>)> {
+    fn parse_mode(
+        &self,
+        network: Option<&str>,
+        ip: Option<Ipv4Addr>,
+    ) -> Result<(NetworkMode, Vec<NetworkRequest>)> {
         let network = network.unwrap_or(DEFAULT_NETWORK);
         let plain = |mode| {
             if ip.is_some() {
-                return Err(ApiError::bad_request(format!("--ip cannot be used with --network {network}")));
+                return Err(ApiError::bad_request(format!(
+                    "--ip cannot be used with --network {network}"
+                )));
             }
             Ok((mode, vec![]))
         };
@@ -478,7 +557,10 @@ impl Controller {
             _ => {
                 if let Some(target) = network.strip_prefix("container:") {
                     let target = self.container(target)?;
-                    if !matches!(target.mode, NetworkMode::Bridge | NetworkMode::None | NetworkMode::Host) {
+                    if !matches!(
+                        target.mode,
+                        NetworkMode::Bridge | NetworkMode::None | NetworkMode::Host
+                    ) {
                         return Err(ApiError::bad_request(format!(
                             "container {} itself shares another container's namespace: join that one",
                             target.name
@@ -488,7 +570,13 @@ impl Controller {
                 }
                 let net = self.network(network)?;
                 check_fixed_ip_allowed(net, ip)?;
-                Ok((NetworkMode::Bridge, vec![NetworkRequest { network: net.name.clone(), ip }]))
+                Ok((
+                    NetworkMode::Bridge,
+                    vec![NetworkRequest {
+                        network: net.name.clone(),
+                        ip,
+                    }],
+                ))
             }
         }
     }
@@ -507,7 +595,9 @@ impl Controller {
     pub fn container_create(&mut self, req: ContainerCreate) -> Result<ContainerView> {
         self.check_new_container_name(&req.name)?;
         if req.cmd.is_empty() {
-            return Err(ApiError::bad_request("no command given: netbpf run --name NAME -- CMD [ARGS...]"));
+            return Err(ApiError::bad_request(
+                "no command given: netbpf run --name NAME -- CMD [ARGS...]",
+            ));
         }
         let ip: Option<Ipv4Addr> = parse_opt("IP address", req.ip.as_deref())?;
         let (mode, networks) = self.parse_mode(req.network.as_deref(), ip)?;
@@ -529,7 +619,9 @@ impl Controller {
         };
         let log = self.config.log_path(&record.id);
         std::fs::create_dir_all(log.parent().expect("has parent")).map_err(internal)?;
-        self.state.containers.insert(record.name.clone(), record.clone());
+        self.state
+            .containers
+            .insert(record.name.clone(), record.clone());
         if let Err(e) = self.start_container(&record.name) {
             self.state.containers.remove(&record.name);
             let _ = std::fs::remove_dir_all(log.parent().expect("has parent"));
@@ -541,7 +633,10 @@ impl Controller {
     pub fn container_start(&mut self, key: &str) -> Result<ContainerView> {
         let c = self.container(key)?.clone();
         if c.is_running() {
-            return Err(ApiError::conflict(format!("container {} is already running", c.name)));
+            return Err(ApiError::conflict(format!(
+                "container {} is already running",
+                c.name
+            )));
         }
         if c.attached.is_some() {
             return Err(ApiError::conflict(format!(
@@ -555,7 +650,12 @@ impl Controller {
 
     /// Makes the namespace, wires the endpoints, starts the process; undoes it all on error.
     fn start_container(&mut self, name: &str) -> Result<()> {
-        let c = self.state.containers.get(name).expect("caller checked").clone();
+        let c = self
+            .state
+            .containers
+            .get(name)
+            .expect("caller checked")
+            .clone();
         let own_netns = self.config.netns_dir().join(&c.id);
         let netns_path = match &c.mode {
             NetworkMode::Host => None,
@@ -577,25 +677,33 @@ impl Controller {
         };
         let mut endpoints = vec![];
         let result = (|| -> Result<std::process::Child> {
-            if let Some(path) = &netns_path {
-                if c.mode == NetworkMode::None || c.mode == NetworkMode::Bridge {
-                    let ns = netns::open(path).map_err(internal)?;
-                    endpoint::loopback_up(&ns).map_err(internal)?;
-                    for req in &c.networks {
-                        let net = self.network(&req.network).map_err(|_| {
-                            ApiError::not_found(format!(
-                                "network {} of container {} no longer exists: disconnect it",
-                                req.network, c.name
-                            ))
-                        })?;
-                        let net = net.clone();
-                        let view = ContainerRecord { endpoints: endpoints.clone(), ..c.clone() };
-                        endpoints.push(self.add_endpoint(&view, &ns, &net, req.ip)?);
-                    }
+            if let Some(path) = &netns_path
+                && (c.mode == NetworkMode::None || c.mode == NetworkMode::Bridge)
+            {
+                let ns = netns::open(path).map_err(internal)?;
+                endpoint::loopback_up(&ns).map_err(internal)?;
+                for req in &c.networks {
+                    let net = self.network(&req.network).map_err(|_| {
+                        ApiError::not_found(format!(
+                            "network {} of container {} no longer exists: disconnect it",
+                            req.network, c.name
+                        ))
+                    })?;
+                    let net = net.clone();
+                    let view = ContainerRecord {
+                        endpoints: endpoints.clone(),
+                        ..c.clone()
+                    };
+                    endpoints.push(self.add_endpoint(&view, &ns, &net, req.ip)?);
                 }
             }
-            container::spawn(&c.cmd, netns_path.as_deref(), &self.config.log_path(&c.id), &self.config.netns_dir())
-                .map_err(|e| ApiError::bad_request(format!("cannot start {:?}: {e}", c.cmd[0])))
+            container::spawn(
+                &c.cmd,
+                netns_path.as_deref(),
+                &self.config.log_path(&c.id),
+                &self.config.netns_dir(),
+            )
+            .map_err(|e| ApiError::bad_request(format!("cannot start {:?}: {e}", c.cmd[0])))
         })();
         let child = match result {
             Ok(child) => child,
@@ -631,14 +739,19 @@ impl Controller {
 
     /// Watches a process that is not our child, reporting its exit like a child's.
     fn watch_foreign(&mut self, id: &str, pid: i32) {
-        self.exit_watches.insert(id.to_owned(), watch::channel(None).0);
+        self.exit_watches
+            .insert(id.to_owned(), watch::channel(None).0);
         let exits = self.exits.clone();
         let id = id.to_owned();
         std::thread::spawn(move || {
             if let Err(error) = container::wait_foreign(pid) {
                 tracing::warn!(%error, pid, "cannot watch process; treating it as exited");
             }
-            let _ = exits.send(ExitEvent { id, pid, code: None });
+            let _ = exits.send(ExitEvent {
+                id,
+                pid,
+                code: None,
+            });
         });
     }
 
@@ -703,7 +816,10 @@ impl Controller {
         if !c.is_running() {
             return Ok(None);
         }
-        if let Some(pid) = c.pid.filter(|pid| container::is_same_process(*pid, c.pid_start_time)) {
+        if let Some(pid) = c
+            .pid
+            .filter(|pid| container::is_same_process(*pid, c.pid_start_time))
+        {
             container::signal_group(pid, signal);
         }
         self.wait(&c.id).map(Some)
@@ -758,7 +874,11 @@ impl Controller {
                 if container::start_time(pid).is_none() {
                     return Err(ApiError::not_found(format!("no process with pid {pid}")));
                 }
-                (PathBuf::from(format!("/proc/{pid}/ns/net")), AttachedTo::Pid, Some(pid))
+                (
+                    PathBuf::from(format!("/proc/{pid}/ns/net")),
+                    AttachedTo::Pid,
+                    Some(pid),
+                )
             }
             (None, Some(path)) => {
                 let path = PathBuf::from(path);
@@ -770,7 +890,11 @@ impl Controller {
                 }
                 (path, AttachedTo::Netns, None)
             }
-            _ => return Err(ApiError::bad_request("give exactly one of --pid and --netns")),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "give exactly one of --pid and --netns",
+                ));
+            }
         };
         let ns = netns::open(&path).map_err(|e| ApiError::bad_request(e.to_string()))?;
         if same_netns(&ns, Path::new("/proc/self/ns/net")) {
@@ -806,7 +930,11 @@ impl Controller {
         let id = record.id.clone();
         self.state.containers.insert(record.name.clone(), record);
         if let Err(e) = self.save() {
-            let c = self.state.containers.remove(&req.name).expect("just inserted");
+            let c = self
+                .state
+                .containers
+                .remove(&req.name)
+                .expect("just inserted");
             self.release(&c);
             return Err(e);
         }
@@ -820,9 +948,14 @@ impl Controller {
     pub fn exec_target(&self, key: &str) -> Result<(Option<PathBuf>, Option<i32>)> {
         let c = self.container(key)?;
         if !c.is_running() {
-            return Err(ApiError::conflict(format!("container {} is not running", c.name)));
+            return Err(ApiError::conflict(format!(
+                "container {} is not running",
+                c.name
+            )));
         }
-        let pid = c.pid.filter(|pid| container::is_same_process(*pid, c.pid_start_time));
+        let pid = c
+            .pid
+            .filter(|pid| container::is_same_process(*pid, c.pid_start_time));
         Ok((self.netns_path_of(c), pid))
     }
 
@@ -837,7 +970,10 @@ impl Controller {
     }
 
     pub fn is_running_id(&self, id: &str) -> bool {
-        self.state.containers.values().any(|c| c.id == id && c.is_running())
+        self.state
+            .containers
+            .values()
+            .any(|c| c.id == id && c.is_running())
     }
 
     pub fn container_list(&self, all: bool) -> Vec<ContainerSummary> {
@@ -870,16 +1006,26 @@ impl Controller {
         let c = self.container(key)?;
         let mut networks = BTreeMap::new();
         for req in &c.networks {
-            let Some(net) = self.state.networks.get(&req.network) else { continue };
+            let Some(net) = self.state.networks.get(&req.network) else {
+                continue;
+            };
             let ep = c.endpoints.iter().find(|ep| ep.network == req.network);
             networks.insert(
                 req.network.clone(),
                 ContainerEndpointView {
                     network_id: net.id.clone(),
                     endpoint_id: ep.map(|ep| ep.id.clone()).unwrap_or_default(),
-                    gateway: if ep.is_some() { net.gateway.to_string() } else { String::new() },
+                    gateway: if ep.is_some() {
+                        net.gateway.to_string()
+                    } else {
+                        String::new()
+                    },
                     ip_address: ep.map(|ep| ep.ip.to_string()).unwrap_or_default(),
-                    ip_prefix_len: if ep.is_some() { net.subnet.prefix_len() } else { 0 },
+                    ip_prefix_len: if ep.is_some() {
+                        net.subnet.prefix_len()
+                    } else {
+                        0
+                    },
                     mac_address: ep.map(|ep| format_mac(ep.mac)).unwrap_or_default(),
                     interface: ep.map(|ep| ep.ifname.clone()).unwrap_or_default(),
                     host_interface: ep.map(|ep| ep.host_veth.clone()).unwrap_or_default(),
@@ -964,7 +1110,9 @@ impl Controller {
                 record.pid = None;
                 if c.auto_remove {
                     self.state.containers.remove(&c.name);
-                    let _ = std::fs::remove_dir_all(self.config.log_path(&c.id).parent().expect("has parent"));
+                    let _ = std::fs::remove_dir_all(
+                        self.config.log_path(&c.id).parent().expect("has parent"),
+                    );
                 }
                 continue;
             }
@@ -978,12 +1126,20 @@ impl Controller {
                         kept.push(ep.clone());
                     }
                     _ => {
-                        tracing::warn!(container = c.name, veth = ep.host_veth, "endpoint vanished; dropping it");
+                        tracing::warn!(
+                            container = c.name,
+                            veth = ep.host_veth,
+                            "endpoint vanished; dropping it"
+                        );
                         self.remove_endpoint(ep);
                     }
                 }
             }
-            self.state.containers.get_mut(&c.name).expect("exists").endpoints = kept;
+            self.state
+                .containers
+                .get_mut(&c.name)
+                .expect("exists")
+                .endpoints = kept;
             if let Some(pid) = c.pid {
                 self.watch_foreign(&c.id, pid);
             }
@@ -1006,8 +1162,11 @@ impl Controller {
         let bridges = self.bridge_names();
         Netlink::run(None, |nl| {
             let links = nl.links()?;
-            let bridge_indexes: Vec<u32> =
-                links.iter().filter(|l| bridges.contains(&l.name)).map(|l| l.index).collect();
+            let bridge_indexes: Vec<u32> = links
+                .iter()
+                .filter(|l| bridges.contains(&l.name))
+                .map(|l| l.index)
+                .collect();
             for link in links {
                 let on_ours = link.controller.is_some_and(|c| bridge_indexes.contains(&c));
                 if on_ours && !veths.contains(&link.name) {
@@ -1042,13 +1201,25 @@ impl Controller {
     fn desired(&self) -> Desired {
         let mut desired = Desired::default();
         for net in self.state.networks.values() {
-            desired.subnets.insert(net.subnet, network::subnet_info(net));
+            desired
+                .subnets
+                .insert(net.subnet, network::subnet_info(net));
         }
         for ep in self.state.containers.values().flat_map(|c| &c.endpoints) {
-            let Some(net) = self.state.networks.get(&ep.network) else { continue };
+            let Some(net) = self.state.networks.get(&ep.network) else {
+                continue;
+            };
             let flags = if net.internal { IFACE_FLAG_INTERNAL } else { 0 };
-            desired.ifaces.insert(ep.host_ifindex, EndpointIface { network: net.index, flags });
-            desired.endpoints.insert((net.index, ep.ip), endpoint_target(ep));
+            desired.ifaces.insert(
+                ep.host_ifindex,
+                EndpointIface {
+                    network: net.index,
+                    flags,
+                },
+            );
+            desired
+                .endpoints
+                .insert((net.index, ep.ip), endpoint_target(ep));
         }
         desired
     }
@@ -1107,7 +1278,11 @@ fn same_netns(a: &File, b: &Path) -> bool {
 }
 
 fn endpoint_target(ep: &EndpointRecord) -> EndpointTarget {
-    EndpointTarget { host_ifindex: ep.host_ifindex, mac: ep.mac, _pad: [0; 2] }
+    EndpointTarget {
+        host_ifindex: ep.host_ifindex,
+        mac: ep.mac,
+        _pad: [0; 2],
+    }
 }
 
 fn counters_view(c: &EndpointCounters) -> CountersView {
@@ -1116,7 +1291,10 @@ fn counters_view(c: &EndpointCounters) -> CountersView {
         fast_bytes: c.fast_bytes,
         passed_packets: c.passed_packets,
         passed_bytes: c.passed_bytes,
-        drops: DropReason::ALL.iter().map(|r| (r.name().to_owned(), c.drops[*r as usize])).collect(),
+        drops: DropReason::ALL
+            .iter()
+            .map(|r| (r.name().to_owned(), c.drops[*r as usize]))
+            .collect(),
     }
 }
 

@@ -20,8 +20,8 @@ use tokio::{net::UnixListener, signal::unix::SignalKind, sync::mpsc};
 use crate::{
     api::server,
     container,
-    datapath,
     controller::{Config, Controller, WaitFor},
+    datapath,
     netlink::Netlink,
 };
 
@@ -47,7 +47,7 @@ pub struct DaemonArgs {
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 fn is_bpffs(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
 }
 
 /// Makes `path` a directory on a bpf file system. Returns whether it is a bpffs mount of its
@@ -63,21 +63,37 @@ fn prepare_bpffs(path: &Path) -> anyhow::Result<bool> {
     }
     // The system location is not mounted (a bare machine): mount it there, as systemd would.
     if parent == Path::new("/sys/fs/bpf") {
-        mount(Some("bpffs"), parent, Some("bpf"), MsFlags::empty(), None::<&str>)
-            .context("mounting bpffs on /sys/fs/bpf")?;
+        mount(
+            Some("bpffs"),
+            parent,
+            Some("bpf"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .context("mounting bpffs on /sys/fs/bpf")?;
         std::fs::create_dir_all(path)?;
         return Ok(false);
     }
     std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
-    mount(Some("bpffs"), path, Some("bpf"), MsFlags::empty(), None::<&str>)
-        .with_context(|| format!("mounting bpffs on {}", path.display()))?;
+    mount(
+        Some("bpffs"),
+        path,
+        Some("bpf"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .with_context(|| format!("mounting bpffs on {}", path.display()))?;
     Ok(true)
 }
 
 fn is_mount_point(path: &Path) -> bool {
-    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
     let target = path.to_string_lossy();
-    mounts.lines().any(|l| l.split(' ').nth(4) == Some(&*target))
+    mounts
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(&*target))
 }
 
 /// Makes the namespace directory a mount point of its own, so container processes can drop
@@ -88,8 +104,14 @@ fn prepare_netns_dir(dir: &Path) -> anyhow::Result<()> {
         mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>)
             .with_context(|| format!("bind-mounting {}", dir.display()))?;
     }
-    mount(None::<&str>, dir, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>)
-        .with_context(|| format!("making {} private", dir.display()))?;
+    mount(
+        None::<&str>,
+        dir,
+        None::<&str>,
+        MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .with_context(|| format!("making {} private", dir.display()))?;
     Ok(())
 }
 
@@ -101,7 +123,8 @@ fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
         bail!("another daemon is already serving {}", path.display());
     }
     let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
 }
@@ -114,19 +137,24 @@ fn enable_forwarding() -> anyhow::Result<()> {
 
 pub async fn run(socket: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
-        bail!("netbpf daemon must run as root (it creates namespaces, interfaces and BPF programs)");
+        bail!(
+            "netbpf daemon must run as root (it creates namespaces, interfaces and BPF programs)"
+        );
     }
     let state_dir = std::path::absolute(&args.state_dir)?;
     std::fs::create_dir_all(state_dir.join("containers"))
         .with_context(|| format!("creating state dir {}", state_dir.display()))?;
     let lock = std::fs::File::create(state_dir.join("lock"))?;
     let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
-        .map_err(|_| anyhow::anyhow!("another daemon is using state dir {}", state_dir.display()))?;
+        .map_err(|_| {
+            anyhow::anyhow!("another daemon is using state dir {}", state_dir.display())
+        })?;
     let listener = bind_socket(&socket)?;
     let uplink = match &args.uplink {
         Some(name) => {
             let name2 = name.clone();
-            Netlink::run(None, move |nl| nl.link(&name2)).with_context(|| format!("--uplink {name}"))?;
+            Netlink::run(None, move |nl| nl.link(&name2))
+                .with_context(|| format!("--uplink {name}"))?;
             Some(name.clone())
         }
         None => Netlink::run(None, |nl| nl.default_route_link())?.map(|l| l.name),
@@ -137,7 +165,12 @@ pub async fn run(socket: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
     enable_forwarding()?;
     let bpffs = std::path::absolute(&args.bpffs)?;
     let mounted_bpffs = prepare_bpffs(&bpffs)?;
-    let config = Config { state_dir: state_dir.clone(), bpffs: bpffs.clone(), uplink, default_subnet: args.default_subnet };
+    let config = Config {
+        state_dir: state_dir.clone(),
+        bpffs: bpffs.clone(),
+        uplink,
+        default_subnet: args.default_subnet,
+    };
     prepare_netns_dir(&config.netns_dir())?;
 
     let (exits_tx, mut exits_rx) = mpsc::unbounded_channel();
@@ -184,7 +217,8 @@ pub async fn run(socket: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
     stop_all(&ctl).await;
     exit_loop.abort();
     let ctl2 = ctl.clone();
-    tokio::task::spawn_blocking(move || ctl2.lock().unwrap_or_else(|p| p.into_inner()).teardown()).await?;
+    tokio::task::spawn_blocking(move || ctl2.lock().unwrap_or_else(|p| p.into_inner()).teardown())
+        .await?;
     unprepare(&config, &socket, mounted_bpffs);
     tracing::info!("netbpf daemon stopped");
     Ok(())
@@ -211,13 +245,20 @@ async fn stop_all(ctl: &Arc<Mutex<Controller>>) {
         let mut c = ctl2.lock().unwrap_or_else(|p| p.into_inner());
         c.running_pids()
             .into_iter()
-            .filter_map(|(id, pid)| c.container_signal(&id, libc::SIGTERM).ok().flatten().map(|w| (pid, w)))
+            .filter_map(|(id, pid)| {
+                c.container_signal(&id, libc::SIGTERM)
+                    .ok()
+                    .flatten()
+                    .map(|w| (pid, w))
+            })
             .collect::<Vec<_>>()
     })
     .await
     .unwrap_or_default();
     for (pid, wait) in targets {
-        let WaitFor::Running(mut rx) = wait else { continue };
+        let WaitFor::Running(mut rx) = wait else {
+            continue;
+        };
         let exited = async {
             while rx.borrow_and_update().is_none() {
                 if rx.changed().await.is_err() {
@@ -225,7 +266,10 @@ async fn stop_all(ctl: &Arc<Mutex<Controller>>) {
                 }
             }
         };
-        if tokio::time::timeout(Duration::from_secs(10), exited).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(10), exited)
+            .await
+            .is_err()
+        {
             container::signal_group(pid, libc::SIGKILL);
             let _ = tokio::time::timeout(Duration::from_secs(5), rx.changed()).await;
         }

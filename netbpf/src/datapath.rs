@@ -30,15 +30,18 @@ use aya::{
 };
 use ipnet::Ipv4Net;
 use netbpf_common::{
-    EndpointCounters, EndpointIface, EndpointKey, EndpointTarget, IpAddrKey, SubnetInfo,
-    SubnetKey, names,
+    EndpointCounters, EndpointIface, EndpointKey, EndpointTarget, IpAddrKey, SubnetInfo, SubnetKey,
+    names,
 };
 use serde::Serialize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
     #[error("cannot prepare pin directory {path}: {source}")]
-    PinDir { path: PathBuf, source: std::io::Error },
+    PinDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("loading the eBPF object: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("program {0} is missing from the eBPF object")]
@@ -90,24 +93,36 @@ impl Datapath {
         let maps_dir = root.join("maps");
         let links_dir = root.join("links");
         for dir in [&maps_dir, &links_dir] {
-            std::fs::create_dir_all(dir)
-                .map_err(|source| DatapathError::PinDir { path: dir.clone(), source })?;
+            std::fs::create_dir_all(dir).map_err(|source| DatapathError::PinDir {
+                path: dir.clone(),
+                source,
+            })?;
         }
-        let mut ebpf = EbpfLoader::new().default_map_pin_directory(&maps_dir).load(EBPF_OBJECT)?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&maps_dir)
+            .load(EBPF_OBJECT)?;
         let program: &mut SchedClassifier = ebpf
             .program_mut(names::PROG_FROM_CONTAINER)
             .ok_or(DatapathError::MissingProgram(names::PROG_FROM_CONTAINER))?
             .try_into()?;
         program.load()?;
-        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(DatapathError::MissingMap(name));
+        let mut take =
+            |name: &'static str| ebpf.take_map(name).ok_or(DatapathError::MissingMap(name));
         let endpoints = HashMap::try_from(take(names::ENDPOINTS)?)?;
         let ifaces = HashMap::try_from(take(names::ENDPOINT_IFACES)?)?;
         let subnets = LpmTrie::try_from(take(names::SUBNETS)?)?;
         let counters = PerCpuHashMap::try_from(take(names::COUNTERS)?)?;
-        Ok(Self { ebpf, endpoints, ifaces, subnets, counters, links_dir })
+        Ok(Self {
+            ebpf,
+            endpoints,
+            ifaces,
+            subnets,
+            counters,
+            links_dir,
+        })
     }
 
-    fn from_container(&mut self) -> &mut SchedClassifier {
+    fn program(&mut self) -> &mut SchedClassifier {
         self.ebpf
             .program_mut(names::PROG_FROM_CONTAINER)
             .and_then(|p| p.try_into().ok())
@@ -127,7 +142,7 @@ impl Datapath {
             match PinnedLink::from_pin(&pin) {
                 Ok(pinned) => {
                     let link = SchedClassifierLink::try_from(FdLink::from(pinned))?;
-                    let program = self.from_container();
+                    let program = self.program();
                     let id = program.attach_to_link(link)?;
                     // Dropping our copy closes one fd; the pin keeps the link.
                     drop(program.take_link(id)?);
@@ -139,7 +154,7 @@ impl Datapath {
                 }
             }
         }
-        let program = self.from_container();
+        let program = self.program();
         let id = program.attach_with_options(
             host_veth,
             TcAttachType::Ingress,
@@ -158,7 +173,11 @@ impl Datapath {
     /// Names of the veths that have a pinned link.
     pub fn pinned_links(&self) -> Vec<String> {
         std::fs::read_dir(&self.links_dir)
-            .map(|dir| dir.flatten().filter_map(|e| e.file_name().into_string().ok()).collect())
+            .map(|dir| {
+                dir.flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -168,7 +187,9 @@ impl Datapath {
         ip: Ipv4Addr,
         target: EndpointTarget,
     ) -> Result<(), DatapathError> {
-        Ok(self.endpoints.insert(endpoint_key(network, ip), target, 0)?)
+        Ok(self
+            .endpoints
+            .insert(endpoint_key(network, ip), target, 0)?)
     }
 
     pub fn remove_endpoint(&mut self, network: u32, ip: Ipv4Addr) {
@@ -216,10 +237,17 @@ impl Datapath {
     /// Makes the maps hold exactly `desired`: entries left by a crash are removed, missing
     /// ones added, and entries that are already right are rewritten in place (no gap).
     pub fn sync(&mut self, desired: &Desired) -> Result<(), DatapathError> {
-        let wanted: HashSet<EndpointKey> =
-            desired.endpoints.keys().map(|(n, ip)| endpoint_key(*n, *ip)).collect();
-        let stale: Vec<_> =
-            self.endpoints.keys().flatten().filter(|k| !wanted.contains(k)).collect();
+        let wanted: HashSet<EndpointKey> = desired
+            .endpoints
+            .keys()
+            .map(|(n, ip)| endpoint_key(*n, *ip))
+            .collect();
+        let stale: Vec<_> = self
+            .endpoints
+            .keys()
+            .flatten()
+            .filter(|k| !wanted.contains(k))
+            .collect();
         for key in stale {
             let _ = self.endpoints.remove(&key);
         }
@@ -227,13 +255,21 @@ impl Datapath {
             self.set_endpoint(*network, *ip, *target)?;
         }
 
-        let stale: Vec<_> =
-            self.ifaces.keys().flatten().filter(|k| !desired.ifaces.contains_key(k)).collect();
+        let stale: Vec<_> = self
+            .ifaces
+            .keys()
+            .flatten()
+            .filter(|k| !desired.ifaces.contains_key(k))
+            .collect();
         for ifindex in stale {
             self.remove_iface(ifindex);
         }
-        let stale: Vec<_> =
-            self.counters.keys().flatten().filter(|k| !desired.ifaces.contains_key(k)).collect();
+        let stale: Vec<_> = self
+            .counters
+            .keys()
+            .flatten()
+            .filter(|k| !desired.ifaces.contains_key(k))
+            .collect();
         for ifindex in stale {
             let _ = self.counters.remove(&ifindex);
         }
@@ -247,7 +283,9 @@ impl Datapath {
             .keys()
             .flatten()
             .filter(|k| {
-                !wanted.iter().any(|w| w.prefix_len() == k.prefix_len() && w.data() == k.data())
+                !wanted
+                    .iter()
+                    .any(|w| w.prefix_len() == k.prefix_len() && w.data() == k.data())
             })
             .collect();
         for key in stale {
@@ -278,7 +316,10 @@ impl Datapath {
                 map_ids.insert(name.to_owned(), id);
             }
         }
-        DatapathIds { program_ids, map_ids }
+        DatapathIds {
+            program_ids,
+            map_ids,
+        }
     }
 }
 
@@ -293,12 +334,17 @@ pub fn remove_pins(root: &Path) {
 }
 
 fn endpoint_key(network: u32, ip: Ipv4Addr) -> EndpointKey {
-    EndpointKey { network, addr: IpAddrKey::from_v4(ip.octets()) }
+    EndpointKey {
+        network,
+        addr: IpAddrKey::from_v4(ip.octets()),
+    }
 }
 
 fn subnet_key(subnet: Ipv4Net) -> Key<SubnetKey> {
     Key::new(
         IpAddrKey::V4_MAPPED_PREFIX_BITS + u32::from(subnet.prefix_len()),
-        SubnetKey { addr: IpAddrKey::from_v4(subnet.network().octets()) },
+        SubnetKey {
+            addr: IpAddrKey::from_v4(subnet.network().octets()),
+        },
     )
 }

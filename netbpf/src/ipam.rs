@@ -52,7 +52,10 @@ impl Pool {
         let gateway = match gateway {
             Some(gw) => {
                 if !subnet.contains(&gw) {
-                    return Err(IpamError::GatewayOutside { gateway: gw, subnet });
+                    return Err(IpamError::GatewayOutside {
+                        gateway: gw,
+                        subnet,
+                    });
                 }
                 if gw == subnet.network() || gw == subnet.broadcast() {
                     return Err(IpamError::GatewayReserved(gw));
@@ -67,7 +70,11 @@ impl Pool {
                 return Err(IpamError::RangeOutside { range, subnet });
             }
         }
-        Ok(Self { subnet, gateway, range: range.map(|r| r.trunc()) })
+        Ok(Self {
+            subnet,
+            gateway,
+            range: range.map(|r| r.trunc()),
+        })
     }
 
     /// Picks `requested` if it is valid and free, otherwise the lowest free address in the
@@ -79,7 +86,10 @@ impl Pool {
     ) -> Result<Ipv4Addr, IpamError> {
         if let Some(ip) = requested {
             if !self.subnet.contains(&ip) {
-                return Err(IpamError::AddressOutside { ip, subnet: self.subnet });
+                return Err(IpamError::AddressOutside {
+                    ip,
+                    subnet: self.subnet,
+                });
             }
             if self.is_reserved(ip) {
                 return Err(IpamError::AddressReserved(ip));
@@ -156,7 +166,10 @@ mod tests {
         used.insert(first);
         assert_eq!(pool.allocate(&used, None), Ok(ip("10.9.0.130")));
         used.insert(ip("10.9.0.130"));
-        assert_eq!(pool.allocate(&used, None), Err(IpamError::Exhausted(net("10.9.0.128/30"))));
+        assert_eq!(
+            pool.allocate(&used, None),
+            Err(IpamError::Exhausted(net("10.9.0.128/30")))
+        );
         // A released address is handed out again.
         used.remove(&first);
         assert_eq!(pool.allocate(&used, None), Ok(first));
@@ -166,21 +179,48 @@ mod tests {
     fn requested_addresses_are_checked() {
         let pool = Pool::new(net("10.9.0.0/24"), Some(ip("10.9.0.254")), None).unwrap();
         let used = BTreeSet::from([ip("10.9.0.5")]);
-        assert_eq!(pool.allocate(&used, Some(ip("10.9.0.9"))), Ok(ip("10.9.0.9")));
-        assert_eq!(pool.allocate(&used, Some(ip("10.9.0.5"))), Err(IpamError::AddressInUse(ip("10.9.0.5"))));
-        assert_eq!(pool.allocate(&used, Some(ip("10.9.0.254"))), Err(IpamError::AddressReserved(ip("10.9.0.254"))));
-        assert_eq!(pool.allocate(&used, Some(ip("10.9.0.0"))), Err(IpamError::AddressReserved(ip("10.9.0.0"))));
-        assert!(matches!(pool.allocate(&used, Some(ip("10.8.0.9"))), Err(IpamError::AddressOutside { .. })));
+        assert_eq!(
+            pool.allocate(&used, Some(ip("10.9.0.9"))),
+            Ok(ip("10.9.0.9"))
+        );
+        assert_eq!(
+            pool.allocate(&used, Some(ip("10.9.0.5"))),
+            Err(IpamError::AddressInUse(ip("10.9.0.5")))
+        );
+        assert_eq!(
+            pool.allocate(&used, Some(ip("10.9.0.254"))),
+            Err(IpamError::AddressReserved(ip("10.9.0.254")))
+        );
+        assert_eq!(
+            pool.allocate(&used, Some(ip("10.9.0.0"))),
+            Err(IpamError::AddressReserved(ip("10.9.0.0")))
+        );
+        assert!(matches!(
+            pool.allocate(&used, Some(ip("10.8.0.9"))),
+            Err(IpamError::AddressOutside { .. })
+        ));
         // The gateway was moved, so .1 is an ordinary address now.
         assert_eq!(pool.allocate(&used, None), Ok(ip("10.9.0.1")));
     }
 
     #[test]
     fn bad_pools_are_refused() {
-        assert!(matches!(Pool::new(net("10.9.0.0/24"), Some(ip("10.8.0.1")), None), Err(IpamError::GatewayOutside { .. })));
-        assert_eq!(Pool::new(net("10.9.0.0/24"), Some(ip("10.9.0.255")), None), Err(IpamError::GatewayReserved(ip("10.9.0.255"))));
-        assert!(matches!(Pool::new(net("10.9.0.0/24"), None, Some(net("10.10.0.0/25"))), Err(IpamError::RangeOutside { .. })));
-        assert_eq!(Pool::new(net("10.9.0.0/31"), None, None), Err(IpamError::SubnetTooSmall(net("10.9.0.0/31"))));
+        assert!(matches!(
+            Pool::new(net("10.9.0.0/24"), Some(ip("10.8.0.1")), None),
+            Err(IpamError::GatewayOutside { .. })
+        ));
+        assert_eq!(
+            Pool::new(net("10.9.0.0/24"), Some(ip("10.9.0.255")), None),
+            Err(IpamError::GatewayReserved(ip("10.9.0.255")))
+        );
+        assert!(matches!(
+            Pool::new(net("10.9.0.0/24"), None, Some(net("10.10.0.0/25"))),
+            Err(IpamError::RangeOutside { .. })
+        ));
+        assert_eq!(
+            Pool::new(net("10.9.0.0/31"), None, None),
+            Err(IpamError::SubnetTooSmall(net("10.9.0.0/31")))
+        );
     }
 
     #[test]
@@ -191,7 +231,10 @@ mod tests {
     #[test]
     fn free_subnets_skip_taken_ones() {
         let taken = [net("10.214.0.0/24"), net("10.214.1.128/25")];
-        assert_eq!(free_subnet(net("10.214.0.0/15"), 24, &taken), Some(net("10.214.2.0/24")));
+        assert_eq!(
+            free_subnet(net("10.214.0.0/15"), 24, &taken),
+            Some(net("10.214.2.0/24"))
+        );
         assert_eq!(free_subnet(net("10.214.0.0/23"), 24, &taken), None);
         assert!(overlaps(net("10.0.0.0/8"), net("10.214.0.0/24")));
         assert!(!overlaps(net("10.213.0.0/16"), net("10.214.0.0/24")));

@@ -8,7 +8,10 @@ fn main() {
         Command::Daemon(args) => {
             let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-            tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .init();
             match runtime.block_on(netbpf::daemon::run(cli.socket, args)) {
                 Ok(()) => 0,
                 Err(error) => {

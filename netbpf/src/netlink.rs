@@ -69,7 +69,9 @@ impl Netlink {
     }
 
     fn connect() -> Result<Self, NetlinkError> {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         let handle = runtime.block_on(async {
             let (connection, handle, _) = rtnetlink::new_connection()?;
             tokio::spawn(connection);
@@ -83,11 +85,18 @@ impl Netlink {
         op: impl FnOnce() -> String,
         fut: impl Future<Output = Result<T, rtnetlink::Error>>,
     ) -> Result<T, NetlinkError> {
-        self.runtime.block_on(fut).map_err(|e| kernel_error(op(), e))
+        self.runtime
+            .block_on(fut)
+            .map_err(|e| kernel_error(op(), e))
     }
 
     pub fn link_by_name(&self, name: &str) -> Result<Option<Link>, NetlinkError> {
-        let mut request = self.handle.link().get().match_name(name.to_owned()).execute();
+        let mut request = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_owned())
+            .execute();
         match self.runtime.block_on(request.try_next()) {
             Ok(msg) => Ok(msg.map(link_from_message)),
             Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
@@ -104,15 +113,19 @@ impl Netlink {
 
     /// Looks up an interface that must exist.
     pub fn link(&self, name: &str) -> Result<Link, NetlinkError> {
-        self.link_by_name(name)?.ok_or_else(|| NetlinkError::Kernel {
-            op: format!("looking up interface {name}"),
-            hint: "no such interface".into(),
-        })
+        self.link_by_name(name)?
+            .ok_or_else(|| NetlinkError::Kernel {
+                op: format!("looking up interface {name}"),
+                hint: "no such interface".into(),
+            })
     }
 
     pub fn create_bridge(&self, name: &str, mac: [u8; 6]) -> Result<Link, NetlinkError> {
         let msg = LinkBridge::new(name).address(mac.to_vec()).up().build();
-        self.block(|| format!("creating bridge {name}"), self.handle.link().add(msg).execute())?;
+        self.block(
+            || format!("creating bridge {name}"),
+            self.handle.link().add(msg).execute(),
+        )?;
         self.link(name)
     }
 
@@ -130,8 +143,13 @@ impl Netlink {
     }
 
     pub fn set_controller(&self, index: u32, controller: u32) -> Result<(), NetlinkError> {
-        let msg = LinkUnspec::new_with_index(index).controller(controller).build();
-        self.set(|| format!("attaching interface {index} to bridge {controller}"), msg)
+        let msg = LinkUnspec::new_with_index(index)
+            .controller(controller)
+            .build();
+        self.set(
+            || format!("attaching interface {index} to bridge {controller}"),
+            msg,
+        )
     }
 
     pub fn set_up(&self, index: u32) -> Result<(), NetlinkError> {
@@ -141,13 +159,26 @@ impl Netlink {
 
     /// Moves an interface into the namespace `ns`.
     pub fn move_to_netns(&self, index: u32, ns: &File) -> Result<(), NetlinkError> {
-        let msg = LinkUnspec::new_with_index(index).setns_by_fd(ns.as_raw_fd()).build();
-        self.set(|| format!("moving interface {index} into the container namespace"), msg)
+        let msg = LinkUnspec::new_with_index(index)
+            .setns_by_fd(ns.as_raw_fd())
+            .build();
+        self.set(
+            || format!("moving interface {index} into the container namespace"),
+            msg,
+        )
     }
 
     /// Renames an interface and sets its MAC address (it must be down).
-    pub fn rename_with_mac(&self, index: u32, name: &str, mac: [u8; 6]) -> Result<(), NetlinkError> {
-        let msg = LinkUnspec::new_with_index(index).name(name.to_owned()).address(mac.to_vec()).build();
+    pub fn rename_with_mac(
+        &self,
+        index: u32,
+        name: &str,
+        mac: [u8; 6],
+    ) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(index)
+            .name(name.to_owned())
+            .address(mac.to_vec())
+            .build();
         self.set(|| format!("renaming interface {index} to {name}"), msg)
     }
 
@@ -160,14 +191,19 @@ impl Netlink {
 
     /// Like [`Self::add_address`], but an address that is already there is fine.
     pub fn ensure_address(&self, index: u32, addr: IpAddr, prefix: u8) -> Result<(), NetlinkError> {
-        match self.runtime.block_on(self.handle.address().add(index, addr, prefix).execute()) {
+        match self
+            .runtime
+            .block_on(self.handle.address().add(index, addr, prefix).execute())
+        {
             Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
             other => other.map_err(|e| kernel_error(format!("adding address {addr}/{prefix}"), e)),
         }
     }
 
     pub fn add_default_route(&self, gateway: Ipv4Addr) -> Result<(), NetlinkError> {
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).build();
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(gateway)
+            .build();
         self.block(
             || format!("adding default route via {gateway}"),
             self.handle.route().add(msg).execute(),
@@ -175,7 +211,10 @@ impl Netlink {
     }
 
     pub fn delete_link(&self, index: u32) -> Result<(), NetlinkError> {
-        match self.runtime.block_on(self.handle.link().del(index).execute()) {
+        match self
+            .runtime
+            .block_on(self.handle.link().del(index).execute())
+        {
             Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(()),
             other => other.map_err(|e| kernel_error(format!("deleting interface {index}"), e)),
         }

@@ -19,7 +19,10 @@ use nix::{
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
     #[error("cannot open network namespace {path}: {source}")]
-    Open { path: PathBuf, source: std::io::Error },
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot create network namespace at {path}: {source}")]
     Create { path: PathBuf, source: nix::Error },
     #[error("cannot enter network namespace: {0}")]
@@ -30,12 +33,18 @@ pub enum NetnsError {
 
 /// Opens a namespace file (`/proc/PID/ns/net`, a bind mount, ...).
 pub fn open(path: &Path) -> Result<File, NetnsError> {
-    File::open(path).map_err(|source| NetnsError::Open { path: path.to_owned(), source })
+    File::open(path).map_err(|source| NetnsError::Open {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Creates a new network namespace that lives on at `path` until [`remove_persistent`].
 pub fn create_persistent(path: &Path) -> Result<(), NetnsError> {
-    let err = |source| NetnsError::Create { path: path.to_owned(), source };
+    let err = |source| NetnsError::Create {
+        path: path.to_owned(),
+        source,
+    };
     File::create(path).map_err(|e| err(nix::Error::from_raw(e.raw_os_error().unwrap_or(0))))?;
     let result = on_fresh_thread(|| -> Result<(), NetnsError> {
         unshare(CloneFlags::CLONE_NEWNET).map_err(err)?;
@@ -66,7 +75,7 @@ pub fn remove_persistent(path: &Path) {
 pub fn is_namespace(path: &Path) -> bool {
     // nsfs files report the NSFS_MAGIC file system type.
     const NSFS_MAGIC: i64 = 0x6e73_6673;
-    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == NSFS_MAGIC)
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 == NSFS_MAGIC)
 }
 
 /// Runs `work` on a new thread that has entered the network namespace `ns`.

@@ -56,7 +56,11 @@ pub fn ensure_bridge(network: &NetworkRecord) -> Result<u32, NetlinkError> {
             Some(link) => link,
             None => nl.create_bridge(&network.bridge, ipam::mac_for(network.gateway))?,
         };
-        nl.ensure_address(bridge.index, IpAddr::V4(network.gateway), network.subnet.prefix_len())?;
+        nl.ensure_address(
+            bridge.index,
+            IpAddr::V4(network.gateway),
+            network.subnet.prefix_len(),
+        )?;
         nl.set_up(bridge.index)?;
         Ok(bridge.index)
     })
@@ -76,8 +80,12 @@ pub fn delete_bridge(network: &NetworkRecord) {
 /// default route and anything on the bridges in `ours`.
 pub fn host_subnets(ours: &[String]) -> Result<Vec<Ipv4Net>, NetlinkError> {
     Netlink::run(None, |nl| {
-        let our_indexes: Vec<u32> =
-            nl.links()?.into_iter().filter(|l| ours.contains(&l.name)).map(|l| l.index).collect();
+        let our_indexes: Vec<u32> = nl
+            .links()?
+            .into_iter()
+            .filter(|l| ours.contains(&l.name))
+            .map(|l| l.index)
+            .collect();
         let mut used: Vec<Ipv4Net> = nl
             .routes_v4()?
             .into_iter()
@@ -113,7 +121,11 @@ pub fn view<'a>(
 ) -> NetworkView {
     let mut endpoints = BTreeMap::new();
     for container in containers {
-        for ep in container.endpoints.iter().filter(|ep| ep.network == network.name) {
+        for ep in container
+            .endpoints
+            .iter()
+            .filter(|ep| ep.network == network.name)
+        {
             endpoints.insert(
                 container.id.clone(),
                 NetworkEndpointView {

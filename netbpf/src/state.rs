@@ -29,11 +29,20 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("cannot read state {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("state file {path} is corrupt: {source}")]
-    Corrupt { path: PathBuf, source: serde_json::Error },
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("cannot write state {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -153,27 +162,40 @@ pub struct Store {
 
 impl Store {
     pub fn new(dir: &Path) -> Self {
-        Self { path: dir.join("state.json"), dir: dir.to_owned() }
+        Self {
+            path: dir.join("state.json"),
+            dir: dir.to_owned(),
+        }
     }
 
     pub fn load(&self) -> Result<State, StateError> {
         match fs::read(&self.path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|source| StateError::Corrupt { path: self.path.clone(), source }),
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt {
+                path: self.path.clone(),
+                source,
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
-            Err(source) => Err(StateError::Read { path: self.path.clone(), source }),
+            Err(source) => Err(StateError::Read {
+                path: self.path.clone(),
+                source,
+            }),
         }
     }
 
     pub fn save(&self, state: &State) -> Result<(), StateError> {
-        let err = |source| StateError::Write { path: self.path.clone(), source };
+        let err = |source| StateError::Write {
+            path: self.path.clone(),
+            source,
+        };
         let tmp = self.path.with_extension("json.tmp");
         let bytes = serde_json::to_vec_pretty(state).expect("state serialises");
         let mut file = File::create(&tmp).map_err(err)?;
         file.write_all(&bytes).map_err(err)?;
         file.sync_all().map_err(err)?;
         fs::rename(&tmp, &self.path).map_err(err)?;
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(err)
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(err)
     }
 }
 
@@ -185,7 +207,12 @@ pub fn now_rfc3339() -> String {
         .unwrap_or(0);
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil_from_days(days as i64);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// Howard Hinnant's days-to-civil algorithm; avoids a date crate for one timestamp.
@@ -227,7 +254,10 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         let store = Store::new(&dir);
         assert!(store.load().unwrap().networks.is_empty());
-        let mut state = State { next_network_index: 7, ..State::default() };
+        let mut state = State {
+            next_network_index: 7,
+            ..State::default()
+        };
         state.networks.insert(
             "n".into(),
             NetworkRecord {

@@ -46,10 +46,14 @@ pub fn must(program: &str, args: &[&str]) -> String {
 }
 
 fn netbpf_bin() -> PathBuf {
-    let bin = std::env::var_os("NETBPF_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/netbpf")
-    });
-    assert!(bin.exists(), "netbpf binary not found at {} (run `cargo xtask test`)", bin.display());
+    let bin = std::env::var_os("NETBPF_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/netbpf"));
+    assert!(
+        bin.exists(),
+        "netbpf binary not found at {} (run `cargo xtask test`)",
+        bin.display()
+    );
     bin
 }
 
@@ -75,13 +79,16 @@ pub struct TestHost {
 
 impl TestHost {
     /// A fresh host namespace with an uplink, and a daemon running in it.
+    #[expect(
+        clippy::new_without_default,
+        reason = "making namespaces and a daemon is no default"
+    )]
     pub fn new() -> Self {
         Self::with_daemon_args(&[])
     }
 
     pub fn with_daemon_args(args: &[&str]) -> Self {
-        let host = Self::bare();
-        let mut host = host;
+        let mut host = Self::bare();
         host.start_daemon(args);
         host
     }
@@ -89,8 +96,16 @@ impl TestHost {
     /// The namespaces and directories, without a daemon.
     pub fn bare() -> Self {
         // SAFETY: geteuid has no preconditions.
-        assert_eq!(unsafe { libc::geteuid() }, 0, "integration tests must run as root (cargo xtask test)");
-        let id = format!("nbt{}x{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "integration tests must run as root (cargo xtask test)"
+        );
+        let id = format!(
+            "nbt{}x{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
         let dir = std::env::temp_dir().join(format!("netbpf-test-{id}"));
         std::fs::create_dir_all(&dir).expect("test dir");
         let host = Self {
@@ -109,12 +124,61 @@ impl TestHost {
         for ns in [&host.host_ns, &host.outside_ns] {
             must("ip", &["-n", ns, "link", "set", "lo", "up"]);
         }
-        must("ip", &["-n", &host.host_ns, "link", "add", "up0", "type", "veth", "peer", "name", "up0", "netns", &host.outside_ns]);
-        must("ip", &["-n", &host.host_ns, "addr", "add", &format!("{HOST_UPLINK_IP}/24"), "dev", "up0"]);
-        must("ip", &["-n", &host.outside_ns, "addr", "add", &format!("{OUTSIDE_IP}/24"), "dev", "up0"]);
+        must(
+            "ip",
+            &[
+                "-n",
+                &host.host_ns,
+                "link",
+                "add",
+                "up0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "up0",
+                "netns",
+                &host.outside_ns,
+            ],
+        );
+        must(
+            "ip",
+            &[
+                "-n",
+                &host.host_ns,
+                "addr",
+                "add",
+                &format!("{HOST_UPLINK_IP}/24"),
+                "dev",
+                "up0",
+            ],
+        );
+        must(
+            "ip",
+            &[
+                "-n",
+                &host.outside_ns,
+                "addr",
+                "add",
+                &format!("{OUTSIDE_IP}/24"),
+                "dev",
+                "up0",
+            ],
+        );
         must("ip", &["-n", &host.host_ns, "link", "set", "up0", "up"]);
         must("ip", &["-n", &host.outside_ns, "link", "set", "up0", "up"]);
-        must("ip", &["-n", &host.host_ns, "route", "add", "default", "via", OUTSIDE_IP]);
+        must(
+            "ip",
+            &[
+                "-n",
+                &host.host_ns,
+                "route",
+                "add",
+                "default",
+                "via",
+                OUTSIDE_IP,
+            ],
+        );
         host
     }
 
@@ -122,7 +186,11 @@ impl TestHost {
     /// not `ip netns exec`, which would also remount /sys for the daemon).
     pub fn start_daemon(&mut self, args: &[&str]) {
         let ns = File::open(format!("/run/netns/{}", self.host_ns)).expect("host netns");
-        let log = File::options().create(true).append(true).open(self.dir.join("daemon.log")).unwrap();
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("daemon.log"))
+            .unwrap();
         let mut command = Command::new(netbpf_bin());
         command
             .arg("daemon")
@@ -157,7 +225,11 @@ impl TestHost {
             if self.netbpf(&["info"]).code == 0 {
                 break;
             }
-            assert!(Instant::now() < deadline, "daemon not ready:\n{}", self.daemon_log());
+            assert!(
+                Instant::now() < deadline,
+                "daemon not ready:\n{}",
+                self.daemon_log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         self.daemon = Some(child);
@@ -211,7 +283,11 @@ impl TestHost {
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
                 if let Some(status) = child.try_wait().unwrap() {
-                    assert!(status.success(), "daemon shutdown failed: {status}\n{}", self.daemon_log());
+                    assert!(
+                        status.success(),
+                        "daemon shutdown failed: {status}\n{}",
+                        self.daemon_log()
+                    );
                     return;
                 }
                 if Instant::now() > deadline {
@@ -240,34 +316,55 @@ impl TestHost {
     /// A client command that must succeed; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let run = self.netbpf(args);
-        assert_eq!(run.code, 0, "netbpf {args:?} failed: {}{}", run.stdout, run.stderr);
+        assert_eq!(
+            run.code, 0,
+            "netbpf {args:?} failed: {}{}",
+            run.stdout, run.stderr
+        );
         run.stdout
     }
 
     /// A client command that must fail with one line naming the problem; returns it.
     pub fn fails(&self, args: &[&str]) -> String {
         let run = self.netbpf(args);
-        assert_ne!(run.code, 0, "netbpf {args:?} should have failed: {}", run.stdout);
+        assert_ne!(
+            run.code, 0,
+            "netbpf {args:?} should have failed: {}",
+            run.stdout
+        );
         let message = run.stderr.trim().to_owned();
-        assert!(message.starts_with("Error: "), "netbpf {args:?}: unclear error {message:?}");
-        assert_eq!(message.lines().count(), 1, "netbpf {args:?}: error is not one line: {message:?}");
+        assert!(
+            message.starts_with("Error: "),
+            "netbpf {args:?}: unclear error {message:?}"
+        );
+        assert_eq!(
+            message.lines().count(),
+            1,
+            "netbpf {args:?}: error is not one line: {message:?}"
+        );
         message
     }
 
     pub fn json(&self, args: &[&str]) -> Value {
         let out = self.ok(args);
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("netbpf {args:?}: not JSON ({e}): {out}"))
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("netbpf {args:?}: not JSON ({e}): {out}"))
     }
 
     /// The first IPv4 address of a container on a network.
     pub fn ip_of(&self, container: &str, network: &str) -> String {
         let view = self.json(&["inspect", container]);
-        view["Networks"][network]["IPAddress"].as_str().expect("IP address").to_owned()
+        view["Networks"][network]["IPAddress"]
+            .as_str()
+            .expect("IP address")
+            .to_owned()
     }
 
     /// Whether `from` can ping `ip` (one packet, one second).
     pub fn pings(&self, from: &str, ip: &str) -> bool {
-        self.netbpf(&["exec", from, "--", "ping", "-c", "1", "-W", "1", ip]).code == 0
+        self.netbpf(&["exec", from, "--", "ping", "-c", "1", "-W", "1", ip])
+            .code
+            == 0
     }
 
     /// Counters of one endpoint from `netbpf stats`.
@@ -286,7 +383,12 @@ impl TestHost {
     pub fn links(&self, ns: &str) -> Vec<String> {
         let out = must("ip", &["-n", ns, "-j", "link", "show"]);
         let links: Value = serde_json::from_str(&out).unwrap();
-        links.as_array().unwrap().iter().map(|l| l["ifname"].as_str().unwrap().to_owned()).collect()
+        links
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["ifname"].as_str().unwrap().to_owned())
+            .collect()
     }
 
     /// Mounts under this test's directory (namespace bind mounts, bpffs).
@@ -303,11 +405,20 @@ impl TestHost {
 
     /// Pids recorded for containers in the state file.
     fn recorded_pids(&self) -> Vec<i32> {
-        let Ok(text) = std::fs::read_to_string(self.state_dir.join("state.json")) else { return vec![] };
-        let Ok(state) = serde_json::from_str::<Value>(&text) else { return vec![] };
+        let Ok(text) = std::fs::read_to_string(self.state_dir.join("state.json")) else {
+            return vec![];
+        };
+        let Ok(state) = serde_json::from_str::<Value>(&text) else {
+            return vec![];
+        };
         state["containers"]
             .as_object()
-            .map(|cs| cs.values().filter_map(|c| c["pid"].as_i64()).map(|p| p as i32).collect())
+            .map(|cs| {
+                cs.values()
+                    .filter_map(|c| c["pid"].as_i64())
+                    .map(|p| p as i32)
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -344,8 +455,12 @@ impl Drop for TestHost {
         for m in mounts {
             let _ = Command::new("umount").args(["-l", &m]).status();
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.host_ns]).status();
-        let _ = Command::new("ip").args(["netns", "del", &self.outside_ns]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.host_ns])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.outside_ns])
+            .status();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

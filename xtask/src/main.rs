@@ -41,15 +41,25 @@ fn main() -> anyhow::Result<()> {
 /// Runs a command, echoing it, failing on a non-zero exit.
 pub fn sh(program: &str, args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<()> {
     eprintln!("xtask: $ {program} {}", args.join(" "));
-    let status = std::process::Command::new(program).args(args).envs(envs.iter().copied()).status()
+    let status = std::process::Command::new(program)
+        .args(args)
+        .envs(envs.iter().copied())
+        .status()
         .map_err(|e| anyhow::anyhow!("cannot run {program}: {e}"))?;
-    anyhow::ensure!(status.success(), "{program} {} failed: {status}", args.join(" "));
+    anyhow::ensure!(
+        status.success(),
+        "{program} {} failed: {status}",
+        args.join(" ")
+    );
     Ok(())
 }
 
 /// The workspace root (xtask lives one level below it).
 pub fn root() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned()
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_owned()
 }
 
 pub fn is_root() -> bool {

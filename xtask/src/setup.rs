@@ -36,19 +36,25 @@ fn missing_packages() -> Vec<&'static str> {
     PACKAGES
         .iter()
         .copied()
-        .filter(|p| !output("dpkg-query", &["-W", "-f=${Status}", p]).contains("install ok installed"))
+        .filter(|p| {
+            !output("dpkg-query", &["-W", "-f=${Status}", p]).contains("install ok installed")
+        })
         .collect()
 }
 
 fn nightly_ready() -> bool {
-    output("rustup", &["component", "list", "--installed", "--toolchain", NIGHTLY])
-        .lines()
-        .any(|l| l.starts_with("rust-src"))
+    output(
+        "rustup",
+        &["component", "list", "--installed", "--toolchain", NIGHTLY],
+    )
+    .lines()
+    .any(|l| l.starts_with("rust-src"))
 }
 
 fn stable_components_ready() -> bool {
     let installed = output("rustup", &["component", "list", "--installed"]);
-    installed.lines().any(|l| l.starts_with("clippy")) && installed.lines().any(|l| l.starts_with("rustfmt"))
+    installed.lines().any(|l| l.starts_with("clippy"))
+        && installed.lines().any(|l| l.starts_with("rustfmt"))
 }
 
 fn bpf_linker_ready() -> bool {
@@ -57,7 +63,10 @@ fn bpf_linker_ready() -> bool {
 
 /// Whether everything is in place (cheap; `run` and `test` call it first).
 pub fn ready() -> bool {
-    missing_packages().is_empty() && nightly_ready() && stable_components_ready() && bpf_linker_ready()
+    missing_packages().is_empty()
+        && nightly_ready()
+        && stable_components_ready()
+        && bpf_linker_ready()
 }
 
 pub fn run() -> anyhow::Result<()> {
@@ -65,9 +74,14 @@ pub fn run() -> anyhow::Result<()> {
     if missing.is_empty() {
         eprintln!("xtask setup: Debian packages present");
     } else {
-        eprintln!("xtask setup: installing Debian packages: {}", missing.join(" "));
+        eprintln!(
+            "xtask setup: installing Debian packages: {}",
+            missing.join(" ")
+        );
         let apt = |args: &[&str]| {
-            if is_root() { sh("apt-get", args, &[("DEBIAN_FRONTEND", "noninteractive")]) } else {
+            if is_root() {
+                sh("apt-get", args, &[("DEBIAN_FRONTEND", "noninteractive")])
+            } else {
                 let mut with = vec!["apt-get"];
                 with.extend_from_slice(args);
                 sh("sudo", &with, &[("DEBIAN_FRONTEND", "noninteractive")])
@@ -82,7 +96,19 @@ pub fn run() -> anyhow::Result<()> {
         eprintln!("xtask setup: {NIGHTLY} with rust-src present");
     } else {
         eprintln!("xtask setup: installing {NIGHTLY} with rust-src (builds the eBPF programs)");
-        sh("rustup", &["toolchain", "install", NIGHTLY, "--profile", "minimal", "--component", "rust-src"], &[])?;
+        sh(
+            "rustup",
+            &[
+                "toolchain",
+                "install",
+                NIGHTLY,
+                "--profile",
+                "minimal",
+                "--component",
+                "rust-src",
+            ],
+            &[],
+        )?;
     }
     if stable_components_ready() {
         eprintln!("xtask setup: clippy and rustfmt present");
@@ -93,11 +119,25 @@ pub fn run() -> anyhow::Result<()> {
     if bpf_linker_ready() {
         eprintln!("xtask setup: bpf-linker {BPF_LINKER_VERSION} present");
     } else {
-        eprintln!("xtask setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)");
-        let path = format!("/usr/lib/llvm-22/bin:{}", std::env::var("PATH").unwrap_or_default());
+        eprintln!(
+            "xtask setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)"
+        );
+        let path = format!(
+            "/usr/lib/llvm-22/bin:{}",
+            std::env::var("PATH").unwrap_or_default()
+        );
         sh(
             "cargo",
-            &["install", "bpf-linker", "--locked", "--version", BPF_LINKER_VERSION, "--no-default-features", "--features", "llvm-22"],
+            &[
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ],
             &[("LLVM_PREFIX", "/usr/lib/llvm-22"), ("PATH", &path)],
         )?;
     }

@@ -7,14 +7,38 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         setup::run()?;
     }
     sh("cargo", &["fmt", "--all", "--check"], &[])?;
-    sh("cargo", &["clippy", "--workspace", "--exclude", "netbpf-ebpf", "--all-targets", "--", "-D", "warnings"], &[])?;
-    sh("cargo", &["test", "--package", "netbpf", "--package", "netbpf-common"], &[])?;
+    sh(
+        "cargo",
+        &[
+            "clippy",
+            "--workspace",
+            "--exclude",
+            "netbpf-ebpf",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )?;
+    sh(
+        "cargo",
+        &["test", "--package", "netbpf", "--package", "netbpf-common"],
+        &[],
+    )?;
     // Integration tests make namespaces, interfaces and BPF programs: they need root, and
     // fail (rather than skip) without it.
-    anyhow::ensure!(is_root(), "the integration tests need root: run `sudo -E cargo xtask test`");
+    anyhow::ensure!(
+        is_root(),
+        "the integration tests need root: run `sudo -E cargo xtask test`"
+    );
     sh("cargo", &["build", "--package", "netbpf"], &[])?;
     let bin = root().join("target/debug/netbpf");
     let mut test_args = vec!["test", "--package", "netbpf-tests", "--"];
     test_args.extend(args.iter().map(String::as_str));
-    sh("cargo", &test_args, &[("NETBPF_BIN", bin.to_str().expect("utf-8 path"))])
+    sh(
+        "cargo",
+        &test_args,
+        &[("NETBPF_BIN", bin.to_str().expect("utf-8 path"))],
+    )
 }

@@ -9,8 +9,13 @@ use serde::{Serialize, de::DeserializeOwned};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the netbpf daemon at {path}: {source} (is `netbpf daemon` running? set --socket or NETBPF_SOCKET)")]
-    Connect { path: PathBuf, source: std::io::Error },
+    #[error(
+        "cannot reach the netbpf daemon at {path}: {source} (is `netbpf daemon` running? set --socket or NETBPF_SOCKET)"
+    )]
+    Connect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("talking to the daemon: {0}")]
     Http(#[from] hyper::Error),
     #[error("{0}")]
@@ -25,7 +30,9 @@ pub struct Client {
 
 impl Client {
     pub fn new(socket: &Path) -> Self {
-        Self { socket: socket.to_owned() }
+        Self {
+            socket: socket.to_owned(),
+        }
     }
 
     async fn send(
@@ -36,8 +43,12 @@ impl Client {
     ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
-            .map_err(|source| ClientError::Connect { path: self.socket.clone(), source })?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            .map_err(|source| ClientError::Connect {
+                path: self.socket.clone(),
+                source,
+            })?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(connection);
         let request = Request::builder()
             .method(method)

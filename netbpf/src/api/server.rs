@@ -58,12 +58,18 @@ pub fn router(ctl: SharedController) -> Router {
         .route("/info", get(info))
         .route("/networks", get(network_list).post(network_create))
         .route("/networks/prune", post(network_prune))
-        .route("/networks/{name}", get(network_inspect).delete(network_remove))
+        .route(
+            "/networks/{name}",
+            get(network_inspect).delete(network_remove),
+        )
         .route("/networks/{name}/connect", post(network_connect))
         .route("/networks/{name}/disconnect", post(network_disconnect))
         .route("/containers", get(container_list).post(container_create))
         .route("/containers/attach", post(container_attach))
-        .route("/containers/{name}", get(container_inspect).delete(container_remove))
+        .route(
+            "/containers/{name}",
+            get(container_inspect).delete(container_remove),
+        )
         .route("/containers/{name}/start", post(container_start))
         .route("/containers/{name}/stop", post(container_stop))
         .route("/containers/{name}/exec", post(container_exec))
@@ -85,21 +91,27 @@ async fn network_create(
     State(ctl): State<SharedController>,
     Json(req): Json<NetworkCreate>,
 ) -> Result<(StatusCode, Json<super::NetworkView>), ApiError> {
-    with(&ctl, move |c| c.network_create(req)).await.map(|v| (StatusCode::CREATED, Json(v)))
+    with(&ctl, move |c| c.network_create(req))
+        .await
+        .map(|v| (StatusCode::CREATED, Json(v)))
 }
 
 async fn network_inspect(
     State(ctl): State<SharedController>,
     Path(name): Path<String>,
 ) -> ApiResult<super::NetworkView> {
-    with(&ctl, move |c| c.network_inspect(&name)).await.map(Json)
+    with(&ctl, move |c| c.network_inspect(&name))
+        .await
+        .map(Json)
 }
 
 async fn network_remove(
     State(ctl): State<SharedController>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    with(&ctl, move |c| c.network_remove(&name)).await.map(|()| StatusCode::NO_CONTENT)
+    with(&ctl, move |c| c.network_remove(&name))
+        .await
+        .map(|()| StatusCode::NO_CONTENT)
 }
 
 async fn network_prune(State(ctl): State<SharedController>) -> ApiResult<Vec<String>> {
@@ -111,7 +123,9 @@ async fn network_connect(
     Path(name): Path<String>,
     Json(req): Json<ConnectRequest>,
 ) -> Result<StatusCode, ApiError> {
-    with(&ctl, move |c| c.network_connect(&name, req)).await.map(|()| StatusCode::NO_CONTENT)
+    with(&ctl, move |c| c.network_connect(&name, req))
+        .await
+        .map(|()| StatusCode::NO_CONTENT)
 }
 
 async fn network_disconnect(
@@ -119,7 +133,9 @@ async fn network_disconnect(
     Path(name): Path<String>,
     Json(req): Json<DisconnectRequest>,
 ) -> Result<StatusCode, ApiError> {
-    with(&ctl, move |c| c.network_disconnect(&name, req)).await.map(|()| StatusCode::NO_CONTENT)
+    with(&ctl, move |c| c.network_disconnect(&name, req))
+        .await
+        .map(|()| StatusCode::NO_CONTENT)
 }
 
 #[derive(Deserialize)]
@@ -132,35 +148,45 @@ async fn container_list(
     State(ctl): State<SharedController>,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Vec<super::ContainerSummary>> {
-    with(&ctl, move |c| Ok(c.container_list(q.all))).await.map(Json)
+    with(&ctl, move |c| Ok(c.container_list(q.all)))
+        .await
+        .map(Json)
 }
 
 async fn container_create(
     State(ctl): State<SharedController>,
     Json(req): Json<ContainerCreate>,
 ) -> Result<(StatusCode, Json<super::ContainerView>), ApiError> {
-    with(&ctl, move |c| c.container_create(req)).await.map(|v| (StatusCode::CREATED, Json(v)))
+    with(&ctl, move |c| c.container_create(req))
+        .await
+        .map(|v| (StatusCode::CREATED, Json(v)))
 }
 
 async fn container_attach(
     State(ctl): State<SharedController>,
     Json(req): Json<AttachRequest>,
 ) -> Result<(StatusCode, Json<super::ContainerView>), ApiError> {
-    with(&ctl, move |c| c.attach(req)).await.map(|v| (StatusCode::CREATED, Json(v)))
+    with(&ctl, move |c| c.attach(req))
+        .await
+        .map(|v| (StatusCode::CREATED, Json(v)))
 }
 
 async fn container_inspect(
     State(ctl): State<SharedController>,
     Path(name): Path<String>,
 ) -> ApiResult<super::ContainerView> {
-    with(&ctl, move |c| c.container_inspect(&name)).await.map(Json)
+    with(&ctl, move |c| c.container_inspect(&name))
+        .await
+        .map(Json)
 }
 
 async fn container_start(
     State(ctl): State<SharedController>,
     Path(name): Path<String>,
 ) -> ApiResult<super::ContainerView> {
-    with(&ctl, move |c| c.container_start(&name)).await.map(Json)
+    with(&ctl, move |c| c.container_start(&name))
+        .await
+        .map(Json)
 }
 
 #[derive(Deserialize)]
@@ -211,7 +237,9 @@ async fn container_remove(
             stop(&ctl, name.clone(), Duration::ZERO).await?;
         }
     }
-    with(&ctl, move |c| c.container_remove(&name, q.force)).await.map(|()| StatusCode::NO_CONTENT)
+    with(&ctl, move |c| c.container_remove(&name, q.force))
+        .await
+        .map(|()| StatusCode::NO_CONTENT)
 }
 
 async fn container_exec(
@@ -220,7 +248,9 @@ async fn container_exec(
     Json(req): Json<ExecRequest>,
 ) -> ApiResult<ExecResponse> {
     if req.cmd.is_empty() {
-        return Err(ApiError::bad_request("no command given: netbpf exec NAME -- CMD [ARGS...]"));
+        return Err(ApiError::bad_request(
+            "no command given: netbpf exec NAME -- CMD [ARGS...]",
+        ));
     }
     let (netns, pid, netns_dir) = with(&ctl, move |c| {
         let (netns, pid) = c.exec_target(&name)?;
@@ -260,7 +290,9 @@ async fn container_wait(
     Path(name): Path<String>,
 ) -> ApiResult<WaitResponse> {
     let wait = with(&ctl, move |c| c.wait(&name)).await?;
-    Ok(Json(WaitResponse { exit_code: exit_code(wait).await }))
+    Ok(Json(WaitResponse {
+        exit_code: exit_code(wait).await,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -295,7 +327,9 @@ async fn container_logs(
                         // At the end of what was written so far: check (once more after it
                         // stops) whether more can come.
                         let id = id.clone();
-                        stopped = !with(&ctl, move |c| Ok(c.is_running_id(&id))).await.unwrap_or(false);
+                        stopped = !with(&ctl, move |c| Ok(c.is_running_id(&id)))
+                            .await
+                            .unwrap_or(false);
                         if !stopped {
                             tokio::time::sleep(Duration::from_millis(50)).await;
                         }

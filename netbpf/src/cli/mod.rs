@@ -20,7 +20,11 @@ use crate::{
 pub const DEFAULT_SOCKET: &str = "/run/netbpf/netbpf.sock";
 
 #[derive(Parser, Debug)]
-#[command(name = "netbpf", version, about = "eBPF data plane for container networks")]
+#[command(
+    name = "netbpf",
+    version,
+    about = "eBPF data plane for container networks"
+)]
 pub struct Cli {
     /// The daemon's API socket.
     #[arg(long, global = true, env = "NETBPF_SOCKET", default_value = DEFAULT_SOCKET)]
@@ -194,12 +198,19 @@ pub async fn run_client(socket: PathBuf, command: Command) -> Result<i32, Client
                 network: args.network,
                 ip: args.ip,
             };
-            let view: ContainerView = client.call(Method::POST, "/containers/attach", Some(&req)).await?;
+            let view: ContainerView = client
+                .call(Method::POST, "/containers/attach", Some(&req))
+                .await?;
             println!("{}", view.id);
         }
         Command::Exec { name, cmd } => {
-            let out: ExecResponse =
-                client.call(Method::POST, &format!("/containers/{name}/exec"), Some(&ExecRequest { cmd })).await?;
+            let out: ExecResponse = client
+                .call(
+                    Method::POST,
+                    &format!("/containers/{name}/exec"),
+                    Some(&ExecRequest { cmd }),
+                )
+                .await?;
             print!("{}", out.stdout);
             eprint!("{}", out.stderr);
             return Ok(out.exit_code);
@@ -214,27 +225,44 @@ pub async fn run_client(socket: PathBuf, command: Command) -> Result<i32, Client
         }
         Command::Logs { name, follow } => {
             client
-                .stream(&format!("/containers/{name}/logs?follow={follow}"), |chunk| {
-                    let mut stdout = std::io::stdout().lock();
-                    let _ = stdout.write_all(chunk).and_then(|()| stdout.flush());
-                })
+                .stream(
+                    &format!("/containers/{name}/logs?follow={follow}"),
+                    |chunk| {
+                        let mut stdout = std::io::stdout().lock();
+                        let _ = stdout.write_all(chunk).and_then(|()| stdout.flush());
+                    },
+                )
                 .await?;
         }
         Command::Stop { time, names } => {
             for name in names {
-                client.call::<()>(Method::POST, &format!("/containers/{name}/stop?timeout={time}"), none).await?;
+                client
+                    .call::<()>(
+                        Method::POST,
+                        &format!("/containers/{name}/stop?timeout={time}"),
+                        none,
+                    )
+                    .await?;
                 println!("{name}");
             }
         }
         Command::Start { names } => {
             for name in names {
-                client.call::<ContainerView>(Method::POST, &format!("/containers/{name}/start"), none).await?;
+                client
+                    .call::<ContainerView>(Method::POST, &format!("/containers/{name}/start"), none)
+                    .await?;
                 println!("{name}");
             }
         }
         Command::Rm { force, names } => {
             for name in names {
-                client.call::<()>(Method::DELETE, &format!("/containers/{name}?force={force}"), none).await?;
+                client
+                    .call::<()>(
+                        Method::DELETE,
+                        &format!("/containers/{name}?force={force}"),
+                        none,
+                    )
+                    .await?;
                 println!("{name}");
             }
         }
@@ -253,8 +281,22 @@ pub async fn run_client(socket: PathBuf, command: Command) -> Result<i32, Client
 async fn network(client: &Client, cmd: NetworkCommand) -> Result<i32, ClientError> {
     let none = None::<&()>;
     match cmd {
-        NetworkCommand::Create { driver, subnet, gateway, ip_range, internal, name } => {
-            let req = NetworkCreate { name, driver: Some(driver), subnet, gateway, ip_range, internal };
+        NetworkCommand::Create {
+            driver,
+            subnet,
+            gateway,
+            ip_range,
+            internal,
+            name,
+        } => {
+            let req = NetworkCreate {
+                name,
+                driver: Some(driver),
+                subnet,
+                gateway,
+                ip_range,
+                internal,
+            };
             let view: NetworkView = client.call(Method::POST, "/networks", Some(&req)).await?;
             println!("{}", view.id);
         }
@@ -265,23 +307,45 @@ async fn network(client: &Client, cmd: NetworkCommand) -> Result<i32, ClientErro
         NetworkCommand::Inspect { names } => {
             let mut views = vec![];
             for name in names {
-                views.push(client.get::<NetworkView>(&format!("/networks/{name}")).await?);
+                views.push(
+                    client
+                        .get::<NetworkView>(&format!("/networks/{name}"))
+                        .await?,
+                );
             }
             output::json(&views);
         }
         NetworkCommand::Rm { names } => {
             for name in names {
-                client.call::<()>(Method::DELETE, &format!("/networks/{name}"), none).await?;
+                client
+                    .call::<()>(Method::DELETE, &format!("/networks/{name}"), none)
+                    .await?;
                 println!("{name}");
             }
         }
-        NetworkCommand::Connect { ip, network, container } => {
+        NetworkCommand::Connect {
+            ip,
+            network,
+            container,
+        } => {
             let req = ConnectRequest { container, ip };
-            client.call::<()>(Method::POST, &format!("/networks/{network}/connect"), Some(&req)).await?;
+            client
+                .call::<()>(
+                    Method::POST,
+                    &format!("/networks/{network}/connect"),
+                    Some(&req),
+                )
+                .await?;
         }
         NetworkCommand::Disconnect { network, container } => {
             let req = DisconnectRequest { container };
-            client.call::<()>(Method::POST, &format!("/networks/{network}/disconnect"), Some(&req)).await?;
+            client
+                .call::<()>(
+                    Method::POST,
+                    &format!("/networks/{network}/disconnect"),
+                    Some(&req),
+                )
+                .await?;
         }
         NetworkCommand::Prune => {
             let removed: Vec<String> = client.call(Method::POST, "/networks/prune", none).await?;
@@ -310,15 +374,29 @@ async fn run(client: &Client, args: RunArgs) -> Result<i32, ClientError> {
         return Ok(0);
     }
     client
-        .stream(&format!("/containers/{}/logs?follow=true", view.id), |chunk| {
-            let mut stdout = std::io::stdout().lock();
-            let _ = stdout.write_all(chunk).and_then(|()| stdout.flush());
-        })
+        .stream(
+            &format!("/containers/{}/logs?follow=true", view.id),
+            |chunk| {
+                let mut stdout = std::io::stdout().lock();
+                let _ = stdout.write_all(chunk).and_then(|()| stdout.flush());
+            },
+        )
         .await?;
-    let wait: WaitResponse =
-        client.call(Method::POST, &format!("/containers/{}/wait", view.id), None::<&()>).await?;
+    let wait: WaitResponse = client
+        .call(
+            Method::POST,
+            &format!("/containers/{}/wait", view.id),
+            None::<&()>,
+        )
+        .await?;
     if args.rm {
-        client.call::<()>(Method::DELETE, &format!("/containers/{}", view.id), None::<&()>).await?;
+        client
+            .call::<()>(
+                Method::DELETE,
+                &format!("/containers/{}", view.id),
+                None::<&()>,
+            )
+            .await?;
     }
     Ok(wait.exit_code.unwrap_or(255))
 }

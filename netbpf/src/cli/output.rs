@@ -6,7 +6,10 @@ use super::Format;
 use crate::api::{ContainerSummary, EndpointStats, NetworkView};
 
 pub fn json(value: &impl Serialize) {
-    println!("{}", serde_json::to_string_pretty(value).expect("serialisable"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("serialisable")
+    );
 }
 
 /// Prints rows with columns padded to the widest cell.
@@ -45,8 +48,16 @@ pub fn networks(list: &[NetworkView], format: Format) {
                 n.id[..12].to_owned(),
                 n.name.clone(),
                 n.driver.clone(),
-                n.ipam.config.first().map(|c| c.subnet.clone()).unwrap_or_default(),
-                if n.internal { "internal".into() } else { String::new() },
+                n.ipam
+                    .config
+                    .first()
+                    .map(|c| c.subnet.clone())
+                    .unwrap_or_default(),
+                if n.internal {
+                    "internal".into()
+                } else {
+                    String::new()
+                },
             ]
         })
         .collect();
@@ -75,7 +86,10 @@ pub fn containers(list: &[ContainerSummary], quiet: bool, format: Format) {
             ]
         })
         .collect();
-    table(&["CONTAINER ID", "COMMAND", "STATUS", "NETWORKS", "NAMES"], rows);
+    table(
+        &["CONTAINER ID", "COMMAND", "STATUS", "NETWORKS", "NAMES"],
+        rows,
+    );
 }
 
 pub fn stats(list: &[EndpointStats], format: Format) {
@@ -85,8 +99,13 @@ pub fn stats(list: &[EndpointStats], format: Format) {
     let rows = list
         .iter()
         .map(|s| {
-            let drops: Vec<String> =
-                s.counters.drops.iter().filter(|(_, n)| **n > 0).map(|(r, n)| format!("{r}={n}")).collect();
+            let drops: Vec<String> = s
+                .counters
+                .drops
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(r, n)| format!("{r}={n}"))
+                .collect();
             vec![
                 s.container.clone(),
                 s.network.clone(),
@@ -99,7 +118,15 @@ pub fn stats(list: &[EndpointStats], format: Format) {
         })
         .collect();
     table(
-        &["CONTAINER", "NETWORK", "IFACE/HOST", "FAST PKTS", "FAST BYTES", "PASSED PKTS", "DROPS"],
+        &[
+            "CONTAINER",
+            "NETWORK",
+            "IFACE/HOST",
+            "FAST PKTS",
+            "FAST BYTES",
+            "PASSED PKTS",
+            "DROPS",
+        ],
         rows,
     );
 }
