@@ -182,15 +182,10 @@ impl TestHost {
         host
     }
 
-    /// Starts `netbpf daemon` inside the host namespace (entered with setns before exec,
-    /// not `ip netns exec`, which would also remount /sys for the daemon).
-    pub fn start_daemon(&mut self, args: &[&str]) {
+    /// `netbpf daemon` for this host, entering the host namespace with setns before exec
+    /// (not `ip netns exec`, which would also remount /sys for the daemon).
+    fn daemon_command(&self, args: &[&str]) -> Command {
         let ns = File::open(format!("/run/netns/{}", self.host_ns)).expect("host netns");
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("daemon.log"))
-            .unwrap();
         let mut command = Command::new(netbpf_bin());
         command
             .arg("daemon")
@@ -200,22 +195,33 @@ impl TestHost {
             .arg(&self.socket)
             .arg("--bpffs")
             .arg(&self.bpffs)
-            .arg("--log-level")
-            .arg("netbpf=debug,info")
             .args(args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        let fd = ns.as_raw_fd();
-        // SAFETY: setns is async-signal-safe and `ns` outlives the spawn.
+            .stdin(Stdio::null());
+        // SAFETY: setns is async-signal-safe; the closure owns `ns`, so the fd stays open
+        // until the child has entered the namespace.
         unsafe {
             command.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
             });
         }
+        command
+    }
+
+    /// Starts the daemon and waits until it answers.
+    pub fn start_daemon(&mut self, args: &[&str]) {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("daemon.log"))
+            .unwrap();
+        let mut command = self.daemon_command(args);
+        command
+            .args(["--log-level", "netbpf=debug,info"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
         let mut child = command.spawn().expect("spawn daemon");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -235,30 +241,9 @@ impl TestHost {
         self.daemon = Some(child);
     }
 
-    /// Starts a daemon that must fail; returns its log.
+    /// Starts a daemon that must fail; returns what it printed.
     pub fn daemon_must_fail(&mut self, args: &[&str]) -> String {
-        let ns = File::open(format!("/run/netns/{}", self.host_ns)).expect("host netns");
-        let fd = ns.as_raw_fd();
-        let mut command = Command::new(netbpf_bin());
-        command
-            .arg("daemon")
-            .arg("--state-dir")
-            .arg(&self.state_dir)
-            .arg("--socket")
-            .arg(&self.socket)
-            .arg("--bpffs")
-            .arg(&self.bpffs)
-            .args(args);
-        // SAFETY: as in `start_daemon`.
-        unsafe {
-            command.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let out = command.output().expect("spawn daemon");
+        let out = self.daemon_command(args).output().expect("spawn daemon");
         assert!(!out.status.success(), "daemon should have failed");
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
