@@ -62,7 +62,12 @@ pub fn decide(ctx: &TcContext, ifindex: u32, iface: &EndpointIface) -> Verdict {
         return Verdict::Pass;
     };
     // SAFETY: as above, bounds checked by ptr_at.
-    let dst = IpAddrKey::from_v4(unsafe { (*ip).dst_addr });
+    let ip = unsafe { &*ip };
+    // A malformed header is the kernel's to judge (it drops it), never ours to forward.
+    if ip.version() != 4 || usize::from(ip.ihl()) < Ipv4Hdr::LEN {
+        return Verdict::Pass;
+    }
+    let dst = IpAddrKey::from_v4(ip.dst_addr);
 
     let owner = SUBNETS.get(Key::new(
         IpAddrKey::V4_MAPPED_PREFIX_BITS + 32,

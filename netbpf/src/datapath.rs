@@ -61,7 +61,7 @@ pub enum DatapathError {
 }
 
 /// The compiled eBPF object, built by build.rs with aya-build.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netbpf"));
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netbpf"));
 
 /// Ids the kernel gave the loaded objects, for `bpftool prog show id N` and friends.
 #[derive(Debug, Clone, Serialize)]

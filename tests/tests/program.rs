@@ -1,0 +1,399 @@
+//! The eBPF program on crafted packets (BPF_PROG_TEST_RUN): each case builds a frame, runs
+//! the real program against maps set up by hand, and checks the verdict, the output frame
+//! and the counters.
+
+use std::{fs::File, net::Ipv4Addr, os::fd::AsFd as _, path::PathBuf};
+
+use aya::{
+    EbpfLoader, TestRun as _, TestRunOptions,
+    maps::{HashMap, LpmTrie, PerCpuHashMap, PerCpuValues, lpm_trie::Key},
+    programs::SchedClassifier,
+};
+use netbpf_common::{
+    DropReason, EndpointCounters, EndpointIface, EndpointKey, EndpointTarget, IFACE_FLAG_INTERNAL,
+    IpAddrKey, SubnetInfo, SubnetKey, names,
+};
+use netbpf_tests::must;
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+
+const BRIDGE_MAC: [u8; 6] = [0x02, 0x42, 10, 50, 0, 1];
+const SENDER_MAC: [u8; 6] = [0x02, 0x42, 10, 50, 0, 2];
+const PEER_MAC: [u8; 6] = [0x02, 0x42, 10, 50, 0, 3];
+
+/// A named namespace with two veths, and a bpffs, removed on drop.
+struct Sandbox {
+    ns: String,
+    bpffs: PathBuf,
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .args(["-l"])
+            .arg(&self.bpffs)
+            .status();
+        let _ = std::fs::remove_dir_all(self.bpffs.parent().unwrap());
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.ns])
+            .status();
+    }
+}
+
+fn ifindex(ns: &str, name: &str) -> u32 {
+    let out = must("ip", &["-n", ns, "-j", "link", "show", name]);
+    let links: serde_json::Value = serde_json::from_str(&out).unwrap();
+    links[0]["ifindex"].as_u64().unwrap() as u32
+}
+
+fn v4(ip: &str) -> IpAddrKey {
+    IpAddrKey::from_v4(ip.parse::<Ipv4Addr>().unwrap().octets())
+}
+
+fn subnet_key(net: &str) -> Key<SubnetKey> {
+    let net: ipnet::Ipv4Net = net.parse().unwrap();
+    Key::new(
+        IpAddrKey::V4_MAPPED_PREFIX_BITS + u32::from(net.prefix_len()),
+        SubnetKey {
+            addr: IpAddrKey::from_v4(net.network().octets()),
+        },
+    )
+}
+
+/// Ethernet + IPv4 + UDP from 10.50.0.2 to `dst`.
+fn udp_frame(dst: &str) -> Vec<u8> {
+    let mut frame = vec![];
+    frame.extend(BRIDGE_MAC);
+    frame.extend(SENDER_MAC);
+    frame.extend([0x08, 0x00]);
+    let payload = b"netbpf test";
+    let total = (20 + 8 + payload.len()) as u16;
+    frame.extend([
+        0x45,
+        0,
+        (total >> 8) as u8,
+        total as u8,
+        0,
+        0,
+        0x40,
+        0,
+        64,
+        17,
+        0,
+        0,
+    ]);
+    frame.extend([10, 50, 0, 2]);
+    frame.extend(dst.parse::<Ipv4Addr>().unwrap().octets());
+    let udp_len = (8 + payload.len()) as u16;
+    frame.extend([
+        0x30,
+        0x39,
+        0x00,
+        0x35,
+        (udp_len >> 8) as u8,
+        udp_len as u8,
+        0,
+        0,
+    ]);
+    frame.extend(payload);
+    frame
+}
+
+fn arp_frame() -> Vec<u8> {
+    let mut frame = vec![0xff; 6];
+    frame.extend(SENDER_MAC);
+    frame.extend([0x08, 0x06]);
+    frame.extend([0, 1, 8, 0, 6, 4, 0, 1]);
+    frame.extend(SENDER_MAC);
+    frame.extend([10, 50, 0, 2, 0, 0, 0, 0, 0, 0, 10, 50, 0, 3]);
+    frame
+}
+
+/// A `struct __sk_buff` with only `ifindex` (offset 40) set: the device the packet came in on.
+fn skb_ctx(ifindex: u32) -> [u8; 48] {
+    let mut ctx = [0u8; 48];
+    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx
+}
+
+#[test]
+fn from_container_decides_on_crafted_packets() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "integration tests must run as root"
+    );
+    let id = format!("nbp{}", std::process::id());
+    let dir = std::env::temp_dir().join(format!("netbpf-test-{id}"));
+    let sandbox = Sandbox {
+        ns: id.clone(),
+        bpffs: dir.join("bpffs"),
+    };
+    std::fs::create_dir_all(&sandbox.bpffs).unwrap();
+    must(
+        "mount",
+        &["-t", "bpf", "bpffs", sandbox.bpffs.to_str().unwrap()],
+    );
+    must("ip", &["netns", "add", &sandbox.ns]);
+    must(
+        "ip",
+        &[
+            "-n",
+            &sandbox.ns,
+            "link",
+            "add",
+            "a0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "a1",
+        ],
+    );
+    must(
+        "ip",
+        &[
+            "-n",
+            &sandbox.ns,
+            "link",
+            "add",
+            "b0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "b1",
+        ],
+    );
+    let sender = ifindex(&sandbox.ns, "a0");
+    let peer = ifindex(&sandbox.ns, "b0");
+
+    // BPF_PROG_TEST_RUN resolves the ctx ifindex in the caller's namespace: run there.
+    let ns = File::open(format!("/run/netns/{}", sandbox.ns)).unwrap();
+    let bpffs = sandbox.bpffs.clone();
+    std::thread::spawn(move || {
+        nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        run_cases(&bpffs, sender, peer);
+    })
+    .join()
+    .unwrap();
+}
+
+fn run_cases(bpffs: &std::path::Path, sender: u32, peer: u32) {
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(bpffs)
+        .load(netbpf::datapath::EBPF_OBJECT)
+        .expect("load object");
+    let mut ifaces: HashMap<_, u32, EndpointIface> =
+        HashMap::try_from(ebpf.take_map(names::ENDPOINT_IFACES).unwrap()).unwrap();
+    let mut endpoints: HashMap<_, EndpointKey, EndpointTarget> =
+        HashMap::try_from(ebpf.take_map(names::ENDPOINTS).unwrap()).unwrap();
+    let mut subnets: LpmTrie<_, SubnetKey, SubnetInfo> =
+        LpmTrie::try_from(ebpf.take_map(names::SUBNETS).unwrap()).unwrap();
+    let mut counters: PerCpuHashMap<_, u32, EndpointCounters> =
+        PerCpuHashMap::try_from(ebpf.take_map(names::COUNTERS).unwrap()).unwrap();
+    let program: &mut SchedClassifier = ebpf
+        .program_mut(names::PROG_FROM_CONTAINER)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    program.load().expect("the verifier accepts from_container");
+
+    // Network 1 = 10.50.0.0/24 (sender and peer), network 2 = 10.60.0.0/24.
+    ifaces
+        .insert(
+            sender,
+            EndpointIface {
+                network: 1,
+                flags: 0,
+            },
+            0,
+        )
+        .unwrap();
+    let info = |network, gw| SubnetInfo {
+        network,
+        _pad: 0,
+        gateway: v4(gw),
+    };
+    subnets
+        .insert(&subnet_key("10.50.0.0/24"), info(1, "10.50.0.1"), 0)
+        .unwrap();
+    subnets
+        .insert(&subnet_key("10.60.0.0/24"), info(2, "10.60.0.1"), 0)
+        .unwrap();
+    let peer_key = EndpointKey {
+        network: 1,
+        addr: v4("10.50.0.3"),
+    };
+    endpoints
+        .insert(
+            peer_key,
+            EndpointTarget {
+                host_ifindex: peer,
+                mac: PEER_MAC,
+                _pad: [0; 2],
+            },
+            0,
+        )
+        .unwrap();
+    let cpus = aya::util::nr_cpus().unwrap();
+    let zeroes = || PerCpuValues::try_from(vec![EndpointCounters::default(); cpus]).unwrap();
+    counters.insert(sender, zeroes(), 0).unwrap();
+
+    let run = |what: &str, frame: &[u8], ifindex: u32| -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; frame.len() + 256];
+        let ctx = skb_ctx(ifindex);
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                ..Default::default()
+            })
+            .unwrap_or_else(|e| panic!("{what}: test run failed: {e:?}"));
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
+    };
+    let total = |counters: &PerCpuHashMap<_, u32, EndpointCounters>| {
+        let mut sum = EndpointCounters::default();
+        for c in counters.get(&sender, 0).unwrap().iter() {
+            sum.add(c);
+        }
+        sum
+    };
+
+    let mut failures = vec![];
+    let mut expect = |what: &str, frame: Vec<u8>, ifindex: u32, verdict: u32, unchanged: bool| {
+        let (got, out) = run(what, &frame, ifindex);
+        if got != verdict {
+            failures.push(format!("{what}: verdict {got}, expected {verdict}"));
+        }
+        if unchanged && out != frame {
+            failures.push(format!("{what}: a passed frame was modified"));
+        }
+        out
+    };
+
+    // Same network, known endpoint: redirected with the peer's MAC as destination.
+    let out = expect(
+        "to peer",
+        udp_frame("10.50.0.3"),
+        sender,
+        TC_ACT_REDIRECT,
+        false,
+    );
+    assert_eq!(out[..6], PEER_MAC, "dst MAC != peer's MAC");
+    assert_eq!(
+        out[6..],
+        udp_frame("10.50.0.3")[6..],
+        "redirect changed more than the dst MAC"
+    );
+    let c = total(&counters);
+    assert_eq!(
+        (c.fast_packets, c.fast_bytes),
+        (1, udp_frame("10.50.0.3").len() as u64)
+    );
+
+    // What the fast path leaves to the kernel, untouched.
+    expect(
+        "to unknown address on own network",
+        udp_frame("10.50.0.9"),
+        sender,
+        TC_ACT_OK,
+        true,
+    );
+    expect(
+        "to own gateway",
+        udp_frame("10.50.0.1"),
+        sender,
+        TC_ACT_OK,
+        true,
+    );
+    expect(
+        "to other network's gateway",
+        udp_frame("10.60.0.1"),
+        sender,
+        TC_ACT_OK,
+        true,
+    );
+    expect(
+        "to outside",
+        udp_frame("198.18.0.1"),
+        sender,
+        TC_ACT_OK,
+        true,
+    );
+    expect("ARP", arp_frame(), sender, TC_ACT_OK, true);
+    // (Frames shorter than an IPv4 header are refused by BPF_PROG_TEST_RUN itself.)
+    let mut bad_version = udp_frame("10.50.0.3");
+    bad_version[14] = 0x65;
+    expect(
+        "IPv4 ethertype, version 6",
+        bad_version,
+        sender,
+        TC_ACT_OK,
+        true,
+    );
+    let mut bad_ihl = udp_frame("10.50.0.3");
+    bad_ihl[14] = 0x44;
+    expect("IPv4 header length 16", bad_ihl, sender, TC_ACT_OK, true);
+    expect(
+        "from an unknown veth",
+        udp_frame("10.50.0.3"),
+        peer,
+        TC_ACT_OK,
+        true,
+    );
+
+    // Isolation.
+    expect(
+        "to other network",
+        udp_frame("10.60.0.5"),
+        sender,
+        TC_ACT_SHOT,
+        false,
+    );
+    let c = total(&counters);
+    assert_eq!(c.drops[DropReason::Isolation as usize], 1);
+    assert_eq!(c.passed_packets, 7, "passed packets counted: {c:?}");
+
+    // Internal network: only its own subnet.
+    ifaces
+        .insert(
+            sender,
+            EndpointIface {
+                network: 1,
+                flags: IFACE_FLAG_INTERNAL,
+            },
+            0,
+        )
+        .unwrap();
+    expect(
+        "internal to outside",
+        udp_frame("198.18.0.1"),
+        sender,
+        TC_ACT_SHOT,
+        false,
+    );
+    expect(
+        "internal to other gateway",
+        udp_frame("10.60.0.1"),
+        sender,
+        TC_ACT_SHOT,
+        false,
+    );
+    expect(
+        "internal to peer",
+        udp_frame("10.50.0.3"),
+        sender,
+        TC_ACT_REDIRECT,
+        false,
+    );
+    let c = total(&counters);
+    assert_eq!(c.drops[DropReason::Internal as usize], 1);
+    assert_eq!(c.drops[DropReason::Isolation as usize], 2);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
