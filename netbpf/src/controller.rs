@@ -785,7 +785,7 @@ impl Controller {
             if self.finished.len() > FINISHED_KEPT {
                 self.finished.pop_front();
             }
-            if let Err(error) = self.container_remove(&c.name, false) {
+            if let Err(error) = self.container_remove(&c.name) {
                 tracing::warn!(%error, "auto-remove");
             }
         }
@@ -836,7 +836,8 @@ impl Controller {
         }
     }
 
-    pub fn container_remove(&mut self, key: &str, force: bool) -> Result<()> {
+    /// Removes a container that is not running (`rm -f` stops it first, in the API layer).
+    pub fn container_remove(&mut self, key: &str) -> Result<()> {
         let c = self.container(key)?.clone();
         if c.is_running() && c.attached.is_none() {
             return Err(ApiError::conflict(format!(
@@ -844,7 +845,6 @@ impl Controller {
                 c.name
             )));
         }
-        let _ = force;
         if let Some(dependent) = self
             .state
             .containers
@@ -1247,7 +1247,7 @@ impl Controller {
                 record.pid = None;
             }
             if c.auto_remove {
-                let _ = self.container_remove(&c.name, true);
+                let _ = self.container_remove(&c.name);
             }
         }
         for net in self.state.networks.values() {

@@ -237,7 +237,7 @@ async fn container_remove(
             stop(&ctl, name.clone(), Duration::ZERO).await?;
         }
     }
-    with(&ctl, move |c| c.container_remove(&name, q.force))
+    with(&ctl, move |c| c.container_remove(&name))
         .await
         .map(|()| StatusCode::NO_CONTENT)
 }
