@@ -29,6 +29,41 @@ fn rm_network_rm_and_shutdown_leave_nothing_behind() {
         must("bpftool", &["map", "show", "id", &id.to_string()]);
     }
 
+    // The API is plain HTTP+JSON on a 0600 socket: curl works too.
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&host.socket)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
+    let socket = host.socket.to_str().unwrap();
+    let networks = must(
+        "curl",
+        &["-sf", "--unix-socket", socket, "http://netbpf/networks"],
+    );
+    assert!(networks.contains("\"Name\":\"bridge\""), "{networks}");
+    let refused = netbpf_tests::cmd(
+        "curl",
+        &[
+            "-s",
+            "--unix-socket",
+            socket,
+            "-X",
+            "DELETE",
+            "http://netbpf/networks/bridge",
+        ],
+    );
+    let body = String::from_utf8_lossy(&refused.stdout);
+    assert!(
+        body.contains("\"message\""),
+        "API error is not JSON: {body}"
+    );
+
+    host.ok(&["network", "create", "unused1"]);
+    host.ok(&["network", "create", "unused2"]);
+    let pruned = host.ok(&["network", "prune"]);
+    assert_eq!(pruned, "unused1\nunused2\n");
+
     host.ok(&["network", "create", "tmp"]);
     host.ok(&[
         "run",
