@@ -145,18 +145,130 @@ impl DropReason {
     }
 }
 
+/// IP protocol numbers as they appear in map keys.
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Key of `PUBLISHED`: a host address and port. The unspecified address (`::ffff:0.0.0.0`)
+/// stands for every address of the host, as `-p 5050:80` means on Docker.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct PublishedKey {
+    pub addr: IpAddrKey,
+    /// Host byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Where a published port leads: a container address and port, and how to reach it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PublishedTarget {
+    pub addr: IpAddrKey,
+    /// Host byte order.
+    pub port: u16,
+    pub _pad: [u8; 2],
+    /// The container's host-side veth, for `bpf_redirect_peer`.
+    pub host_ifindex: u32,
+    pub mac: [u8; 6],
+    pub _pad2: [u8; 2],
+}
+
+/// Key of `SOCK_ORIGINAL`: a socket (by cookie) and the container address it was redirected
+/// to, so replies can be shown as coming from the address the program asked for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SockBackendKey {
+    pub cookie: u64,
+    pub backend: PublishedKey,
+    pub _pad: u32,
+}
+
+/// One direction of a translated flow, as seen on the wire: the conntrack key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub src: IpAddrKey,
+    pub dst: IpAddrKey,
+    /// Host byte order.
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// What to do with a packet of a tracked flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NatEntry {
+    /// The address and port to write: the source for `NAT_REWRITE_SRC`, the destination
+    /// for `NAT_REWRITE_DST`.
+    pub addr: IpAddrKey,
+    /// Host byte order.
+    pub port: u16,
+    /// `NAT_REWRITE_*`.
+    pub action: u8,
+    /// `TCP_SEEN_*` bits, to expire closed TCP flows quickly.
+    pub tcp_seen: u8,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns` of the last packet; the daemon expires idle entries.
+    pub last_seen_ns: u64,
+}
+
+pub const NAT_REWRITE_SRC: u8 = 1;
+pub const NAT_REWRITE_DST: u8 = 2;
+pub const TCP_SEEN_FIN: u8 = 1 << 0;
+pub const TCP_SEEN_RST: u8 = 1 << 1;
+
+/// How long an idle flow is kept. TCP uses the established timeout until a FIN or RST is
+/// seen, then the closing one.
+pub const NAT_TIMEOUT_UDP_NS: u64 = 60 * 1_000_000_000;
+pub const NAT_TIMEOUT_TCP_NS: u64 = 2 * 3600 * 1_000_000_000;
+pub const NAT_TIMEOUT_TCP_CLOSING_NS: u64 = 10 * 1_000_000_000;
+
+/// The host-wide settings the NAT programs need, in a one-element array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NatConfig {
+    /// The uplink's first IPv4 address: the source of masqueraded packets.
+    pub uplink_addr: IpAddrKey,
+    pub uplink_ifindex: u32,
+    /// Masquerade source ports are taken from `[port_min, port_max]`.
+    pub port_min: u16,
+    pub port_max: u16,
+    /// Cookie of the daemon's network namespace: socket programs only act there.
+    pub netns_cookie: u64,
+}
+
 /// Names of the maps and programs, used by both sides.
 pub mod names {
     pub const ENDPOINTS: &str = "ENDPOINTS";
     pub const ENDPOINT_IFACES: &str = "ENDPOINT_IFACES";
     pub const SUBNETS: &str = "SUBNETS";
     pub const COUNTERS: &str = "COUNTERS";
+    pub const PUBLISHED: &str = "PUBLISHED";
+    pub const BACKENDS: &str = "BACKENDS";
+    pub const HOST_ADDRS: &str = "HOST_ADDRS";
+    pub const CONNTRACK: &str = "CONNTRACK";
+    pub const NAT_CONFIG: &str = "NAT_CONFIG";
+    pub const SOCK_ORIGINAL: &str = "SOCK_ORIGINAL";
     pub const PROG_FROM_CONTAINER: &str = "from_container";
+    pub const PROG_UPLINK_INGRESS: &str = "uplink_ingress";
+    pub const PROG_UPLINK_EGRESS: &str = "uplink_egress";
+    pub const PROG_CONNECT4: &str = "connect4";
+    pub const PROG_SENDMSG4: &str = "sendmsg4";
+    pub const PROG_RECVMSG4: &str = "recvmsg4";
+    pub const PROG_GETPEERNAME4: &str = "getpeername4";
 }
 
 /// Map sizes. Endpoints and counters are keyed per host veth or per address.
 pub const MAX_ENDPOINTS: u32 = 65_536;
 pub const MAX_SUBNETS: u32 = 4_096;
+pub const MAX_PUBLISHED: u32 = 65_536;
+pub const MAX_HOST_ADDRS: u32 = 1_024;
+/// Tracked flows; the map is LRU, so a full table evicts the oldest flows, never wedges.
+pub const MAX_FLOWS: u32 = 262_144;
 
 const _: () = assert!(core::mem::size_of::<IpAddrKey>() == 16);
 const _: () = assert!(core::mem::size_of::<EndpointKey>() == 20);
@@ -164,6 +276,12 @@ const _: () = assert!(core::mem::size_of::<EndpointTarget>() == 12);
 const _: () = assert!(core::mem::size_of::<EndpointIface>() == 8);
 const _: () = assert!(core::mem::size_of::<SubnetKey>() == 16);
 const _: () = assert!(core::mem::size_of::<SubnetInfo>() == 24);
+const _: () = assert!(core::mem::size_of::<PublishedKey>() == 20);
+const _: () = assert!(core::mem::size_of::<PublishedTarget>() == 32);
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+const _: () = assert!(core::mem::size_of::<SockBackendKey>() == 32);
+const _: () = assert!(core::mem::size_of::<NatEntry>() == 32);
+const _: () = assert!(core::mem::size_of::<NatConfig>() == 32);
 const _: () = assert!(core::mem::size_of::<EndpointCounters>() == 32 + 8 * DropReason::COUNT);
 
 #[cfg(feature = "user")]
@@ -177,4 +295,10 @@ mod pod {
     unsafe impl aya::Pod for super::SubnetKey {}
     unsafe impl aya::Pod for super::SubnetInfo {}
     unsafe impl aya::Pod for super::EndpointCounters {}
+    unsafe impl aya::Pod for super::PublishedKey {}
+    unsafe impl aya::Pod for super::PublishedTarget {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::SockBackendKey {}
+    unsafe impl aya::Pod for super::NatEntry {}
+    unsafe impl aya::Pod for super::NatConfig {}
 }

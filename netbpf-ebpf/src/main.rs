@@ -3,10 +3,18 @@
 #![no_main]
 
 mod bridge;
+mod conntrack;
+mod csum;
+mod nat;
 mod parse;
+mod sock;
 
-use aya_ebpf::{bindings::TC_ACT_REDIRECT, macros::classifier, programs::TcContext};
-use netbpf_common::DropReason;
+use aya_ebpf::{
+    bindings::TC_ACT_REDIRECT,
+    macros::{cgroup_sock_addr, classifier},
+    programs::{SockAddrContext, TcContext},
+};
+use netbpf_common::{DropReason, NAT_REWRITE_DST, NAT_REWRITE_SRC};
 
 use bridge::Verdict;
 
@@ -22,6 +30,15 @@ pub fn from_container(ctx: TcContext) -> i32 {
         return bridge::PASS;
     };
     let bytes = u64::from(ctx.len());
+    if let Some(action) = translate_from_container(&ctx) {
+        if action == TC_ACT_REDIRECT as i32 {
+            bridge::count(ifindex, |c| {
+                c.fast_packets += 1;
+                c.fast_bytes += bytes;
+            });
+        }
+        return action;
+    }
     match bridge::decide(&ctx, ifindex, &iface) {
         Verdict::Redirect(target) => {
             let action = bridge::redirect_to_peer(&ctx, &target);
@@ -49,6 +66,88 @@ pub fn from_container(ctx: TcContext) -> i32 {
             bridge::SHOT
         }
     }
+}
+
+/// NAT for packets leaving a container, before the bridge decision: replies of flows that
+/// came in through a published port (and later packets of masqueraded flows) get their
+/// tracked source back; packets to a published port on a host address (hairpin) go
+/// straight to the published container. `None`: not NAT's business.
+#[inline(always)]
+fn translate_from_container(ctx: &TcContext) -> Option<i32> {
+    let flow = parse::ipv4_flow(ctx)?;
+    if let Some(entry) = conntrack::lookup(&flow) {
+        if entry.action == NAT_REWRITE_SRC {
+            return Some(nat::apply(ctx, &flow, &entry));
+        }
+    }
+    if nat::is_host_addr(flow.dst) {
+        let target = nat::published(flow.dst, flow.dport, flow.proto)?;
+        return Some(nat::dnat(ctx, &flow, &target));
+    }
+    None
+}
+
+/// Attached (tcx ingress) to the uplink: packets from outside. Replies of masqueraded flows
+/// go back to their container; new flows to a published port are translated to it and
+/// delivered with `bpf_redirect_peer`. Everything else goes to the host stack unchanged.
+#[classifier]
+pub fn uplink_ingress(ctx: TcContext) -> i32 {
+    let Some(flow) = parse::ipv4_flow(&ctx) else {
+        return bridge::PASS;
+    };
+    if let Some(entry) = conntrack::lookup(&flow) {
+        if entry.action == NAT_REWRITE_DST {
+            return nat::apply(&ctx, &flow, &entry);
+        }
+    }
+    if nat::is_host_addr(flow.dst) {
+        if let Some(target) = nat::published(flow.dst, flow.dport, flow.proto) {
+            return nat::dnat(&ctx, &flow, &target);
+        }
+    }
+    bridge::PASS
+}
+
+/// Attached (tcx egress) to the uplink: container packets leaving the host get the uplink
+/// address as source (masquerade), tracked so replies find their way back.
+#[classifier]
+pub fn uplink_egress(ctx: TcContext) -> i32 {
+    let Some(flow) = parse::ipv4_flow(&ctx) else {
+        return bridge::PASS;
+    };
+    if !bridge::is_container_addr(flow.src) {
+        return bridge::PASS;
+    }
+    match conntrack::lookup(&flow) {
+        // Already on its way out: only the rewrite is left to do.
+        Some(entry) if entry.action == NAT_REWRITE_SRC => nat::rewrite_source(&ctx, &flow, &entry),
+        _ => nat::masquerade(&ctx, &flow),
+    }
+}
+
+/// Socket hooks on the daemon's cgroup: published ports for host processes.
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    sock::to_backend(&ctx);
+    1
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock::to_backend(&ctx);
+    1
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock::from_backend(&ctx);
+    1
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn getpeername4(ctx: SockAddrContext) -> i32 {
+    sock::from_backend(&ctx);
+    1
 }
 
 #[cfg(not(test))]

@@ -29,3 +29,83 @@ pub fn ensure_linear(ctx: &TcContext, len: usize) -> bool {
     }
     ctx.pull_data(len as u32).is_ok() && ctx.data() + len <= ctx.data_end()
 }
+
+use network_types::{
+    eth::{EthHdr, EtherType},
+    ip::Ipv4Hdr,
+};
+
+/// A TCP or UDP packet over IPv4 that NAT may translate, with what it needs to know.
+pub struct Ipv4Flow {
+    /// Offset of the L4 header (after any IP options).
+    pub l4_offset: usize,
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub proto: u8,
+    /// Host byte order.
+    pub sport: u16,
+    pub dport: u16,
+    /// TCP flags byte (0 for UDP).
+    pub tcp_flags: u8,
+}
+
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_RST: u8 = 0x04;
+
+/// Parses Ethernet + IPv4 + TCP/UDP. `None` for anything NAT must leave alone: other
+/// protocols, VLAN-tagged frames, fragments (no ports after the first), malformed headers
+/// (bad version, header length, TCP data offset) and truncated packets.
+#[inline(always)]
+pub fn ipv4_flow(ctx: &TcContext) -> Option<Ipv4Flow> {
+    if !ensure_linear(ctx, EthHdr::LEN + Ipv4Hdr::LEN) {
+        return None;
+    }
+    let eth = ptr_at::<EthHdr>(ctx, 0)?;
+    // SAFETY: ptr_at checked the header lies inside the packet.
+    if unsafe { (*eth).ether_type } != EtherType::Ipv4 as u16 {
+        return None;
+    }
+    let ip = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN)?;
+    // SAFETY: as above.
+    let ip = unsafe { &*ip };
+    let ihl = usize::from(ip.ihl());
+    if ip.version() != 4 || ihl < Ipv4Hdr::LEN || ihl > 60 {
+        return None;
+    }
+    // More-fragments flag or a fragment offset: not a whole datagram with ports.
+    if u16::from_be_bytes(ip.frags) & 0x3fff != 0 {
+        return None;
+    }
+    let proto = ip.proto;
+    let (src, dst) = (ip.src_addr, ip.dst_addr);
+    let l4_offset = EthHdr::LEN + ihl;
+    let ports: [u8; 4] = ctx.load(l4_offset).ok()?;
+    let tcp_flags = match proto {
+        IPPROTO_TCP => {
+            // Data offset byte and flags byte; the header must be at least 20 bytes.
+            let [data_offset, flags]: [u8; 2] = ctx.load(l4_offset + 12).ok()?;
+            if usize::from(data_offset >> 4) * 4 < 20 || ctx.len() as usize <= l4_offset + 13 {
+                return None;
+            }
+            flags
+        }
+        IPPROTO_UDP => {
+            if (ctx.len() as usize) < l4_offset + 8 {
+                return None;
+            }
+            0
+        }
+        _ => return None,
+    };
+    Some(Ipv4Flow {
+        l4_offset,
+        src,
+        dst,
+        proto,
+        sport: u16::from_be_bytes([ports[0], ports[1]]),
+        dport: u16::from_be_bytes([ports[2], ports[3]]),
+        tcp_flags,
+    })
+}

@@ -1,0 +1,146 @@
+//! Published ports (DNAT) and egress masquerade (SNAT): the maps the controller fills and
+//! the translations built on `conntrack` and `csum`.
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    helpers::generated::bpf_redirect_neigh,
+    macros::map,
+    maps::{Array, HashMap},
+    programs::TcContext,
+};
+use netbpf_common::{
+    IpAddrKey, MAX_HOST_ADDRS, MAX_PUBLISHED, NAT_REWRITE_DST, NAT_REWRITE_SRC, NatConfig,
+    NatEntry, PublishedKey, PublishedTarget,
+};
+
+use crate::{
+    bridge,
+    conntrack::{self, v4},
+    csum::{self, Side},
+    parse::Ipv4Flow,
+};
+
+#[map]
+static PUBLISHED: HashMap<PublishedKey, PublishedTarget> = HashMap::pinned(MAX_PUBLISHED, 0);
+
+/// Every IPv4 address of the host namespace (value unused): what "the host" means for a
+/// port published on all addresses.
+#[map]
+static HOST_ADDRS: HashMap<IpAddrKey, u32> = HashMap::pinned(MAX_HOST_ADDRS, 0);
+
+#[map]
+static NAT_CONFIG: Array<NatConfig> = Array::pinned(1, 0);
+
+#[inline(always)]
+pub fn config() -> Option<NatConfig> {
+    NAT_CONFIG.get(0).copied()
+}
+
+#[inline(always)]
+pub fn is_host_addr(addr: [u8; 4]) -> bool {
+    // SAFETY: plain data replaced whole by the controller.
+    unsafe { HOST_ADDRS.get(&IpAddrKey::from_v4(addr)) }.is_some()
+}
+
+/// The published port for `addr:port`: bound to exactly that address, or to all of them.
+#[inline(always)]
+pub fn published(addr: [u8; 4], port: u16, proto: u8) -> Option<PublishedTarget> {
+    let mut key = PublishedKey { addr: IpAddrKey::from_v4(addr), port, proto, _pad: 0 };
+    // SAFETY: plain data replaced whole by the controller.
+    if let Some(target) = unsafe { PUBLISHED.get(&key) } {
+        return Some(*target);
+    }
+    key.addr = IpAddrKey::from_v4([0; 4]);
+    // SAFETY: as above.
+    unsafe { PUBLISHED.get(&key) }.copied()
+}
+
+/// Translates a packet for a published port to its container and delivers it there. The
+/// reply direction is recorded so replies get the host address back as their source.
+#[inline(always)]
+pub fn dnat(ctx: &TcContext, flow: &Ipv4Flow, target: &PublishedTarget) -> i32 {
+    let backend = v4(&target.addr);
+    let reply = conntrack::key(backend, target.port, flow.src, flow.sport, flow.proto);
+    if !conntrack::insert(&reply, flow.dst, flow.dport, NAT_REWRITE_SRC, false) {
+        return TC_ACT_SHOT as i32;
+    }
+    if !csum::rewrite(ctx, flow, Side::Dst, backend, target.port) {
+        return TC_ACT_SHOT as i32;
+    }
+    bridge::redirect_to_peer(ctx, &bridge::target_of(target))
+}
+
+/// Applies a tracked rewrite and sends the packet on: into a container when the
+/// destination is one, otherwise out of the uplink through the neighbour table.
+#[inline(always)]
+pub fn apply(ctx: &TcContext, flow: &Ipv4Flow, entry: &NatEntry) -> i32 {
+    let (side, dst) = if entry.action == NAT_REWRITE_DST {
+        (Side::Dst, v4(&entry.addr))
+    } else {
+        (Side::Src, flow.dst)
+    };
+    if !csum::rewrite(ctx, flow, side, v4(&entry.addr), entry.port) {
+        return TC_ACT_SHOT as i32;
+    }
+    if let Some(target) = bridge::endpoint_by_addr(dst) {
+        return bridge::redirect_to_peer(ctx, &target);
+    }
+    match config() {
+        // SAFETY: bpf_redirect_neigh takes an ifindex, no nexthop (a FIB lookup picks it)
+        // and flags 0; it returns TC_ACT_REDIRECT or TC_ACT_SHOT.
+        Some(cfg) if entry.action == NAT_REWRITE_SRC => unsafe {
+            bpf_redirect_neigh(cfg.uplink_ifindex, core::ptr::null_mut(), 0, 0) as i32
+        },
+        _ => TC_ACT_OK as i32,
+    }
+}
+
+/// Rewrites the source of a packet already leaving through the uplink.
+#[inline(always)]
+pub fn rewrite_source(ctx: &TcContext, flow: &Ipv4Flow, entry: &NatEntry) -> i32 {
+    if csum::rewrite(ctx, flow, Side::Src, v4(&entry.addr), entry.port) {
+        TC_ACT_OK as i32
+    } else {
+        TC_ACT_SHOT as i32
+    }
+}
+
+/// Source-NATs a container's packet to the uplink address, claiming a source port for a
+/// new flow: its own port if free, else a few hashed probes in the configured range.
+#[inline(always)]
+pub fn masquerade(ctx: &TcContext, flow: &Ipv4Flow) -> i32 {
+    let Some(cfg) = config() else {
+        return TC_ACT_OK as i32;
+    };
+    let host = v4(&cfg.uplink_addr);
+    let span = u32::from(cfg.port_max.saturating_sub(cfg.port_min)) + 1;
+    let seed = u32::from_ne_bytes(flow.src) ^ u32::from_ne_bytes(flow.dst)
+        ^ (u32::from(flow.sport) << 16 | u32::from(flow.dport));
+    let mut i: u32 = 0;
+    while i < 8 {
+        let port = if i == 0 {
+            flow.sport
+        } else {
+            cfg.port_min + (seed.wrapping_mul(2_654_435_761).wrapping_add(i * 40_503) % span) as u16
+        };
+        i += 1;
+        if published(host, port, flow.proto).is_some() {
+            continue;
+        }
+        let reply = conntrack::key(flow.dst, flow.dport, host, port, flow.proto);
+        if !conntrack::insert(&reply, flow.src, flow.sport, NAT_REWRITE_DST, true) {
+            continue;
+        }
+        let forward = conntrack::key_of(flow);
+        if !conntrack::insert(&forward, host, port, NAT_REWRITE_SRC, false) {
+            conntrack::remove(&reply);
+            return TC_ACT_SHOT as i32;
+        }
+        if !csum::rewrite(ctx, flow, Side::Src, host, port) {
+            return TC_ACT_SHOT as i32;
+        }
+        return TC_ACT_OK as i32;
+    }
+    // Every probe collided: drop rather than leak an untranslated container address.
+    TC_ACT_SHOT as i32
+}
