@@ -13,6 +13,7 @@
 //! - [`endpoint`]: a veth pair wiring a container namespace to a bridge.
 //! - [`container`]: container processes: spawn, watch, signal, exec.
 //! - [`ipam`]: pure address allocation.
+//! - [`publish`]: `-p` specs, host port choice and reservation.
 //! - [`datapath`]: the only aya user: load, attach, pin, typed map updates.
 //! - [`netlink`], [`netns`]: typed netlink verbs; running code in a namespace.
 //! - [`state`]: the crash-safe state file.
@@ -28,4 +29,5 @@ pub mod ipam;
 pub mod netlink;
 pub mod netns;
 pub mod network;
+pub mod publish;
 pub mod state;
