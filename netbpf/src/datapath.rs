@@ -15,22 +15,26 @@
 
 use std::{
     collections::{BTreeMap, HashSet},
+    fs::File,
     net::Ipv4Addr,
     path::{Path, PathBuf},
 };
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, IterableMap, LpmTrie, MapData, PerCpuHashMap, PerCpuValues, lpm_trie::Key},
+    maps::{
+        Array, HashMap, IterableMap, LpmTrie, MapData, PerCpuHashMap, PerCpuValues, lpm_trie::Key,
+    },
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType,
+        CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
     },
 };
 use ipnet::Ipv4Net;
 use netbpf_common::{
-    EndpointCounters, EndpointIface, EndpointKey, EndpointTarget, IpAddrKey, SubnetInfo, SubnetKey,
+    FlowKey, NAT_TIMEOUT_TCP_CLOSING_NS, NAT_TIMEOUT_TCP_NS, NAT_TIMEOUT_UDP_NS, NatConfig,
+    NatEntry, PROTO_TCP, PublishedKey, PublishedTarget, EndpointCounters, EndpointIface, EndpointKey, EndpointTarget, IpAddrKey, SubnetInfo, SubnetKey,
     names,
 };
 use serde::Serialize;
@@ -54,6 +58,8 @@ pub enum DatapathError {
     Map(#[from] aya::maps::MapError),
     #[error("eBPF link: {0}")]
     Link(#[from] aya::programs::links::LinkError),
+    #[error("cannot open cgroup {path}: {source}")]
+    Cgroup { path: PathBuf, source: std::io::Error },
     #[error("counting CPUs: {0}")]
     Cpus(std::io::Error),
     #[error("pinning: {0}")]
@@ -84,7 +90,32 @@ pub struct Datapath {
     ifaces: HashMap<MapData, u32, EndpointIface>,
     subnets: LpmTrie<MapData, SubnetKey, SubnetInfo>,
     counters: PerCpuHashMap<MapData, u32, EndpointCounters>,
+    published: HashMap<MapData, PublishedKey, PublishedTarget>,
+    host_addrs: HashMap<MapData, IpAddrKey, u32>,
+    nat_config: Array<MapData, NatConfig>,
+    conntrack: HashMap<MapData, FlowKey, NatEntry>,
     links_dir: PathBuf,
+    host_links_dir: PathBuf,
+}
+
+/// The TC programs, all loaded at start.
+const TC_PROGRAMS: [&str; 3] = [
+    names::PROG_FROM_CONTAINER,
+    names::PROG_UPLINK_INGRESS,
+    names::PROG_UPLINK_EGRESS,
+];
+/// The cgroup socket programs, all loaded at start.
+const SOCK_PROGRAMS: [&str; 4] = [
+    names::PROG_CONNECT4,
+    names::PROG_SENDMSG4,
+    names::PROG_RECVMSG4,
+    names::PROG_GETPEERNAME4,
+];
+
+fn pins_in(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|dir| dir.flatten().filter_map(|e| e.file_name().into_string().ok()).collect())
+        .unwrap_or_default()
 }
 
 impl Datapath {
@@ -92,7 +123,8 @@ impl Datapath {
     pub fn load(root: &Path) -> Result<Self, DatapathError> {
         let maps_dir = root.join("maps");
         let links_dir = root.join("links");
-        for dir in [&maps_dir, &links_dir] {
+        let host_links_dir = root.join("host-links");
+        for dir in [&maps_dir, &links_dir, &host_links_dir] {
             std::fs::create_dir_all(dir).map_err(|source| DatapathError::PinDir {
                 path: dir.clone(),
                 source,
@@ -101,32 +133,51 @@ impl Datapath {
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
             .load(EBPF_OBJECT)?;
-        let program: &mut SchedClassifier = ebpf
-            .program_mut(names::PROG_FROM_CONTAINER)
-            .ok_or(DatapathError::MissingProgram(names::PROG_FROM_CONTAINER))?
-            .try_into()?;
-        program.load()?;
+        // Every program is loaded (and so verified) now, whether or not it gets attached.
+        for name in TC_PROGRAMS {
+            let program: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(DatapathError::MissingProgram(name))?
+                .try_into()?;
+            program.load()?;
+        }
+        for name in SOCK_PROGRAMS {
+            let program: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .ok_or(DatapathError::MissingProgram(name))?
+                .try_into()?;
+            program.load()?;
+        }
         let mut take =
             |name: &'static str| ebpf.take_map(name).ok_or(DatapathError::MissingMap(name));
         let endpoints = HashMap::try_from(take(names::ENDPOINTS)?)?;
         let ifaces = HashMap::try_from(take(names::ENDPOINT_IFACES)?)?;
         let subnets = LpmTrie::try_from(take(names::SUBNETS)?)?;
         let counters = PerCpuHashMap::try_from(take(names::COUNTERS)?)?;
+        let published = HashMap::try_from(take(names::PUBLISHED)?)?;
+        let host_addrs = HashMap::try_from(take(names::HOST_ADDRS)?)?;
+        let nat_config = Array::try_from(take(names::NAT_CONFIG)?)?;
+        let conntrack = HashMap::try_from(take(names::CONNTRACK)?)?;
         Ok(Self {
             ebpf,
             endpoints,
             ifaces,
             subnets,
             counters,
+            published,
+            host_addrs,
+            nat_config,
+            conntrack,
             links_dir,
+            host_links_dir,
         })
     }
 
-    fn program(&mut self) -> &mut SchedClassifier {
+    fn tc_program(&mut self, name: &str) -> &mut SchedClassifier {
         self.ebpf
-            .program_mut(names::PROG_FROM_CONTAINER)
+            .program_mut(name)
             .and_then(|p| p.try_into().ok())
-            .expect("checked in load")
+            .expect("loaded in load")
     }
 
     fn link_pin(&self, host_veth: &str) -> PathBuf {
@@ -138,11 +189,23 @@ impl Datapath {
     /// atomically instead.
     pub fn attach(&mut self, host_veth: &str) -> Result<(), DatapathError> {
         let pin = self.link_pin(host_veth);
+        self.attach_tc(names::PROG_FROM_CONTAINER, host_veth, TcAttachType::Ingress, &pin)
+    }
+
+    /// Attaches a TC program with tcx and pins the link at `pin`, or swaps the program into
+    /// the link already pinned there.
+    fn attach_tc(
+        &mut self,
+        name: &str,
+        iface: &str,
+        attach_type: TcAttachType,
+        pin: &Path,
+    ) -> Result<(), DatapathError> {
         if pin.exists() {
-            match PinnedLink::from_pin(&pin) {
+            match PinnedLink::from_pin(pin) {
                 Ok(pinned) => {
                     let link = SchedClassifierLink::try_from(FdLink::from(pinned))?;
-                    let program = self.program();
+                    let program = self.tc_program(name);
                     let id = program.attach_to_link(link)?;
                     // Dropping our copy closes one fd; the pin keeps the link.
                     drop(program.take_link(id)?);
@@ -150,18 +213,53 @@ impl Datapath {
                 }
                 Err(error) => {
                     tracing::warn!(%error, pin = %pin.display(), "stale link pin, attaching anew");
-                    let _ = std::fs::remove_file(&pin);
+                    let _ = std::fs::remove_file(pin);
                 }
             }
         }
-        let program = self.program();
+        let program = self.tc_program(name);
         let id = program.attach_with_options(
-            host_veth,
-            TcAttachType::Ingress,
+            iface,
+            attach_type,
             TcAttachOptions::TcxOrder(LinkOrder::default()),
         )?;
         let link = FdLink::try_from(program.take_link(id)?)?;
-        link.pin(&pin)?;
+        link.pin(pin)?;
+        Ok(())
+    }
+
+    /// Attaches the published-port and masquerade programs to the uplink (tcx ingress and
+    /// egress), dropping links pinned for a different uplink by an earlier run.
+    pub fn attach_uplink(&mut self, uplink: &str) -> Result<(), DatapathError> {
+        let ingress = self.host_links_dir.join(format!("uplink-ingress-{uplink}"));
+        let egress = self.host_links_dir.join(format!("uplink-egress-{uplink}"));
+        for stale in pins_in(&self.host_links_dir) {
+            if stale.starts_with("uplink-") && !stale.ends_with(&format!("-{uplink}")) {
+                let _ = std::fs::remove_file(self.host_links_dir.join(stale));
+            }
+        }
+        self.attach_tc(names::PROG_UPLINK_INGRESS, uplink, TcAttachType::Ingress, &ingress)?;
+        self.attach_tc(names::PROG_UPLINK_EGRESS, uplink, TcAttachType::Egress, &egress)
+    }
+
+    /// Attaches the socket programs to the cgroup whose processes count as "the host". A
+    /// new link is pinned first and then replaces the old pin (rename is atomic), so host
+    /// processes never see a moment without translation.
+    pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<(), DatapathError> {
+        let dir = File::open(cgroup)
+            .map_err(|source| DatapathError::Cgroup { path: cgroup.to_owned(), source })?;
+        for name in SOCK_PROGRAMS {
+            let pin = self.host_links_dir.join(format!("cgroup-{name}"));
+            let fresh = self.host_links_dir.join(format!("cgroup-{name}.new"));
+            let _ = std::fs::remove_file(&fresh);
+            let program: &mut CgroupSockAddr =
+                self.ebpf.program_mut(name).and_then(|p| p.try_into().ok()).expect("loaded");
+            let id = program.attach(&dir, CgroupAttachMode::AllowMultiple)?;
+            let link = FdLink::try_from(program.take_link(id)?)?;
+            link.pin(&fresh)?;
+            std::fs::rename(&fresh, &pin)
+                .map_err(|source| DatapathError::PinDir { path: pin.clone(), source })?;
+        }
         Ok(())
     }
 
@@ -172,13 +270,65 @@ impl Datapath {
 
     /// Names of the veths that have a pinned link.
     pub fn pinned_links(&self) -> Vec<String> {
-        std::fs::read_dir(&self.links_dir)
-            .map(|dir| {
-                dir.flatten()
-                    .filter_map(|e| e.file_name().into_string().ok())
-                    .collect()
-            })
-            .unwrap_or_default()
+        pins_in(&self.links_dir)
+    }
+
+    pub fn set_published(
+        &mut self,
+        key: PublishedKey,
+        target: PublishedTarget,
+    ) -> Result<(), DatapathError> {
+        Ok(self.published.insert(key, target, 0)?)
+    }
+
+    pub fn remove_published(&mut self, key: &PublishedKey) {
+        let _ = self.published.remove(key);
+    }
+
+    /// Keys of everything published, for reconciling after a restart.
+    pub fn published_keys(&self) -> Vec<PublishedKey> {
+        self.published.keys().flatten().collect()
+    }
+
+    /// Makes `HOST_ADDRS` hold exactly `addrs`.
+    pub fn set_host_addrs(&mut self, addrs: &[Ipv4Addr]) -> Result<(), DatapathError> {
+        let wanted: HashSet<IpAddrKey> =
+            addrs.iter().map(|a| IpAddrKey::from_v4(a.octets())).collect();
+        let stale: Vec<_> =
+            self.host_addrs.keys().flatten().filter(|k| !wanted.contains(k)).collect();
+        for key in stale {
+            let _ = self.host_addrs.remove(&key);
+        }
+        for key in wanted {
+            self.host_addrs.insert(key, 1, 0)?;
+        }
+        Ok(())
+    }
+
+    pub fn set_nat_config(&mut self, config: NatConfig) -> Result<(), DatapathError> {
+        Ok(self.nat_config.set(0, config, 0)?)
+    }
+
+    /// Deletes tracked flows idle for longer than their timeout; returns how many remain.
+    pub fn expire_flows(&mut self, now_ns: u64) -> usize {
+        let mut expired = vec![];
+        let mut live = 0;
+        for (key, entry) in self.conntrack.iter().flatten() {
+            let timeout = match key.proto {
+                PROTO_TCP if entry.tcp_seen != 0 => NAT_TIMEOUT_TCP_CLOSING_NS,
+                PROTO_TCP => NAT_TIMEOUT_TCP_NS,
+                _ => NAT_TIMEOUT_UDP_NS,
+            };
+            if now_ns.saturating_sub(entry.last_seen_ns) > timeout {
+                expired.push(key);
+            } else {
+                live += 1;
+            }
+        }
+        for key in expired {
+            let _ = self.conntrack.remove(&key);
+        }
+        live
     }
 
     pub fn set_endpoint(
@@ -310,6 +460,10 @@ impl Datapath {
             (names::ENDPOINT_IFACES, map_id(&self.ifaces)),
             (names::SUBNETS, map_id(&self.subnets)),
             (names::COUNTERS, map_id(&self.counters)),
+            (names::PUBLISHED, map_id(&self.published)),
+            (names::HOST_ADDRS, map_id(&self.host_addrs)),
+            (names::NAT_CONFIG, map_id(&self.nat_config)),
+            (names::CONNTRACK, map_id(&self.conntrack)),
         ];
         for (name, id) in maps {
             if let Some(id) = id {

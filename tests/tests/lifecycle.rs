@@ -24,7 +24,7 @@ fn rm_network_rm_and_shutdown_leave_nothing_behind() {
         .values()
         .map(as_u64)
         .collect();
-    assert_eq!(map_ids.len(), 4, "{info}");
+    assert_eq!(map_ids.len(), 8, "{info}");
     for id in &map_ids {
         must("bpftool", &["map", "show", "id", &id.to_string()]);
     }
