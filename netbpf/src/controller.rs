@@ -7,12 +7,14 @@ use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
     fs::File,
     net::Ipv4Addr,
+    os::fd::OwnedFd,
     path::{Path, PathBuf},
     str::FromStr,
 };
 
 use ipnet::Ipv4Net;
 use netbpf_common::{
+    IpAddrKey, NatConfig, PublishedKey, PublishedTarget,
     DropReason, EndpointCounters, EndpointIface, EndpointTarget, IFACE_FLAG_INTERNAL,
 };
 use tokio::sync::{mpsc, watch};
@@ -30,6 +32,7 @@ use crate::{
     netlink::Netlink,
     netns,
     network::{self, DEFAULT_BRIDGE, DEFAULT_NETWORK},
+    publish::{self, PortSpec, Proto, PublishedPort},
     state::{
         AttachedTo, ContainerRecord, EndpointRecord, NetworkMode, NetworkRecord, NetworkRequest,
         State, Status, Store, now_rfc3339, random_id,
@@ -43,6 +46,8 @@ pub struct Config {
     pub bpffs: PathBuf,
     pub uplink: Option<String>,
     pub default_subnet: Ipv4Net,
+    /// The cgroup (v2) whose processes are "the host" for published ports.
+    pub cgroup: PathBuf,
 }
 
 impl Config {
@@ -85,6 +90,11 @@ pub struct Controller {
     exit_watches: BTreeMap<String, watch::Sender<Option<Option<i32>>>>,
     /// Exit codes of auto-removed containers, by id, for `wait` calls that come late.
     finished: VecDeque<(String, Option<i32>)>,
+    /// Bound sockets holding published host ports against host processes.
+    reservations: BTreeMap<(Ipv4Addr, u16, Proto), OwnedFd>,
+    /// `tc` once the uplink programs are attached.
+    nat_mode: Option<String>,
+    tracked_flows: usize,
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
@@ -122,8 +132,12 @@ impl Controller {
             exits,
             exit_watches: BTreeMap::new(),
             finished: VecDeque::new(),
+            reservations: BTreeMap::new(),
+            nat_mode: None,
+            tracked_flows: 0,
         };
         ctl.reconcile()?;
+        ctl.start_nat()?;
         if !ctl.state.networks.contains_key(DEFAULT_NETWORK) {
             let subnet = ctl.config.default_subnet;
             ctl.create_network(
@@ -137,6 +151,49 @@ impl Controller {
             .map_err(|e| anyhow::anyhow!("default network: {e}"))?;
         }
         Ok(ctl)
+    }
+
+    /// Attaches the uplink and socket programs and fills the NAT settings.
+    fn start_nat(&mut self) -> anyhow::Result<()> {
+        self.refresh_host_addrs().map_err(|e| anyhow::anyhow!("{e}"))?;
+        self.datapath.attach_cgroup(&self.config.cgroup)?;
+        let cookie = netns::current_cookie().map_err(|e| anyhow::anyhow!("netns cookie: {e}"))?;
+        let (port_min, port_max) = publish::ephemeral_range();
+        let mut config = NatConfig { port_min, port_max, netns_cookie: cookie, ..NatConfig::default() };
+        if let Some(uplink) = self.config.uplink.clone() {
+            let (index, addr) = Netlink::run(None, |nl| {
+                let link = nl.link(&uplink)?;
+                Ok((link.index, nl.addresses_of(link.index)?.into_iter().next()))
+            })?;
+            config.uplink_ifindex = index;
+            match addr {
+                Some(addr) => config.uplink_addr = IpAddrKey::from_v4(addr.octets()),
+                None => tracing::warn!(uplink, "uplink has no IPv4 address: no masquerade"),
+            }
+            self.datapath.attach_uplink(&uplink)?;
+            self.nat_mode = Some("tc".into());
+            tracing::info!(uplink, mode = "tc", "published ports and masquerade attached to the uplink");
+        }
+        self.datapath.set_nat_config(config)?;
+        Ok(())
+    }
+
+    /// Tells the programs which addresses are the host's own (for ports on 0.0.0.0).
+    fn refresh_host_addrs(&mut self) -> Result<()> {
+        let addrs: Vec<Ipv4Addr> = Netlink::run(None, |nl| nl.addresses())
+            .map_err(internal)?
+            .into_iter()
+            .filter_map(|a| match a.addr() {
+                std::net::IpAddr::V4(v4) => Some(v4),
+                std::net::IpAddr::V6(_) => None,
+            })
+            .collect();
+        self.datapath.set_host_addrs(&addrs).map_err(internal)
+    }
+
+    /// Expires idle NAT flows; the daemon calls it periodically.
+    pub fn expire_flows(&mut self) {
+        self.tracked_flows = self.datapath.expire_flows(monotonic_ns());
     }
 
     fn save(&self) -> Result<()> {
@@ -293,6 +350,7 @@ impl Controller {
             undo(&record, &mut self.datapath);
             return Err(e);
         }
+        let _ = self.refresh_host_addrs();
         tracing::info!(network = name, subnet = %record.subnet, bridge = record.bridge, "network created");
         Ok(())
     }
@@ -601,7 +659,10 @@ impl Controller {
         }
         let ip: Option<Ipv4Addr> = parse_opt("IP address", req.ip.as_deref())?;
         let (mode, networks) = self.parse_mode(req.network.as_deref(), ip)?;
+        let ports = parse_ports(&req.ports, &mode)?;
         let record = ContainerRecord {
+            ports,
+            published: vec![],
             id: random_id(),
             name: req.name.clone(),
             cmd: req.cmd,
@@ -676,6 +737,7 @@ impl Controller {
             }
         };
         let mut endpoints = vec![];
+        let mut published = vec![];
         let result = (|| -> Result<std::process::Child> {
             if let Some(path) = &netns_path
                 && (c.mode == NetworkMode::None || c.mode == NetworkMode::Bridge)
@@ -697,6 +759,7 @@ impl Controller {
                     endpoints.push(self.add_endpoint(&view, &ns, &net, req.ip)?);
                 }
             }
+            published = self.publish(&c, &endpoints)?;
             container::spawn(
                 &c.cmd,
                 netns_path.as_deref(),
@@ -708,6 +771,7 @@ impl Controller {
         let child = match result {
             Ok(child) => child,
             Err(e) => {
+                self.unpublish(&published);
                 for ep in &endpoints {
                     self.remove_endpoint(ep);
                 }
@@ -720,6 +784,7 @@ impl Controller {
         let pid = child.id() as i32;
         let record = self.state.containers.get_mut(name).expect("exists");
         record.endpoints = endpoints;
+        record.published = published;
         record.status = Status::Running;
         record.pid = Some(pid);
         record.pid_start_time = container::start_time(pid);
@@ -735,6 +800,75 @@ impl Controller {
         });
         tracing::info!(container = name, pid, "container started");
         self.save()
+    }
+
+    /// Publishes the container's `-p` specs on its first non-internal endpoint: host ports
+    /// chosen and held, map entries written. All or nothing.
+    fn publish(
+        &mut self,
+        c: &ContainerRecord,
+        endpoints: &[EndpointRecord],
+    ) -> Result<Vec<PublishedPort>> {
+        if c.ports.is_empty() {
+            return Ok(vec![]);
+        }
+        let Some(ep) = self.publishing_endpoint(endpoints) else {
+            return Err(ApiError::bad_request(format!(
+                "container {} has no network that can publish ports (internal networks cannot)",
+                c.name
+            )));
+        };
+        let taken: Vec<(PublishedPort, String)> = self
+            .state
+            .containers
+            .values()
+            .filter(|o| o.name != c.name)
+            .flat_map(|o| o.published.iter().map(move |p| (*p, o.name.clone())))
+            .collect();
+        let ephemeral = publish::ephemeral_range();
+        let mut done: Vec<PublishedPort> = vec![];
+        for spec in &c.ports {
+            let mut taken = taken.clone();
+            taken.extend(done.iter().map(|p| (*p, c.name.clone())));
+            let allocated = match publish::allocate(spec, &taken, ephemeral) {
+                Ok(allocated) => allocated,
+                Err(e) => {
+                    self.unpublish(&done);
+                    return Err(ApiError::conflict(e.to_string()));
+                }
+            };
+            for (port, fd) in allocated {
+                self.reservations.insert((port.host_ip, port.host_port, port.proto), fd);
+                done.push(port);
+                let target = published_target(&ep, &port);
+                if let Err(e) = self.datapath.set_published(published_key(&port), target) {
+                    self.unpublish(&done);
+                    return Err(internal(e));
+                }
+            }
+        }
+        let shown: Vec<String> = done.iter().map(|p| p.to_string()).collect();
+        tracing::info!(container = c.name, ports = ?shown, "ports published");
+        Ok(done)
+    }
+
+    /// The endpoint published ports lead to: the first one on a non-internal network.
+    fn publishing_endpoint(&self, endpoints: &[EndpointRecord]) -> Option<EndpointRecord> {
+        endpoints
+            .iter()
+            .find(|ep| self.state.networks.get(&ep.network).is_some_and(|n| !n.internal))
+            .cloned()
+    }
+
+    fn unpublish(&mut self, ports: &[PublishedPort]) {
+        for port in ports {
+            self.datapath.remove_published(&published_key(port));
+            self.reservations.remove(&(port.host_ip, port.host_port, port.proto));
+        }
+    }
+
+    pub fn container_ports(&self, key: &str) -> Result<Vec<String>> {
+        Ok(self.container(key)?.published.iter().map(|p| p.to_string()).collect())
     }
 
     /// Watches a process that is not our child, reporting its exit like a child's.
@@ -793,11 +927,13 @@ impl Controller {
 
     /// Tears down what a running container holds: endpoints (their leases) and its netns.
     fn release(&mut self, c: &ContainerRecord) {
+        self.unpublish(&c.published);
         for ep in &c.endpoints {
             self.remove_endpoint(ep);
         }
         if let Some(record) = self.state.containers.get_mut(&c.name) {
             record.endpoints.clear();
+            record.published.clear();
         }
         if matches!(c.mode, NetworkMode::Bridge | NetworkMode::None) && c.attached.is_none() {
             netns::remove_persistent(&self.config.netns_dir().join(&c.id));
@@ -906,7 +1042,10 @@ impl Controller {
         if mode != NetworkMode::Bridge {
             return Err(ApiError::bad_request("attach needs a bridge network"));
         }
+        let ports = parse_ports(&req.ports, &mode)?;
         let mut record = ContainerRecord {
+            ports,
+            published: vec![],
             id: random_id(),
             name: req.name.clone(),
             cmd: vec![],
@@ -927,6 +1066,13 @@ impl Controller {
         let net = self.network(&req0.network)?.clone();
         let ep = self.add_endpoint(&record, &ns, &net, req0.ip)?;
         record.endpoints.push(ep);
+        match self.publish(&record, &record.endpoints) {
+            Ok(published) => record.published = published,
+            Err(e) => {
+                self.release(&record);
+                return Err(e);
+            }
+        }
         let id = record.id.clone();
         self.state.containers.insert(record.name.clone(), record);
         if let Err(e) = self.save() {
@@ -1052,6 +1198,7 @@ impl Controller {
                 None
             },
             networks,
+            ports: c.published.iter().map(|p| p.to_string()).collect(),
         })
     }
 
@@ -1077,6 +1224,9 @@ impl Controller {
             state_dir: self.config.state_dir.display().to_string(),
             bpffs: self.config.bpffs.display().to_string(),
             uplink: self.config.uplink.clone(),
+            nat_mode: self.nat_mode.clone(),
+            tracked_flows: self.tracked_flows,
+            cgroup: self.config.cgroup.display().to_string(),
             program_ids: ids.program_ids,
             map_ids: ids.map_ids,
         }
@@ -1135,6 +1285,17 @@ impl Controller {
                     }
                 }
             }
+            for port in &c.published {
+                match publish::reserve(port.host_ip, port.host_port, port.proto) {
+                    Ok(fd) => {
+                        let key = (port.host_ip, port.host_port, port.proto);
+                        self.reservations.insert(key, fd);
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, port = %port, "cannot hold published port again")
+                    }
+                }
+            }
             self.state
                 .containers
                 .get_mut(&c.name)
@@ -1147,6 +1308,7 @@ impl Controller {
         }
         self.remove_leftovers()?;
         self.datapath.sync(&self.desired())?;
+        self.sync_published()?;
         self.save()?;
         Ok(())
     }
@@ -1194,6 +1356,28 @@ impl Controller {
                     netns::remove_persistent(&entry.path());
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Makes `PUBLISHED` hold exactly the ports of running containers.
+    fn sync_published(&mut self) -> anyhow::Result<()> {
+        let mut wanted = std::collections::HashMap::new();
+        for c in self.state.containers.values().filter(|c| c.is_running()) {
+            let Some(ep) = self.publishing_endpoint(&c.endpoints) else {
+                continue;
+            };
+            for port in &c.published {
+                wanted.insert(published_key(port), published_target(&ep, port));
+            }
+        }
+        for key in self.datapath.published_keys() {
+            if !wanted.contains_key(&key) {
+                self.datapath.remove_published(&key);
+            }
+        }
+        for (key, target) in wanted {
+            self.datapath.set_published(key, target)?;
         }
         Ok(())
     }
@@ -1313,4 +1497,46 @@ fn mode_name(mode: &NetworkMode) -> String {
         NetworkMode::None => "none".into(),
         NetworkMode::Container(name) => format!("container:{name}"),
     }
+}
+
+/// Parses `-p` specs; only containers with their own bridge networking can publish.
+fn parse_ports(specs: &[String], mode: &NetworkMode) -> Result<Vec<PortSpec>> {
+    if !specs.is_empty() && *mode != NetworkMode::Bridge {
+        return Err(ApiError::bad_request(format!(
+            "ports cannot be published with network mode {}",
+            mode_name(mode)
+        )));
+    }
+    specs
+        .iter()
+        .map(|s| PortSpec::parse(s).map_err(|e| ApiError::bad_request(e.to_string())))
+        .collect()
+}
+
+fn published_key(port: &PublishedPort) -> PublishedKey {
+    PublishedKey {
+        addr: IpAddrKey::from_v4(port.host_ip.octets()),
+        port: port.host_port,
+        proto: port.proto.number(),
+        _pad: 0,
+    }
+}
+
+fn published_target(ep: &EndpointRecord, port: &PublishedPort) -> PublishedTarget {
+    PublishedTarget {
+        addr: IpAddrKey::from_v4(ep.ip.octets()),
+        port: port.container_port,
+        _pad: [0; 2],
+        host_ifindex: ep.host_ifindex,
+        mac: ep.mac,
+        _pad2: [0; 2],
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

@@ -39,6 +39,10 @@ pub struct DaemonArgs {
     /// Subnet of the default `bridge` network.
     #[arg(long, default_value = "10.213.0.0/16")]
     pub default_subnet: Ipv4Net,
+    /// The cgroup (v2) whose processes reach published ports through the socket hooks;
+    /// default: the cgroup2 root (/sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid hosts).
+    #[arg(long)]
+    pub cgroup: Option<PathBuf>,
     /// tracing filter, e.g. `info`, `netbpf=debug`.
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -84,6 +88,14 @@ fn prepare_bpffs(path: &Path) -> anyhow::Result<bool> {
     )
     .with_context(|| format!("mounting bpffs on {}", path.display()))?;
     Ok(true)
+}
+
+/// Where the unified (v2) cgroup hierarchy is mounted.
+fn cgroup2_root() -> Option<PathBuf> {
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"].into_iter().map(PathBuf::from).find(|p| {
+        nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == CGROUP2_SUPER_MAGIC)
+    })
 }
 
 fn is_mount_point(path: &Path) -> bool {
@@ -165,7 +177,12 @@ pub async fn run(socket: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
     enable_forwarding()?;
     let bpffs = std::path::absolute(&args.bpffs)?;
     let mounted_bpffs = prepare_bpffs(&bpffs)?;
+    let cgroup = match &args.cgroup {
+        Some(path) => path.clone(),
+        None => cgroup2_root().context("no cgroup2 file system found: give --cgroup")?,
+    };
     let config = Config {
+        cgroup,
         state_dir: state_dir.clone(),
         bpffs: bpffs.clone(),
         uplink,
@@ -186,6 +203,20 @@ pub async fn run(socket: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
         }
     };
     let ctl = Arc::new(Mutex::new(ctl));
+    let expiry_loop = {
+        let ctl = ctl.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tick.tick().await;
+                let ctl = ctl.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    ctl.lock().unwrap_or_else(|p| p.into_inner()).expire_flows()
+                })
+                .await;
+            }
+        })
+    };
     let exit_loop = {
         let ctl = ctl.clone();
         tokio::spawn(async move {
@@ -216,6 +247,7 @@ pub async fn run(socket: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
     tracing::info!("shutting down: stopping containers");
     stop_all(&ctl).await;
     exit_loop.abort();
+    expiry_loop.abort();
     let ctl2 = ctl.clone();
     tokio::task::spawn_blocking(move || ctl2.lock().unwrap_or_else(|p| p.into_inner()).teardown())
         .await?;

@@ -250,11 +250,13 @@ impl Datapath {
             .map_err(|source| DatapathError::Cgroup { path: cgroup.to_owned(), source })?;
         for name in SOCK_PROGRAMS {
             let pin = self.host_links_dir.join(format!("cgroup-{name}"));
-            let fresh = self.host_links_dir.join(format!("cgroup-{name}.new"));
+            let fresh = self.host_links_dir.join(format!("cgroup-{name}-new"));
             let _ = std::fs::remove_file(&fresh);
             let program: &mut CgroupSockAddr =
                 self.ebpf.program_mut(name).and_then(|p| p.try_into().ok()).expect("loaded");
-            let id = program.attach(&dir, CgroupAttachMode::AllowMultiple)?;
+            // bpffs refuses names with a dot, hence "-new". A bpf_link on a cgroup always allows other programs next to it; `Single` means
+            // "no flags", which is what BPF_LINK_CREATE accepts.
+            let id = program.attach(&dir, CgroupAttachMode::Single)?;
             let link = FdLink::try_from(program.take_link(id)?)?;
             link.pin(&fresh)?;
             std::fs::rename(&fresh, &pin)

@@ -260,6 +260,24 @@ impl Netlink {
         Ok(self.links()?.into_iter().find(|l| l.index == oif))
     }
 
+    /// IPv4 addresses of one interface, in the kernel's order (primary first).
+    pub fn addresses_of(&self, index: u32) -> Result<Vec<Ipv4Addr>, NetlinkError> {
+        use rtnetlink::packet_route::address::AddressAttribute;
+        let request = self.handle.address().get().set_link_index_filter(index).execute();
+        let msgs: Vec<_> =
+            self.block(|| format!("listing addresses of interface {index}"), request.try_collect())?;
+        Ok(msgs
+            .into_iter()
+            .filter(|m| m.header.index == index)
+            .filter_map(|m| {
+                m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+                    _ => None,
+                })
+            })
+            .collect())
+    }
+
     /// Addresses configured on any interface, for overlap checks.
     pub fn addresses(&self) -> Result<Vec<IpNet>, NetlinkError> {
         use rtnetlink::packet_route::address::AddressAttribute;

@@ -92,3 +92,25 @@ pub fn run_in<T: Send>(ns: &File, work: impl FnOnce() -> T + Send) -> Result<T, 
 pub fn on_fresh_thread<T: Send>(work: impl FnOnce() -> T + Send) -> Result<T, NetnsError> {
     std::thread::scope(|s| s.spawn(work).join()).map_err(|_| NetnsError::Panicked)
 }
+
+/// The cookie of the calling thread's network namespace (SO_NETNS_COOKIE, Linux 5.14+),
+/// the value `bpf_get_netns_cookie` returns for sockets in it.
+pub fn current_cookie() -> std::io::Result<u64> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cookie`, which is that large.
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cookie)
+}

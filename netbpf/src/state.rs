@@ -146,6 +146,12 @@ pub struct ContainerRecord {
     pub attached: Option<AttachedTo>,
     pub auto_remove: bool,
     pub created: String,
+    /// `-p` specs as given; kept across stop/start.
+    #[serde(default)]
+    pub ports: Vec<crate::publish::PortSpec>,
+    /// Ports published while it runs (host ports may differ after each start).
+    #[serde(default)]
+    pub published: Vec<crate::publish::PublishedPort>,
 }
 
 impl ContainerRecord {

@@ -16,6 +16,7 @@
 //! POST   /containers/{name}/exec         (ExecRequest) -> ExecResponse
 //! POST   /containers/{name}/wait         -> WaitResponse
 //! GET    /containers/{name}/logs?follow=true    raw bytes, streamed while it runs
+//! GET    /containers/{name}/port         published ports, as `docker port` prints them
 //! GET    /stats                          per-endpoint counters from the BPF maps
 //! ```
 
@@ -93,6 +94,9 @@ pub struct ContainerCreate {
     /// Remove the container when it exits.
     #[serde(default)]
     pub auto_remove: bool,
+    /// `-p` specs.
+    #[serde(default)]
+    pub ports: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -102,6 +106,8 @@ pub struct AttachRequest {
     pub netns: Option<String>,
     pub network: Option<String>,
     pub ip: Option<String>,
+    #[serde(default)]
+    pub ports: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -183,6 +189,8 @@ pub struct ContainerView {
     /// The network namespace (`SandboxKey` in Docker).
     pub sandbox_key: Option<String>,
     pub networks: BTreeMap<String, ContainerEndpointView>,
+    /// Published ports, as `docker port` prints them.
+    pub ports: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -253,6 +261,11 @@ pub struct DaemonInfo {
     pub state_dir: String,
     pub bpffs: String,
     pub uplink: Option<String>,
+    /// How published ports and masquerade run on the uplink (`tc`: tcx programs).
+    pub nat_mode: Option<String>,
+    /// Tracked NAT flows at the last expiry pass.
+    pub tracked_flows: usize,
+    pub cgroup: String,
     pub program_ids: BTreeMap<String, u32>,
     pub map_ids: BTreeMap<String, u32>,
 }

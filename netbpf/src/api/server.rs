@@ -75,6 +75,7 @@ pub fn router(ctl: SharedController) -> Router {
         .route("/containers/{name}/exec", post(container_exec))
         .route("/containers/{name}/wait", post(container_wait))
         .route("/containers/{name}/logs", get(container_logs))
+        .route("/containers/{name}/port", get(container_port))
         .route("/stats", get(stats))
         .with_state(ctl)
 }
@@ -344,6 +345,13 @@ async fn container_logs(
         }
     });
     Ok(Body::from_stream(stream).into_response())
+}
+
+async fn container_port(
+    State(ctl): State<SharedController>,
+    Path(name): Path<String>,
+) -> ApiResult<Vec<String>> {
+    with(&ctl, move |c| c.container_ports(&name)).await.map(Json)
 }
 
 async fn stats(State(ctl): State<SharedController>) -> ApiResult<Vec<super::EndpointStats>> {

@@ -61,6 +61,8 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// List a container's published ports, like `docker port`.
+    Port { name: String },
     /// Show a container as JSON: namespace, pid, networks with IP/MAC/interface, counters.
     Inspect { name: String },
     /// Print a container's output.
@@ -158,6 +160,9 @@ pub struct RunArgs {
     network: Option<String>,
     #[arg(long)]
     ip: Option<String>,
+    /// Publish a port: [HOST_IP:][HOST_PORT[-END]:]CONTAINER_PORT[-END][/tcp|/udp].
+    #[arg(short = 'p', long = "publish")]
+    publish: Vec<String>,
     #[arg(last = true, required = true)]
     cmd: Vec<String>,
 }
@@ -174,6 +179,9 @@ pub struct AttachArgs {
     network: Option<String>,
     #[arg(long)]
     ip: Option<String>,
+    /// Publish a port, as for `run`.
+    #[arg(short = 'p', long = "publish")]
+    publish: Vec<String>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -197,6 +205,7 @@ pub async fn run_client(socket: PathBuf, command: Command) -> Result<i32, Client
                 netns: args.netns,
                 network: args.network,
                 ip: args.ip,
+                ports: args.publish,
             };
             let view: ContainerView = client
                 .call(Method::POST, "/containers/attach", Some(&req))
@@ -218,6 +227,12 @@ pub async fn run_client(socket: PathBuf, command: Command) -> Result<i32, Client
         Command::Ps { all, quiet, format } => {
             let list: Vec<ContainerSummary> = client.get(&format!("/containers?all={all}")).await?;
             output::containers(&list, quiet, format);
+        }
+        Command::Port { name } => {
+            let ports: Vec<String> = client.get(&format!("/containers/{name}/port")).await?;
+            for port in ports {
+                println!("{port}");
+            }
         }
         Command::Inspect { name } => {
             let view: ContainerView = client.get(&format!("/containers/{name}")).await?;
@@ -269,6 +284,16 @@ pub async fn run_client(socket: PathBuf, command: Command) -> Result<i32, Client
         Command::Stats { format } => {
             let stats: Vec<EndpointStats> = client.get("/stats").await?;
             output::stats(&stats, format);
+            if format == Format::Table {
+                let info: DaemonInfo = client.get("/info").await?;
+                match (&info.uplink, &info.nat_mode) {
+                    (Some(uplink), Some(mode)) => println!(
+                        "uplink {uplink}: published ports and masquerade in {mode} mode, {} tracked flows",
+                        info.tracked_flows
+                    ),
+                    _ => println!("no uplink: published ports only for the host and containers"),
+                }
+            }
         }
         Command::Info => {
             let info: DaemonInfo = client.get("/info").await?;
@@ -367,6 +392,7 @@ async fn run(client: &Client, args: RunArgs) -> Result<i32, ClientError> {
         network: args.network,
         ip: args.ip,
         auto_remove: args.rm && args.detach,
+        ports: args.publish,
     };
     let view: ContainerView = client.call(Method::POST, "/containers", Some(&req)).await?;
     if args.detach {
