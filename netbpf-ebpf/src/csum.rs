@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use network_types::eth::EthHdr;
 
-use crate::parse::{IPPROTO_UDP, Ipv4Flow};
+use crate::parse::{IPPROTO_ICMP, IPPROTO_UDP, Ipv4Flow};
 
 /// Offsets inside the IPv4 header.
 const IP_CSUM: usize = EthHdr::LEN + 10;
@@ -22,7 +22,12 @@ pub enum Side {
 }
 
 fn l4_csum_offset(flow: &Ipv4Flow) -> usize {
-    flow.l4_offset + if flow.proto == IPPROTO_UDP { 6 } else { 16 }
+    flow.l4_offset
+        + match flow.proto {
+            IPPROTO_UDP => 6,
+            IPPROTO_ICMP => 2,
+            _ => 16,
+        }
 }
 
 /// Writes a new address and port on one side of the packet, fixing both checksums.
@@ -31,6 +36,11 @@ fn l4_csum_offset(flow: &Ipv4Flow) -> usize {
 #[inline(always)]
 pub fn rewrite(ctx: &TcContext, flow: &Ipv4Flow, side: Side, addr: [u8; 4], port: u16) -> bool {
     let (ip_off, port_off, old_addr, old_port) = match side {
+        // An ICMP echo's identifier stands for the port on both sides.
+        _ if flow.proto == IPPROTO_ICMP => {
+            let (off, old) = if let Side::Src = side { (IP_SRC, flow.src) } else { (IP_DST, flow.dst) };
+            (off, flow.l4_offset + 4, old, flow.sport)
+        }
         Side::Src => (IP_SRC, flow.l4_offset, flow.src, flow.sport),
         Side::Dst => (IP_DST, flow.l4_offset + 2, flow.dst, flow.dport),
     };
@@ -41,7 +51,10 @@ pub fn rewrite(ctx: &TcContext, flow: &Ipv4Flow, side: Side, addr: [u8; 4], port
     let csum = l4_csum_offset(flow);
     let udp_flag = if flow.proto == IPPROTO_UDP { u64::from(BPF_F_MARK_MANGLED_0) } else { 0 };
     let addr_flags = u64::from(BPF_F_PSEUDO_HDR) | udp_flag | 4;
-    ctx.l4_csum_replace(csum, u64::from(old_addr), u64::from(new_addr), addr_flags).is_ok()
+    // ICMP's checksum covers no pseudo-header: an address change does not touch it.
+    let l4_addr_ok = flow.proto == IPPROTO_ICMP
+        || ctx.l4_csum_replace(csum, u64::from(old_addr), u64::from(new_addr), addr_flags).is_ok();
+    l4_addr_ok
         && ctx.l4_csum_replace(csum, u64::from(old_port), u64::from(new_port), udp_flag | 2).is_ok()
         && ctx.l3_csum_replace(IP_CSUM, u64::from(old_addr), u64::from(new_addr), 4).is_ok()
         && ctx.store(ip_off, &addr, 0).is_ok()

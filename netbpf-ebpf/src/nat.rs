@@ -17,7 +17,7 @@ use crate::{
     bridge,
     conntrack::{self, v4},
     csum::{self, Side},
-    parse::Ipv4Flow,
+    parse::{IPPROTO_ICMP, Ipv4Flow},
 };
 
 #[map]
@@ -127,7 +127,9 @@ pub fn masquerade(ctx: &TcContext, flow: &Ipv4Flow) -> i32 {
         if published(host, port, flow.proto).is_some() {
             continue;
         }
-        let reply = conntrack::key(flow.dst, flow.dport, host, port, flow.proto);
+        // An echo reply carries the (new) identifier in both "port" slots.
+        let reply_sport = if flow.proto == IPPROTO_ICMP { port } else { flow.dport };
+        let reply = conntrack::key(flow.dst, reply_sport, host, port, flow.proto);
         if !conntrack::insert(&reply, flow.src, flow.sport, NAT_REWRITE_DST, true) {
             continue;
         }

@@ -49,12 +49,14 @@ pub struct Ipv4Flow {
     pub tcp_flags: u8,
 }
 
+pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_RST: u8 = 0x04;
 
-/// Parses Ethernet + IPv4 + TCP/UDP. `None` for anything NAT must leave alone: other
+/// Parses Ethernet + IPv4 + TCP/UDP, or an ICMP echo request/reply, whose identifier
+/// plays the part of both ports (that is how masquerade tells pings apart). `None` for anything NAT must leave alone: other
 /// protocols, VLAN-tagged frames, fragments (no ports after the first), malformed headers
 /// (bad version, header length, TCP data offset) and truncated packets.
 #[inline(always)]
@@ -96,6 +98,15 @@ pub fn ipv4_flow(ctx: &TcContext) -> Option<Ipv4Flow> {
                 return None;
             }
             0
+        }
+        IPPROTO_ICMP => {
+            // Echo reply (0) or request (8); other ICMP is left to the kernel.
+            if (ports[0] != 0 && ports[0] != 8) || (ctx.len() as usize) < l4_offset + 8 {
+                return None;
+            }
+            let id: [u8; 2] = ctx.load(l4_offset + 4).ok()?;
+            let id = u16::from_be_bytes(id);
+            return Some(Ipv4Flow { l4_offset, src, dst, proto, sport: id, dport: id, tcp_flags: 0 });
         }
         _ => return None,
     };
