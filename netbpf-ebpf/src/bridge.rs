@@ -129,8 +129,14 @@ pub const SHOT: i32 = TC_ACT_SHOT;
 #[inline(always)]
 pub fn endpoint_by_addr(addr: [u8; 4]) -> Option<EndpointTarget> {
     let addr = IpAddrKey::from_v4(addr);
-    let owner = SUBNETS.get(Key::new(IpAddrKey::V4_MAPPED_PREFIX_BITS + 32, SubnetKey { addr }))?;
-    let key = EndpointKey { network: owner.network, addr };
+    let owner = SUBNETS.get(Key::new(
+        IpAddrKey::V4_MAPPED_PREFIX_BITS + 32,
+        SubnetKey { addr },
+    ))?;
+    let key = EndpointKey {
+        network: owner.network,
+        addr,
+    };
     // SAFETY: entries are plain data replaced whole by the controller.
     unsafe { ENDPOINTS.get(&key) }.copied()
 }
@@ -139,7 +145,10 @@ pub fn endpoint_by_addr(addr: [u8; 4]) -> Option<EndpointTarget> {
 #[inline(always)]
 pub fn is_container_addr(addr: [u8; 4]) -> bool {
     let addr = IpAddrKey::from_v4(addr);
-    match SUBNETS.get(Key::new(IpAddrKey::V4_MAPPED_PREFIX_BITS + 32, SubnetKey { addr })) {
+    match SUBNETS.get(Key::new(
+        IpAddrKey::V4_MAPPED_PREFIX_BITS + 32,
+        SubnetKey { addr },
+    )) {
         Some(owner) => owner.gateway != addr,
         None => false,
     }
@@ -148,5 +157,9 @@ pub fn is_container_addr(addr: [u8; 4]) -> bool {
 /// The fast-path target of a published port's container.
 #[inline(always)]
 pub fn target_of(published: &netbpf_common::PublishedTarget) -> EndpointTarget {
-    EndpointTarget { host_ifindex: published.host_ifindex, mac: published.mac, _pad: [0; 2] }
+    EndpointTarget {
+        host_ifindex: published.host_ifindex,
+        mac: published.mac,
+        _pad: [0; 2],
+    }
 }

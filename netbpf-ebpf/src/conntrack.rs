@@ -2,15 +2,8 @@
 //! wire to the rewrite its packets need. LRU means a full table forgets the least recently
 //! used flows instead of refusing new ones; the daemon also expires idle entries.
 
-use aya_ebpf::{
-    bindings::BPF_NOEXIST,
-    helpers::bpf_ktime_get_ns,
-    macros::map,
-    maps::LruHashMap,
-};
-use netbpf_common::{
-    FlowKey, IpAddrKey, MAX_FLOWS, NatEntry, TCP_SEEN_FIN, TCP_SEEN_RST,
-};
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, macros::map, maps::LruHashMap};
+use netbpf_common::{FlowKey, IpAddrKey, MAX_FLOWS, NatEntry, TCP_SEEN_FIN, TCP_SEEN_RST};
 
 use crate::parse::{Ipv4Flow, TCP_FIN, TCP_RST};
 
@@ -84,5 +77,10 @@ pub fn remove(key: &FlowKey) {
 /// The IPv4 bytes of an IPv4-mapped key address.
 #[inline(always)]
 pub fn v4(addr: &IpAddrKey) -> [u8; 4] {
-    [addr.octets[12], addr.octets[13], addr.octets[14], addr.octets[15]]
+    [
+        addr.octets[12],
+        addr.octets[13],
+        addr.octets[14],
+        addr.octets[15],
+    ]
 }

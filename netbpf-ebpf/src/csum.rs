@@ -38,7 +38,11 @@ pub fn rewrite(ctx: &TcContext, flow: &Ipv4Flow, side: Side, addr: [u8; 4], port
     let (ip_off, port_off, old_addr, old_port) = match side {
         // An ICMP echo's identifier stands for the port on both sides.
         _ if flow.proto == IPPROTO_ICMP => {
-            let (off, old) = if let Side::Src = side { (IP_SRC, flow.src) } else { (IP_DST, flow.dst) };
+            let (off, old) = if let Side::Src = side {
+                (IP_SRC, flow.src)
+            } else {
+                (IP_DST, flow.dst)
+            };
             (off, flow.l4_offset + 4, old, flow.sport)
         }
         Side::Src => (IP_SRC, flow.l4_offset, flow.src, flow.sport),
@@ -49,14 +53,24 @@ pub fn rewrite(ctx: &TcContext, flow: &Ipv4Flow, side: Side, addr: [u8; 4], port
     let old_port = old_port.to_be();
     let new_port = port.to_be();
     let csum = l4_csum_offset(flow);
-    let udp_flag = if flow.proto == IPPROTO_UDP { u64::from(BPF_F_MARK_MANGLED_0) } else { 0 };
+    let udp_flag = if flow.proto == IPPROTO_UDP {
+        u64::from(BPF_F_MARK_MANGLED_0)
+    } else {
+        0
+    };
     let addr_flags = u64::from(BPF_F_PSEUDO_HDR) | udp_flag | 4;
     // ICMP's checksum covers no pseudo-header: an address change does not touch it.
     let l4_addr_ok = flow.proto == IPPROTO_ICMP
-        || ctx.l4_csum_replace(csum, u64::from(old_addr), u64::from(new_addr), addr_flags).is_ok();
+        || ctx
+            .l4_csum_replace(csum, u64::from(old_addr), u64::from(new_addr), addr_flags)
+            .is_ok();
     l4_addr_ok
-        && ctx.l4_csum_replace(csum, u64::from(old_port), u64::from(new_port), udp_flag | 2).is_ok()
-        && ctx.l3_csum_replace(IP_CSUM, u64::from(old_addr), u64::from(new_addr), 4).is_ok()
+        && ctx
+            .l4_csum_replace(csum, u64::from(old_port), u64::from(new_port), udp_flag | 2)
+            .is_ok()
+        && ctx
+            .l3_csum_replace(IP_CSUM, u64::from(old_addr), u64::from(new_addr), 4)
+            .is_ok()
         && ctx.store(ip_off, &addr, 0).is_ok()
         && ctx.store(port_off, &new_port, 0).is_ok()
 }

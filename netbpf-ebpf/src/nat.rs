@@ -45,7 +45,12 @@ pub fn is_host_addr(addr: [u8; 4]) -> bool {
 /// The published port for `addr:port`: bound to exactly that address, or to all of them.
 #[inline(always)]
 pub fn published(addr: [u8; 4], port: u16, proto: u8) -> Option<PublishedTarget> {
-    let mut key = PublishedKey { addr: IpAddrKey::from_v4(addr), port, proto, _pad: 0 };
+    let mut key = PublishedKey {
+        addr: IpAddrKey::from_v4(addr),
+        port,
+        proto,
+        _pad: 0,
+    };
     // SAFETY: plain data replaced whole by the controller.
     if let Some(target) = unsafe { PUBLISHED.get(&key) } {
         return Some(*target);
@@ -114,7 +119,8 @@ pub fn masquerade(ctx: &TcContext, flow: &Ipv4Flow) -> i32 {
     };
     let host = v4(&cfg.uplink_addr);
     let span = u32::from(cfg.port_max.saturating_sub(cfg.port_min)) + 1;
-    let seed = u32::from_ne_bytes(flow.src) ^ u32::from_ne_bytes(flow.dst)
+    let seed = u32::from_ne_bytes(flow.src)
+        ^ u32::from_ne_bytes(flow.dst)
         ^ (u32::from(flow.sport) << 16 | u32::from(flow.dport));
     let mut i: u32 = 0;
     while i < 8 {
@@ -128,7 +134,11 @@ pub fn masquerade(ctx: &TcContext, flow: &Ipv4Flow) -> i32 {
             continue;
         }
         // An echo reply carries the (new) identifier in both "port" slots.
-        let reply_sport = if flow.proto == IPPROTO_ICMP { port } else { flow.dport };
+        let reply_sport = if flow.proto == IPPROTO_ICMP {
+            port
+        } else {
+            flow.dport
+        };
         let reply = conntrack::key(flow.dst, reply_sport, host, port, flow.proto);
         if !conntrack::insert(&reply, flow.src, flow.sport, NAT_REWRITE_DST, true) {
             continue;

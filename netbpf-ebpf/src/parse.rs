@@ -106,7 +106,15 @@ pub fn ipv4_flow(ctx: &TcContext) -> Option<Ipv4Flow> {
             }
             let id: [u8; 2] = ctx.load(l4_offset + 4).ok()?;
             let id = u16::from_be_bytes(id);
-            return Some(Ipv4Flow { l4_offset, src, dst, proto, sport: id, dport: id, tcp_flags: 0 });
+            return Some(Ipv4Flow {
+                l4_offset,
+                src,
+                dst,
+                proto,
+                sport: id,
+                dport: id,
+                tcp_flags: 0,
+            });
         }
         _ => return None,
     };

@@ -49,11 +49,29 @@ pub fn to_backend(ctx: &SockAddrContext) {
     let Some(target) = nat::published(addr, port, proto) else {
         return;
     };
-    let backend = PublishedKey { addr: target.addr, port: target.port, proto, _pad: 0 };
+    let backend = PublishedKey {
+        addr: target.addr,
+        port: target.port,
+        proto,
+        _pad: 0,
+    };
     // SAFETY: as above; the cookie helper reads the context's socket.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-    let original = PublishedKey { addr: IpAddrKey::from_v4(addr), port, proto, _pad: 0 };
-    let _ = SOCK_ORIGINAL.insert(&SockBackendKey { cookie, backend, _pad: 0 }, &original, 0);
+    let original = PublishedKey {
+        addr: IpAddrKey::from_v4(addr),
+        port,
+        proto,
+        _pad: 0,
+    };
+    let _ = SOCK_ORIGINAL.insert(
+        &SockBackendKey {
+            cookie,
+            backend,
+            _pad: 0,
+        },
+        &original,
+        0,
+    );
     sa.user_ip4 = u32::from_ne_bytes(v4(&target.addr));
     sa.user_port = u32::from(target.port.to_be());
 }
@@ -75,7 +93,13 @@ pub fn from_backend(ctx: &SockAddrContext) {
     // SAFETY: as above.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
     // SAFETY: plain data written whole by `to_backend`.
-    if let Some(original) = unsafe { SOCK_ORIGINAL.get(&SockBackendKey { cookie, backend, _pad: 0 }) } {
+    if let Some(original) = unsafe {
+        SOCK_ORIGINAL.get(&SockBackendKey {
+            cookie,
+            backend,
+            _pad: 0,
+        })
+    } {
         sa.user_ip4 = u32::from_ne_bytes(v4(&original.addr));
         sa.user_port = u32::from(original.port.to_be());
     }

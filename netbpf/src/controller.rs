@@ -14,8 +14,8 @@ use std::{
 
 use ipnet::Ipv4Net;
 use netbpf_common::{
-    IpAddrKey, NatConfig, PublishedKey, PublishedTarget,
-    DropReason, EndpointCounters, EndpointIface, EndpointTarget, IFACE_FLAG_INTERNAL,
+    DropReason, EndpointCounters, EndpointIface, EndpointTarget, IFACE_FLAG_INTERNAL, IpAddrKey,
+    NatConfig, PublishedKey, PublishedTarget,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -155,11 +155,17 @@ impl Controller {
 
     /// Attaches the uplink and socket programs and fills the NAT settings.
     fn start_nat(&mut self) -> anyhow::Result<()> {
-        self.refresh_host_addrs().map_err(|e| anyhow::anyhow!("{e}"))?;
+        self.refresh_host_addrs()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         self.datapath.attach_cgroup(&self.config.cgroup)?;
         let cookie = netns::current_cookie().map_err(|e| anyhow::anyhow!("netns cookie: {e}"))?;
         let (port_min, port_max) = publish::ephemeral_range();
-        let mut config = NatConfig { port_min, port_max, netns_cookie: cookie, ..NatConfig::default() };
+        let mut config = NatConfig {
+            port_min,
+            port_max,
+            netns_cookie: cookie,
+            ..NatConfig::default()
+        };
         if let Some(uplink) = self.config.uplink.clone() {
             let (index, addr) = Netlink::run(None, |nl| {
                 let link = nl.link(&uplink)?;
@@ -172,7 +178,11 @@ impl Controller {
             }
             self.datapath.attach_uplink(&uplink)?;
             self.nat_mode = Some("tc".into());
-            tracing::info!(uplink, mode = "tc", "published ports and masquerade attached to the uplink");
+            tracing::info!(
+                uplink,
+                mode = "tc",
+                "published ports and masquerade attached to the uplink"
+            );
         }
         self.datapath.set_nat_config(config)?;
         Ok(())
@@ -838,7 +848,8 @@ impl Controller {
                 }
             };
             for (port, fd) in allocated {
-                self.reservations.insert((port.host_ip, port.host_port, port.proto), fd);
+                self.reservations
+                    .insert((port.host_ip, port.host_port, port.proto), fd);
                 done.push(port);
                 let target = published_target(&ep, &port);
                 if let Err(e) = self.datapath.set_published(published_key(&port), target) {
@@ -856,19 +867,30 @@ impl Controller {
     fn publishing_endpoint(&self, endpoints: &[EndpointRecord]) -> Option<EndpointRecord> {
         endpoints
             .iter()
-            .find(|ep| self.state.networks.get(&ep.network).is_some_and(|n| !n.internal))
+            .find(|ep| {
+                self.state
+                    .networks
+                    .get(&ep.network)
+                    .is_some_and(|n| !n.internal)
+            })
             .cloned()
     }
 
     fn unpublish(&mut self, ports: &[PublishedPort]) {
         for port in ports {
             self.datapath.remove_published(&published_key(port));
-            self.reservations.remove(&(port.host_ip, port.host_port, port.proto));
+            self.reservations
+                .remove(&(port.host_ip, port.host_port, port.proto));
         }
     }
 
     pub fn container_ports(&self, key: &str) -> Result<Vec<String>> {
-        Ok(self.container(key)?.published.iter().map(|p| p.to_string()).collect())
+        Ok(self
+            .container(key)?
+            .published
+            .iter()
+            .map(|p| p.to_string())
+            .collect())
     }
 
     /// Watches a process that is not our child, reporting its exit like a child's.
@@ -1221,6 +1243,7 @@ impl Controller {
         let ids = self.datapath.ids();
         DaemonInfo {
             version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
             state_dir: self.config.state_dir.display().to_string(),
             bpffs: self.config.bpffs.display().to_string(),
             uplink: self.config.uplink.clone(),
@@ -1535,7 +1558,10 @@ fn published_target(ep: &EndpointRecord, port: &PublishedPort) -> PublishedTarge
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
 fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes one timespec through a valid pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64

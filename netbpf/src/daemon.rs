@@ -93,9 +93,12 @@ fn prepare_bpffs(path: &Path) -> anyhow::Result<bool> {
 /// Where the unified (v2) cgroup hierarchy is mounted.
 fn cgroup2_root() -> Option<PathBuf> {
     const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
-    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"].into_iter().map(PathBuf::from).find(|p| {
-        nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == CGROUP2_SUPER_MAGIC)
-    })
+    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| {
+            nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == CGROUP2_SUPER_MAGIC)
+        })
 }
 
 fn is_mount_point(path: &Path) -> bool {

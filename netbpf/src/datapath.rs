@@ -33,9 +33,9 @@ use aya::{
 };
 use ipnet::Ipv4Net;
 use netbpf_common::{
-    FlowKey, NAT_TIMEOUT_TCP_CLOSING_NS, NAT_TIMEOUT_TCP_NS, NAT_TIMEOUT_UDP_NS, NatConfig,
-    NatEntry, PROTO_TCP, PublishedKey, PublishedTarget, EndpointCounters, EndpointIface, EndpointKey, EndpointTarget, IpAddrKey, SubnetInfo, SubnetKey,
-    names,
+    EndpointCounters, EndpointIface, EndpointKey, EndpointTarget, FlowKey, IpAddrKey,
+    NAT_TIMEOUT_TCP_CLOSING_NS, NAT_TIMEOUT_TCP_NS, NAT_TIMEOUT_UDP_NS, NatConfig, NatEntry,
+    PROTO_TCP, PublishedKey, PublishedTarget, SubnetInfo, SubnetKey, names,
 };
 use serde::Serialize;
 
@@ -59,7 +59,10 @@ pub enum DatapathError {
     #[error("eBPF link: {0}")]
     Link(#[from] aya::programs::links::LinkError),
     #[error("cannot open cgroup {path}: {source}")]
-    Cgroup { path: PathBuf, source: std::io::Error },
+    Cgroup {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("counting CPUs: {0}")]
     Cpus(std::io::Error),
     #[error("pinning: {0}")]
@@ -114,7 +117,11 @@ const SOCK_PROGRAMS: [&str; 4] = [
 
 fn pins_in(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
-        .map(|dir| dir.flatten().filter_map(|e| e.file_name().into_string().ok()).collect())
+        .map(|dir| {
+            dir.flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -189,7 +196,12 @@ impl Datapath {
     /// atomically instead.
     pub fn attach(&mut self, host_veth: &str) -> Result<(), DatapathError> {
         let pin = self.link_pin(host_veth);
-        self.attach_tc(names::PROG_FROM_CONTAINER, host_veth, TcAttachType::Ingress, &pin)
+        self.attach_tc(
+            names::PROG_FROM_CONTAINER,
+            host_veth,
+            TcAttachType::Ingress,
+            &pin,
+        )
     }
 
     /// Attaches a TC program with tcx and pins the link at `pin`, or swaps the program into
@@ -238,29 +250,46 @@ impl Datapath {
                 let _ = std::fs::remove_file(self.host_links_dir.join(stale));
             }
         }
-        self.attach_tc(names::PROG_UPLINK_INGRESS, uplink, TcAttachType::Ingress, &ingress)?;
-        self.attach_tc(names::PROG_UPLINK_EGRESS, uplink, TcAttachType::Egress, &egress)
+        self.attach_tc(
+            names::PROG_UPLINK_INGRESS,
+            uplink,
+            TcAttachType::Ingress,
+            &ingress,
+        )?;
+        self.attach_tc(
+            names::PROG_UPLINK_EGRESS,
+            uplink,
+            TcAttachType::Egress,
+            &egress,
+        )
     }
 
     /// Attaches the socket programs to the cgroup whose processes count as "the host". A
     /// new link is pinned first and then replaces the old pin (rename is atomic), so host
     /// processes never see a moment without translation.
     pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<(), DatapathError> {
-        let dir = File::open(cgroup)
-            .map_err(|source| DatapathError::Cgroup { path: cgroup.to_owned(), source })?;
+        let dir = File::open(cgroup).map_err(|source| DatapathError::Cgroup {
+            path: cgroup.to_owned(),
+            source,
+        })?;
         for name in SOCK_PROGRAMS {
             let pin = self.host_links_dir.join(format!("cgroup-{name}"));
             let fresh = self.host_links_dir.join(format!("cgroup-{name}-new"));
             let _ = std::fs::remove_file(&fresh);
-            let program: &mut CgroupSockAddr =
-                self.ebpf.program_mut(name).and_then(|p| p.try_into().ok()).expect("loaded");
+            let program: &mut CgroupSockAddr = self
+                .ebpf
+                .program_mut(name)
+                .and_then(|p| p.try_into().ok())
+                .expect("loaded");
             // bpffs refuses names with a dot, hence "-new". A bpf_link on a cgroup always allows other programs next to it; `Single` means
             // "no flags", which is what BPF_LINK_CREATE accepts.
             let id = program.attach(&dir, CgroupAttachMode::Single)?;
             let link = FdLink::try_from(program.take_link(id)?)?;
             link.pin(&fresh)?;
-            std::fs::rename(&fresh, &pin)
-                .map_err(|source| DatapathError::PinDir { path: pin.clone(), source })?;
+            std::fs::rename(&fresh, &pin).map_err(|source| DatapathError::PinDir {
+                path: pin.clone(),
+                source,
+            })?;
         }
         Ok(())
     }
@@ -294,10 +323,16 @@ impl Datapath {
 
     /// Makes `HOST_ADDRS` hold exactly `addrs`.
     pub fn set_host_addrs(&mut self, addrs: &[Ipv4Addr]) -> Result<(), DatapathError> {
-        let wanted: HashSet<IpAddrKey> =
-            addrs.iter().map(|a| IpAddrKey::from_v4(a.octets())).collect();
-        let stale: Vec<_> =
-            self.host_addrs.keys().flatten().filter(|k| !wanted.contains(k)).collect();
+        let wanted: HashSet<IpAddrKey> = addrs
+            .iter()
+            .map(|a| IpAddrKey::from_v4(a.octets()))
+            .collect();
+        let stale: Vec<_> = self
+            .host_addrs
+            .keys()
+            .flatten()
+            .filter(|k| !wanted.contains(k))
+            .collect();
         for key in stale {
             let _ = self.host_addrs.remove(&key);
         }

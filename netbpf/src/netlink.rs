@@ -263,9 +263,16 @@ impl Netlink {
     /// IPv4 addresses of one interface, in the kernel's order (primary first).
     pub fn addresses_of(&self, index: u32) -> Result<Vec<Ipv4Addr>, NetlinkError> {
         use rtnetlink::packet_route::address::AddressAttribute;
-        let request = self.handle.address().get().set_link_index_filter(index).execute();
-        let msgs: Vec<_> =
-            self.block(|| format!("listing addresses of interface {index}"), request.try_collect())?;
+        let request = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        let msgs: Vec<_> = self.block(
+            || format!("listing addresses of interface {index}"),
+            request.try_collect(),
+        )?;
         Ok(msgs
             .into_iter()
             .filter(|m| m.header.index == index)

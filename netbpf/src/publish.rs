@@ -57,14 +57,25 @@ pub struct PublishedPort {
 impl std::fmt::Display for PublishedPort {
     /// As `docker port` prints it: `80/tcp -> 0.0.0.0:5050`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let Self { host_ip, host_port, container_port, proto } = self;
-        write!(f, "{container_port}/{} -> {host_ip}:{host_port}", proto.name())
+        let Self {
+            host_ip,
+            host_port,
+            container_port,
+            proto,
+        } = self;
+        write!(
+            f,
+            "{container_port}/{} -> {host_ip}:{host_port}",
+            proto.name()
+        )
     }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PublishError {
-    #[error("invalid port spec {spec:?}: {why} (use [HOST_IP:][HOST_PORT:]CONTAINER_PORT[/tcp|/udp])")]
+    #[error(
+        "invalid port spec {spec:?}: {why} (use [HOST_IP:][HOST_PORT:]CONTAINER_PORT[/tcp|/udp])"
+    )]
     Invalid { spec: String, why: String },
     #[error("port {0} is already published by container {1}")]
     Published(String, String),
@@ -75,7 +86,10 @@ pub enum PublishError {
 }
 
 fn invalid(spec: &str, why: impl Into<String>) -> PublishError {
-    PublishError::Invalid { spec: spec.to_owned(), why: why.into() }
+    PublishError::Invalid {
+        spec: spec.to_owned(),
+        why: why.into(),
+    }
 }
 
 fn parse_range(spec: &str, text: &str) -> Result<(u16, u16), PublishError> {
@@ -102,7 +116,12 @@ impl PortSpec {
         let (rest, proto) = match spec.rsplit_once('/') {
             Some((rest, "tcp")) => (rest, Proto::Tcp),
             Some((rest, "udp")) => (rest, Proto::Udp),
-            Some((_, other)) => return Err(invalid(spec, format!("protocol {other:?} is not tcp or udp"))),
+            Some((_, other)) => {
+                return Err(invalid(
+                    spec,
+                    format!("protocol {other:?} is not tcp or udp"),
+                ));
+            }
             None => (spec, Proto::Tcp),
         };
         let parts: Vec<&str> = rest.split(':').collect();
@@ -110,11 +129,18 @@ impl PortSpec {
             [c] => (None, None, *c),
             [h, c] => (None, Some(*h), *c),
             [ip, h, c] => (Some(*ip), Some(*h).filter(|h| !h.is_empty()), *c),
-            _ => return Err(invalid(spec, "too many ':' (IPv6 host addresses are not supported yet)")),
+            _ => {
+                return Err(invalid(
+                    spec,
+                    "too many ':' (IPv6 host addresses are not supported yet)",
+                ));
+            }
         };
         let host_ip = match ip {
             None | Some("") => Ipv4Addr::UNSPECIFIED,
-            Some(ip) => ip.parse().map_err(|_| invalid(spec, format!("{ip:?} is not an IPv4 address")))?,
+            Some(ip) => ip
+                .parse()
+                .map_err(|_| invalid(spec, format!("{ip:?} is not an IPv4 address")))?,
         };
         let container_ports = parse_range(spec, container)?;
         let host_ports = host.map(|h| parse_range(spec, h)).transpose()?;
@@ -124,7 +150,12 @@ impl PortSpec {
                 return Err(invalid(spec, "host and container ranges differ in length"));
             }
         }
-        Ok(Self { host_ip, host_ports, container_ports, proto })
+        Ok(Self {
+            host_ip,
+            host_ports,
+            container_ports,
+            proto,
+        })
     }
 
     /// The (container port, candidate host ports) pairs this spec asks for. A host range
@@ -134,7 +165,9 @@ impl PortSpec {
         match self.host_ports {
             None => (ca..=cb).map(|c| (c, None)).collect(),
             Some((ha, hb)) if ca == cb && ha != hb => vec![(ca, Some((ha, hb)))],
-            Some((ha, _)) => (ca..=cb).map(|c| (c, Some((ha + (c - ca), ha + (c - ca))))).collect(),
+            Some((ha, _)) => (ca..=cb)
+                .map(|c| (c, Some((ha + (c - ca), ha + (c - ca)))))
+                .collect(),
         }
     }
 }
@@ -153,7 +186,10 @@ pub fn reserve(ip: Ipv4Addr, port: u16, proto: Proto) -> std::io::Result<OwnedFd
         Proto::Udp => SockType::Datagram,
     };
     let fd = socket(AddressFamily::Inet, ty, SockFlag::SOCK_CLOEXEC, None)?;
-    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(SocketAddrV4::new(ip, port)))?;
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrIn::from(SocketAddrV4::new(ip, port)),
+    )?;
     Ok(fd)
 }
 
@@ -185,7 +221,11 @@ pub fn allocate(
         };
         // Start somewhere in the range so random ports differ from run to run.
         let span = u32::from(hi - lo) + 1;
-        let start = if explicit { 0 } else { std::process::id().wrapping_mul(7919) % span };
+        let start = if explicit {
+            0
+        } else {
+            std::process::id().wrapping_mul(7919) % span
+        };
         let mut chosen = None;
         let mut last_error = None;
         for i in 0..span {
@@ -217,7 +257,12 @@ pub fn allocate(
             });
         };
         used.insert((spec.host_ip, host_port, spec.proto));
-        let port = PublishedPort { host_ip: spec.host_ip, host_port, container_port, proto: spec.proto };
+        let port = PublishedPort {
+            host_ip: spec.host_ip,
+            host_port,
+            container_port,
+            proto: spec.proto,
+        };
         out.push((port, fd));
     }
     Ok(out)
@@ -234,19 +279,47 @@ mod tests {
     #[test]
     fn docker_forms_parse() {
         let any = Ipv4Addr::UNSPECIFIED;
-        assert_eq!(spec("80"), PortSpec { host_ip: any, host_ports: None, container_ports: (80, 80), proto: Proto::Tcp });
+        assert_eq!(
+            spec("80"),
+            PortSpec {
+                host_ip: any,
+                host_ports: None,
+                container_ports: (80, 80),
+                proto: Proto::Tcp
+            }
+        );
         assert_eq!(spec("5050:80").host_ports, Some((5050, 5050)));
         assert_eq!(spec("127.0.0.1:8080:80").host_ip, Ipv4Addr::LOCALHOST);
         assert_eq!(spec("127.0.0.1::80").host_ports, None);
         assert_eq!(spec("53:53/udp").proto, Proto::Udp);
         let range = spec("9000-9002:9100-9102");
-        assert_eq!(range.wanted(), vec![(9100, Some((9000, 9000))), (9101, Some((9001, 9001))), (9102, Some((9002, 9002)))]);
-        assert_eq!(spec("8000-8010:80").wanted(), vec![(80, Some((8000, 8010)))]);
+        assert_eq!(
+            range.wanted(),
+            vec![
+                (9100, Some((9000, 9000))),
+                (9101, Some((9001, 9001))),
+                (9102, Some((9002, 9002)))
+            ]
+        );
+        assert_eq!(
+            spec("8000-8010:80").wanted(),
+            vec![(80, Some((8000, 8010)))]
+        );
     }
 
     #[test]
     fn bad_specs_are_refused() {
-        for bad in ["", "0", "70000", "80/sctp", "a:80", "1.2.3:80:80", "9000-9001:80-82", "90-80", "::1:80:80"] {
+        for bad in [
+            "",
+            "0",
+            "70000",
+            "80/sctp",
+            "a:80",
+            "1.2.3:80:80",
+            "9000-9001:80-82",
+            "90-80",
+            "::1:80:80",
+        ] {
             assert!(PortSpec::parse(bad).is_err(), "{bad:?} was accepted");
         }
     }
@@ -263,7 +336,12 @@ mod tests {
 
     #[test]
     fn printed_like_docker_port() {
-        let p = PublishedPort { host_ip: Ipv4Addr::UNSPECIFIED, host_port: 5050, container_port: 80, proto: Proto::Tcp };
+        let p = PublishedPort {
+            host_ip: Ipv4Addr::UNSPECIFIED,
+            host_port: 5050,
+            container_port: 80,
+            proto: Proto::Tcp,
+        };
         assert_eq!(p.to_string(), "80/tcp -> 0.0.0.0:5050");
     }
 }

@@ -72,6 +72,8 @@ pub struct TestHost {
     pub socket: PathBuf,
     pub state_dir: PathBuf,
     pub bpffs: PathBuf,
+    /// The cgroup the daemon hooks: processes in it are "the host" for published ports.
+    pub cgroup: PathBuf,
     daemon: Option<Child>,
     /// Extra processes a test started (e.g. for `attach --pid`), killed on drop.
     pub extra: Vec<Child>,
@@ -114,11 +116,13 @@ impl TestHost {
             socket: dir.join("netbpf.sock"),
             state_dir: dir.join("state"),
             bpffs: dir.join("bpffs"),
+            cgroup: cgroup2_root().join(format!("netbpf-test-{id}")),
             dir,
             id,
             daemon: None,
             extra: vec![],
         };
+        std::fs::create_dir_all(&host.cgroup).expect("test cgroup");
         must("ip", &["netns", "add", &host.host_ns]);
         must("ip", &["netns", "add", &host.outside_ns]);
         for ns in [&host.host_ns, &host.outside_ns] {
@@ -195,6 +199,8 @@ impl TestHost {
             .arg(&self.socket)
             .arg("--bpffs")
             .arg(&self.bpffs)
+            .arg("--cgroup")
+            .arg(&self.cgroup)
             .args(args)
             .stdin(Stdio::null());
         // SAFETY: setns is async-signal-safe; the closure owns `ns`, so the fd stays open
@@ -246,6 +252,57 @@ impl TestHost {
         let out = self.daemon_command(args).output().expect("spawn daemon");
         assert!(!out.status.success(), "daemon should have failed");
         String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// A command in the host namespace and the daemon's cgroup: a host process.
+    pub fn on_host(&self, program: &str, args: &[&str]) -> Command {
+        let mut command = Command::new(program);
+        command.args(args);
+        let ns = File::open(format!("/run/netns/{}", self.host_ns)).expect("host netns");
+        let procs = File::options()
+            .write(true)
+            .open(self.cgroup.join("cgroup.procs"))
+            .unwrap();
+        // SAFETY: only setns and write(2) between fork and exec; both fds are owned by the
+        // closure and stay open until then.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1
+                    || libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        command
+    }
+
+    /// A command in the `outside` namespace, beyond the uplink.
+    pub fn outside(&self, program: &str, args: &[&str]) -> Command {
+        let mut command = Command::new(program);
+        command.args(args);
+        let ns = File::open(format!("/run/netns/{}", self.outside_ns)).expect("outside netns");
+        // SAFETY: only setns between fork and exec; the closure owns the fd.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        command
+    }
+
+    /// Starts a long-running process (a server) that is killed when the test host drops.
+    pub fn background(&mut self, mut command: Command) {
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        self.extra
+            .push(command.spawn().expect("spawn background process"));
     }
 
     pub fn daemon_log(&self) -> String {
@@ -440,6 +497,13 @@ impl Drop for TestHost {
         for m in mounts {
             let _ = Command::new("umount").args(["-l", &m]).status();
         }
+        // The cgroup can go once its processes are gone.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.cgroup).is_ok() || !self.cgroup.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let _ = Command::new("ip")
             .args(["netns", "del", &self.host_ns])
             .status();
@@ -448,4 +512,34 @@ impl Drop for TestHost {
             .status();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Where the unified (v2) cgroup hierarchy is mounted on this machine.
+pub fn cgroup2_root() -> PathBuf {
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| {
+            nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == CGROUP2_SUPER_MAGIC)
+        })
+        .expect("a cgroup2 file system")
+}
+
+/// Output of a command that must succeed, as text.
+pub fn run_ok(mut command: Command) -> String {
+    let out = command.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{command:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Whether a command succeeds.
+pub fn succeeds(mut command: Command) -> bool {
+    command.stdout(Stdio::null()).stderr(Stdio::null());
+    command.status().is_ok_and(|s| s.success())
 }

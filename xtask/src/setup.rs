@@ -22,6 +22,10 @@ const PACKAGES: &[&str] = &[
     "curl",
     "dnsutils",
     "tcpdump",
+    // Only to show, in tests, that netbpf creates no netfilter rules.
+    "iptables",
+    "nftables",
+    "python3",
 ];
 
 fn output(program: &str, args: &[&str]) -> String {

@@ -258,6 +258,7 @@ pub struct ContainerSummary {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DaemonInfo {
     pub version: String,
+    pub pid: u32,
     pub state_dir: String,
     pub bpffs: String,
     pub uplink: Option<String>,

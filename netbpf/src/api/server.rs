@@ -351,7 +351,9 @@ async fn container_port(
     State(ctl): State<SharedController>,
     Path(name): Path<String>,
 ) -> ApiResult<Vec<String>> {
-    with(&ctl, move |c| c.container_ports(&name)).await.map(Json)
+    with(&ctl, move |c| c.container_ports(&name))
+        .await
+        .map(Json)
 }
 
 async fn stats(State(ctl): State<SharedController>) -> ApiResult<Vec<super::EndpointStats>> {
