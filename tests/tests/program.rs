@@ -2,7 +2,7 @@
 //! the real program against maps set up by hand, and checks the verdict, the output frame
 //! and the counters.
 
-use std::{fs::File, net::Ipv4Addr, os::fd::AsFd as _, path::PathBuf};
+use std::net::Ipv4Addr;
 
 use aya::{
     EbpfLoader, TestRun as _, TestRunOptions,
@@ -13,7 +13,7 @@ use netbpf_common::{
     DropReason, EndpointCounters, EndpointIface, EndpointKey, EndpointTarget, IFACE_FLAG_INTERNAL,
     IpAddrKey, SubnetInfo, SubnetKey, names,
 };
-use netbpf_tests::must;
+use netbpf_tests::{ProgramSandbox, skb_ctx};
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
@@ -22,31 +22,6 @@ const TC_ACT_REDIRECT: u32 = 7;
 const BRIDGE_MAC: [u8; 6] = [0x02, 0x42, 10, 50, 0, 1];
 const SENDER_MAC: [u8; 6] = [0x02, 0x42, 10, 50, 0, 2];
 const PEER_MAC: [u8; 6] = [0x02, 0x42, 10, 50, 0, 3];
-
-/// A named namespace with two veths, and a bpffs, removed on drop.
-struct Sandbox {
-    ns: String,
-    bpffs: PathBuf,
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .args(["-l"])
-            .arg(&self.bpffs)
-            .status();
-        let _ = std::fs::remove_dir_all(self.bpffs.parent().unwrap());
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &self.ns])
-            .status();
-    }
-}
-
-fn ifindex(ns: &str, name: &str) -> u32 {
-    let out = must("ip", &["-n", ns, "-j", "link", "show", name]);
-    let links: serde_json::Value = serde_json::from_str(&out).unwrap();
-    links[0]["ifindex"].as_u64().unwrap() as u32
-}
 
 fn v4(ip: &str) -> IpAddrKey {
     IpAddrKey::from_v4(ip.parse::<Ipv4Addr>().unwrap().octets())
@@ -111,75 +86,11 @@ fn arp_frame() -> Vec<u8> {
     frame
 }
 
-/// A `struct __sk_buff` with only `ifindex` (offset 40) set: the device the packet came in on.
-fn skb_ctx(ifindex: u32) -> [u8; 48] {
-    let mut ctx = [0u8; 48];
-    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
-    ctx
-}
-
 #[test]
 fn from_container_decides_on_crafted_packets() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "integration tests must run as root"
-    );
-    let id = format!("nbp{}", std::process::id());
-    let dir = std::env::temp_dir().join(format!("netbpf-test-{id}"));
-    let sandbox = Sandbox {
-        ns: id.clone(),
-        bpffs: dir.join("bpffs"),
-    };
-    std::fs::create_dir_all(&sandbox.bpffs).unwrap();
-    must(
-        "mount",
-        &["-t", "bpf", "bpffs", sandbox.bpffs.to_str().unwrap()],
-    );
-    must("ip", &["netns", "add", &sandbox.ns]);
-    must(
-        "ip",
-        &[
-            "-n",
-            &sandbox.ns,
-            "link",
-            "add",
-            "a0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "a1",
-        ],
-    );
-    must(
-        "ip",
-        &[
-            "-n",
-            &sandbox.ns,
-            "link",
-            "add",
-            "b0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "b1",
-        ],
-    );
-    let sender = ifindex(&sandbox.ns, "a0");
-    let peer = ifindex(&sandbox.ns, "b0");
-
-    // BPF_PROG_TEST_RUN resolves the ctx ifindex in the caller's namespace: run there.
-    let ns = File::open(format!("/run/netns/{}", sandbox.ns)).unwrap();
-    let bpffs = sandbox.bpffs.clone();
-    std::thread::spawn(move || {
-        nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        run_cases(&bpffs, sender, peer);
-    })
-    .join()
-    .unwrap();
+    let sandbox = ProgramSandbox::new("b", &["a0", "b0"]);
+    let (sender, peer) = (sandbox.ifindex("a0"), sandbox.ifindex("b0"));
+    sandbox.run(|bpffs| run_cases(bpffs, sender, peer));
 }
 
 fn run_cases(bpffs: &std::path::Path, sender: u32, peer: u32) {

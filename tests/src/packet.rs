@@ -1,0 +1,169 @@
+//! Crafted frames for BPF_PROG_TEST_RUN and a checker that re-parses what a program wrote
+//! and says exactly what is wrong (wrong address, bad checksum).
+
+use std::net::Ipv4Addr;
+
+pub const TCP: u8 = 6;
+pub const UDP: u8 = 17;
+pub const ICMP: u8 = 1;
+pub const TCP_SYN: u8 = 0x02;
+
+const ETH: usize = 14;
+
+fn sum16(data: &[u8]) -> u32 {
+    data.chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum()
+}
+
+fn fold(mut sum: u32) -> u16 {
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn ip(s: &str) -> [u8; 4] {
+    s.parse::<Ipv4Addr>().unwrap().octets()
+}
+
+/// Ethernet + IPv4 + `l4` (whose checksum is filled in here), from `src` to `dst`.
+fn frame(src: &str, dst: &str, proto: u8, mut l4: Vec<u8>) -> Vec<u8> {
+    let (src, dst) = (ip(src), ip(dst));
+    let csum_at = match proto {
+        TCP => Some(16),
+        UDP => Some(6),
+        ICMP => Some(2),
+        _ => None,
+    };
+    if let Some(at) = csum_at {
+        let mut sum = sum16(&l4);
+        if proto != ICMP {
+            sum += sum16(&src) + sum16(&dst) + u32::from(proto) + l4.len() as u32;
+        }
+        let csum = fold(sum);
+        l4[at..at + 2].copy_from_slice(&csum.to_be_bytes());
+    }
+    let total = (20 + l4.len()) as u16;
+    let mut ip_hdr = vec![
+        0x45,
+        0,
+        (total >> 8) as u8,
+        total as u8,
+        0,
+        1,
+        0x40,
+        0,
+        64,
+        proto,
+        0,
+        0,
+    ];
+    ip_hdr.extend(src);
+    ip_hdr.extend(dst);
+    let csum = fold(sum16(&ip_hdr));
+    ip_hdr[10..12].copy_from_slice(&csum.to_be_bytes());
+    let mut out = vec![0x02, 0x42, 0, 0, 0, 1, 0x02, 0x42, 0, 0, 0, 2, 0x08, 0x00];
+    out.extend(ip_hdr);
+    out.extend(l4);
+    out
+}
+
+pub fn tcp(src: (&str, u16), dst: (&str, u16), flags: u8) -> Vec<u8> {
+    let mut l4 = vec![0u8; 20];
+    l4[0..2].copy_from_slice(&src.1.to_be_bytes());
+    l4[2..4].copy_from_slice(&dst.1.to_be_bytes());
+    l4[4..8].copy_from_slice(&1000u32.to_be_bytes());
+    l4[12] = 5 << 4;
+    l4[13] = flags;
+    l4[14..16].copy_from_slice(&65535u16.to_be_bytes());
+    l4.extend(b"payload");
+    frame(src.0, dst.0, TCP, l4)
+}
+
+pub fn udp(src: (&str, u16), dst: (&str, u16)) -> Vec<u8> {
+    let mut l4 = vec![0u8; 8];
+    l4[0..2].copy_from_slice(&src.1.to_be_bytes());
+    l4[2..4].copy_from_slice(&dst.1.to_be_bytes());
+    l4.extend(b"question");
+    let len = l4.len() as u16;
+    l4[4..6].copy_from_slice(&len.to_be_bytes());
+    frame(src.0, dst.0, UDP, l4)
+}
+
+pub fn icmp_echo(src: &str, dst: &str, id: u16) -> Vec<u8> {
+    let mut l4 = vec![8, 0, 0, 0];
+    l4.extend(id.to_be_bytes());
+    l4.extend([0, 1]);
+    l4.extend(b"ping data");
+    frame(src, dst, ICMP, l4)
+}
+
+/// The same frame with 4 bytes of IP options (NOPs), header length and checksums fixed.
+pub fn with_ip_options(frame: &[u8]) -> Vec<u8> {
+    let mut out = frame[..ETH + 20].to_vec();
+    out[ETH] = 0x46;
+    out.extend([1, 1, 1, 1]);
+    out.extend(&frame[ETH + 20..]);
+    let total = (out.len() - ETH) as u16;
+    out[ETH + 2..ETH + 4].copy_from_slice(&total.to_be_bytes());
+    out[ETH + 10..ETH + 12].copy_from_slice(&[0, 0]);
+    let csum = fold(sum16(&out[ETH..ETH + 24]));
+    out[ETH + 10..ETH + 12].copy_from_slice(&csum.to_be_bytes());
+    out
+}
+
+/// The frame with an 802.1Q tag after the MAC addresses.
+pub fn with_vlan(frame: &[u8]) -> Vec<u8> {
+    let mut out = frame[..12].to_vec();
+    out.extend([0x81, 0x00, 0x00, 0x64]);
+    out.extend(&frame[12..]);
+    out
+}
+
+/// What a checker reads back from a (possibly rewritten) frame.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Seen {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+/// Re-parses an IPv4 frame and verifies the IP and L4 checksums from scratch.
+pub fn check(frame: &[u8]) -> Result<Seen, String> {
+    let ihl = usize::from(frame[ETH] & 0xf) * 4;
+    let ip_hdr = &frame[ETH..ETH + ihl];
+    if fold(sum16(ip_hdr)) != 0 {
+        return Err("IPv4 header checksum is wrong".into());
+    }
+    let proto = ip_hdr[9];
+    let src: [u8; 4] = ip_hdr[12..16].try_into().unwrap();
+    let dst: [u8; 4] = ip_hdr[16..20].try_into().unwrap();
+    let l4 = &frame[ETH + ihl..];
+    let udp_without_csum = proto == UDP && l4[6..8] == [0, 0];
+    if !udp_without_csum {
+        let mut sum = sum16(l4);
+        if proto != ICMP {
+            sum += sum16(&src) + sum16(&dst) + u32::from(proto) + l4.len() as u32;
+        }
+        if fold(sum) != 0 {
+            return Err(format!("L4 (protocol {proto}) checksum is wrong"));
+        }
+    }
+    let (sport, dport) = if proto == ICMP {
+        let id = u16::from_be_bytes([l4[4], l4[5]]);
+        (id, id)
+    } else {
+        (
+            u16::from_be_bytes([l4[0], l4[1]]),
+            u16::from_be_bytes([l4[2], l4[3]]),
+        )
+    };
+    Ok(Seen {
+        src: src.into(),
+        dst: dst.into(),
+        sport,
+        dport,
+    })
+}

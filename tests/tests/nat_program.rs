@@ -1,0 +1,360 @@
+//! The NAT programs on crafted packets (BPF_PROG_TEST_RUN): published-port DNAT on the
+//! uplink, the reply rewrite at the container's veth, masquerade on the way out and back.
+//! Every rewritten frame is re-parsed and its checksums recomputed from scratch; unknown
+//! or malformed traffic must come out byte for byte as it went in.
+
+use std::path::Path;
+
+use aya::{
+    Ebpf, EbpfLoader, TestRun as _, TestRunOptions,
+    maps::{Array, HashMap, LpmTrie, lpm_trie::Key},
+    programs::SchedClassifier,
+};
+use netbpf_common::{
+    EndpointIface, EndpointKey, EndpointTarget, IpAddrKey, NatConfig, PROTO_TCP, PROTO_UDP,
+    PublishedKey, PublishedTarget, SubnetInfo, SubnetKey, names,
+};
+use netbpf_tests::{
+    ProgramSandbox,
+    packet::{self, Seen, TCP_SYN},
+    skb_ctx,
+};
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_REDIRECT: u32 = 7;
+const BACKEND_MAC: [u8; 6] = [0x02, 0x42, 10, 50, 0, 3];
+
+fn v4(ip: &str) -> IpAddrKey {
+    IpAddrKey::from_v4(ip.parse::<std::net::Ipv4Addr>().unwrap().octets())
+}
+
+fn seen(src: &str, sport: u16, dst: &str, dport: u16) -> Seen {
+    Seen {
+        src: src.parse().unwrap(),
+        dst: dst.parse().unwrap(),
+        sport,
+        dport,
+    }
+}
+
+struct Programs {
+    ebpf: Ebpf,
+}
+
+impl Programs {
+    fn run(&self, program: &str, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
+        let program: &SchedClassifier = self.ebpf.program(program).unwrap().try_into().unwrap();
+        let mut out = vec![0u8; frame.len() + 256];
+        let ctx = skb_ctx(ifindex);
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                ..Default::default()
+            })
+            .unwrap_or_else(|e| panic!("{program:?}: test run failed: {e:?}"));
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
+    }
+}
+
+/// Network 1 = 10.50.0.0/24 with the backend 10.50.0.3 behind veth `b0`; the host's uplink
+/// `u0` has 198.18.0.2; 5050/tcp and 5353/udp are published to the backend's 80 and 53.
+fn setup(bpffs: &Path, uplink: u32, backend_veth: u32) -> Programs {
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(bpffs)
+        .load(netbpf::datapath::EBPF_OBJECT)
+        .expect("load object");
+    for name in [
+        names::PROG_FROM_CONTAINER,
+        names::PROG_UPLINK_INGRESS,
+        names::PROG_UPLINK_EGRESS,
+    ] {
+        let program: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
+        program
+            .load()
+            .unwrap_or_else(|e| panic!("verifier rejects {name}: {e}"));
+    }
+    let mut subnets: LpmTrie<_, SubnetKey, SubnetInfo> =
+        LpmTrie::try_from(ebpf.map_mut(names::SUBNETS).unwrap()).unwrap();
+    let subnet = Key::new(
+        IpAddrKey::V4_MAPPED_PREFIX_BITS + 24,
+        SubnetKey {
+            addr: v4("10.50.0.0"),
+        },
+    );
+    subnets
+        .insert(
+            &subnet,
+            SubnetInfo {
+                network: 1,
+                _pad: 0,
+                gateway: v4("10.50.0.1"),
+            },
+            0,
+        )
+        .unwrap();
+    let mut endpoints: HashMap<_, EndpointKey, EndpointTarget> =
+        HashMap::try_from(ebpf.map_mut(names::ENDPOINTS).unwrap()).unwrap();
+    let target = EndpointTarget {
+        host_ifindex: backend_veth,
+        mac: BACKEND_MAC,
+        _pad: [0; 2],
+    };
+    endpoints
+        .insert(
+            EndpointKey {
+                network: 1,
+                addr: v4("10.50.0.3"),
+            },
+            target,
+            0,
+        )
+        .unwrap();
+    let mut ifaces: HashMap<_, u32, EndpointIface> =
+        HashMap::try_from(ebpf.map_mut(names::ENDPOINT_IFACES).unwrap()).unwrap();
+    ifaces
+        .insert(
+            backend_veth,
+            EndpointIface {
+                network: 1,
+                flags: 0,
+            },
+            0,
+        )
+        .unwrap();
+    let mut host_addrs: HashMap<_, IpAddrKey, u32> =
+        HashMap::try_from(ebpf.map_mut(names::HOST_ADDRS).unwrap()).unwrap();
+    host_addrs.insert(v4("198.18.0.2"), 1, 0).unwrap();
+    let mut config: Array<_, NatConfig> =
+        Array::try_from(ebpf.map_mut(names::NAT_CONFIG).unwrap()).unwrap();
+    let nat = NatConfig {
+        uplink_addr: v4("198.18.0.2"),
+        uplink_ifindex: uplink,
+        port_min: 32768,
+        port_max: 60999,
+        netns_cookie: 0,
+    };
+    config.set(0, nat, 0).unwrap();
+    let mut published: HashMap<_, PublishedKey, PublishedTarget> =
+        HashMap::try_from(ebpf.map_mut(names::PUBLISHED).unwrap()).unwrap();
+    for (port, proto, to) in [(5050, PROTO_TCP, 80), (5353, PROTO_UDP, 53)] {
+        let key = PublishedKey {
+            addr: v4("0.0.0.0"),
+            port,
+            proto,
+            _pad: 0,
+        };
+        let target = PublishedTarget {
+            addr: v4("10.50.0.3"),
+            port: to,
+            _pad: [0; 2],
+            host_ifindex: backend_veth,
+            mac: BACKEND_MAC,
+            _pad2: [0; 2],
+        };
+        published.insert(key, target, 0).unwrap();
+    }
+    Programs { ebpf }
+}
+
+#[test]
+fn nat_programs_translate_with_correct_checksums_and_leave_the_rest_alone() {
+    let sandbox = ProgramSandbox::new("n", &["u0", "b0"]);
+    let (uplink, backend) = (sandbox.ifindex("u0"), sandbox.ifindex("b0"));
+    sandbox.run(|bpffs| {
+        let p = setup(bpffs, uplink, backend);
+        let mut failures: Vec<String> = vec![];
+        let mut expect = |what: &str,
+                          program: &str,
+                          frame: Vec<u8>,
+                          ifindex: u32,
+                          verdict: u32,
+                          want: Option<Seen>| {
+            let (got, out) = p.run(program, &frame, ifindex);
+            if got != verdict {
+                failures.push(format!("{what}: verdict {got}, expected {verdict}"));
+            }
+            match want {
+                None if out != frame => failures.push(format!("{what}: frame was modified")),
+                None => {}
+                Some(want) => match packet::check(&out) {
+                    Err(e) => failures.push(format!("{what}: {e}")),
+                    Ok(seen) if seen != want => {
+                        failures.push(format!("{what}: {seen:?} != {want:?}"))
+                    }
+                    Ok(_) => {}
+                },
+            }
+            out
+        };
+        let ingress = names::PROG_UPLINK_INGRESS;
+        let egress = names::PROG_UPLINK_EGRESS;
+        let from_container = names::PROG_FROM_CONTAINER;
+
+        // Published TCP from outside: DNAT, client address kept, delivered to the backend.
+        let syn = packet::tcp(("198.18.0.1", 40000), ("198.18.0.2", 5050), TCP_SYN);
+        let out = expect(
+            "published tcp",
+            ingress,
+            syn.clone(),
+            uplink,
+            TC_ACT_REDIRECT,
+            Some(seen("198.18.0.1", 40000, "10.50.0.3", 80)),
+        );
+        assert_eq!(out[..6], BACKEND_MAC, "dst MAC != backend's MAC");
+        expect(
+            "published tcp, IP options",
+            ingress,
+            packet::with_ip_options(&syn),
+            uplink,
+            TC_ACT_REDIRECT,
+            Some(seen("198.18.0.1", 40000, "10.50.0.3", 80)),
+        );
+        // Its reply, at the backend's veth: the host address and published port come back.
+        let reply = packet::tcp(("10.50.0.3", 80), ("198.18.0.1", 40000), 0x12);
+        expect(
+            "reply of published tcp",
+            from_container,
+            reply,
+            backend,
+            TC_ACT_REDIRECT,
+            Some(seen("198.18.0.2", 5050, "198.18.0.1", 40000)),
+        );
+        // Published UDP.
+        let query = packet::udp(("198.18.0.1", 40001), ("198.18.0.2", 5353));
+        expect(
+            "published udp",
+            ingress,
+            query,
+            uplink,
+            TC_ACT_REDIRECT,
+            Some(seen("198.18.0.1", 40001, "10.50.0.3", 53)),
+        );
+
+        // Left alone: not published, not for the host, not IPv4/TCP/UDP, or malformed.
+        expect(
+            "unpublished port",
+            ingress,
+            packet::tcp(("198.18.0.1", 40000), ("198.18.0.2", 22), TCP_SYN),
+            uplink,
+            TC_ACT_OK,
+            None,
+        );
+        expect(
+            "not a host address",
+            ingress,
+            packet::tcp(("198.18.0.1", 40000), ("198.18.0.9", 5050), TCP_SYN),
+            uplink,
+            TC_ACT_OK,
+            None,
+        );
+        expect(
+            "VLAN tag",
+            ingress,
+            packet::with_vlan(&syn),
+            uplink,
+            TC_ACT_OK,
+            None,
+        );
+        let mut fragment = syn.clone();
+        fragment[14 + 6] |= 0x20; // more fragments
+        expect("first fragment", ingress, fragment, uplink, TC_ACT_OK, None);
+        let mut later_fragment = syn.clone();
+        later_fragment[14 + 7] = 0x10; // offset 128 bytes
+        expect(
+            "later fragment",
+            ingress,
+            later_fragment,
+            uplink,
+            TC_ACT_OK,
+            None,
+        );
+        let mut bad_offset = syn.clone();
+        bad_offset[14 + 20 + 12] = 4 << 4; // TCP data offset 16 bytes
+        expect(
+            "bad TCP data offset",
+            ingress,
+            bad_offset,
+            uplink,
+            TC_ACT_OK,
+            None,
+        );
+        let mut truncated = syn[..14 + 20 + 10].to_vec();
+        truncated[14 + 3] = 30; // IP total length 30: a TCP header of 10 bytes
+        expect(
+            "truncated TCP header",
+            ingress,
+            truncated,
+            uplink,
+            TC_ACT_OK,
+            None,
+        );
+        let mut non_ip = syn.clone();
+        non_ip[12..14].copy_from_slice(&[0x88, 0xb5]);
+        expect("non-IP ethertype", ingress, non_ip, uplink, TC_ACT_OK, None);
+        let mut bad_version = syn.clone();
+        bad_version[14] = 0x65;
+        expect(
+            "IPv4 ethertype, version 6",
+            ingress,
+            bad_version,
+            uplink,
+            TC_ACT_OK,
+            None,
+        );
+
+        // Masquerade: out with the uplink address (own port when free, another when taken),
+        // and the reply back to the right container.
+        let out_a = packet::tcp(("10.50.0.3", 45000), ("198.18.0.1", 8000), TCP_SYN);
+        expect(
+            "masquerade",
+            egress,
+            out_a,
+            uplink,
+            TC_ACT_OK,
+            Some(seen("198.18.0.2", 45000, "198.18.0.1", 8000)),
+        );
+        let out_b = packet::tcp(("10.50.0.4", 45000), ("198.18.0.1", 8000), TCP_SYN);
+        let (verdict, out) = p.run(egress, &out_b, uplink);
+        assert_eq!(verdict, TC_ACT_OK);
+        let translated = packet::check(&out).unwrap();
+        assert_eq!(
+            translated.src,
+            "198.18.0.2".parse::<std::net::Ipv4Addr>().unwrap()
+        );
+        assert_ne!(
+            translated.sport, 45000,
+            "two flows share one translated port"
+        );
+        let back = packet::tcp(("198.18.0.1", 8000), ("198.18.0.2", 45000), 0x12);
+        expect(
+            "masquerade reply",
+            ingress,
+            back,
+            uplink,
+            TC_ACT_REDIRECT,
+            Some(seen("198.18.0.1", 8000, "10.50.0.3", 45000)),
+        );
+        let ping = packet::icmp_echo("10.50.0.3", "198.18.0.1", 77);
+        expect(
+            "masquerade ping",
+            egress,
+            ping,
+            uplink,
+            TC_ACT_OK,
+            Some(seen("198.18.0.2", 77, "198.18.0.1", 77)),
+        );
+        expect(
+            "host's own traffic",
+            egress,
+            packet::tcp(("198.18.0.2", 45000), ("198.18.0.1", 8000), TCP_SYN),
+            uplink,
+            TC_ACT_OK,
+            None,
+        );
+
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    });
+}
