@@ -255,6 +255,9 @@ pub mod names {
     pub const SOCK_ORIGINAL: &str = "SOCK_ORIGINAL";
     pub const PROG_FROM_CONTAINER: &str = "from_container";
     pub const PROG_UPLINK_INGRESS: &str = "uplink_ingress";
+    pub const PROG_UPLINK_XDP: &str = "uplink_xdp";
+    pub const PROG_CONTAINER_XDP_PASS: &str = "container_xdp_pass";
+    pub const XDP_REDIRECTS: &str = "XDP_REDIRECTS";
     pub const PROG_UPLINK_EGRESS: &str = "uplink_egress";
     pub const PROG_CONNECT4: &str = "connect4";
     pub const PROG_SENDMSG4: &str = "sendmsg4";

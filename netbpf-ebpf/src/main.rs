@@ -8,11 +8,13 @@ mod csum;
 mod nat;
 mod parse;
 mod sock;
+mod xdp;
 
 use aya_ebpf::{
     bindings::TC_ACT_REDIRECT,
-    macros::{cgroup_sock_addr, classifier},
-    programs::{SockAddrContext, TcContext},
+    bindings::xdp_action::XDP_PASS,
+    macros::{cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, TcContext, XdpContext},
 };
 use netbpf_common::{DropReason, NAT_REWRITE_DST, NAT_REWRITE_SRC};
 
@@ -106,6 +108,21 @@ pub fn uplink_ingress(ctx: TcContext) -> i32 {
         }
     }
     bridge::PASS
+}
+
+/// Attached (XDP, driver mode where the NIC supports it) to the uplink: published ports
+/// from outside, translated before the kernel allocates an skb and redirected into the
+/// container. Whatever it does not handle goes on to `uplink_ingress`.
+#[xdp]
+pub fn uplink_xdp(ctx: XdpContext) -> u32 {
+    xdp::uplink(&ctx)
+}
+
+/// Attached (XDP) to a container's interface when the uplink runs XDP: a veth only accepts
+/// frames redirected at the XDP layer if its receiving end has an XDP program.
+#[xdp]
+pub fn container_xdp_pass(_ctx: XdpContext) -> u32 {
+    XDP_PASS
 }
 
 /// Attached (tcx egress) to the uplink: container packets leaving the host get the uplink

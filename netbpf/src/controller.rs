@@ -48,6 +48,19 @@ pub struct Config {
     pub default_subnet: Ipv4Net,
     /// The cgroup (v2) whose processes are "the host" for published ports.
     pub cgroup: PathBuf,
+    pub xdp: XdpChoice,
+}
+
+/// Whether published ports from outside get the XDP stage on the uplink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpChoice {
+    /// Driver-mode XDP if the uplink supports it and is not a veth, else tcx only.
+    Auto,
+    /// Driver-mode XDP whenever the driver supports it (a veth uplink's peer must then
+    /// send complete checksums).
+    Native,
+    /// tcx only.
+    Off,
 }
 
 impl Config {
@@ -177,14 +190,58 @@ impl Controller {
                 None => tracing::warn!(uplink, "uplink has no IPv4 address: no masquerade"),
             }
             self.datapath.attach_uplink(&uplink)?;
-            self.nat_mode = Some("tc".into());
-            tracing::info!(
-                uplink,
-                mode = "tc",
-                "published ports and masquerade attached to the uplink"
-            );
+            let is_veth = Netlink::run(None, |nl| nl.link(&uplink))?.is_veth;
+            let want_xdp = match self.config.xdp {
+                XdpChoice::Auto => !is_veth,
+                XdpChoice::Native => true,
+                XdpChoice::Off => false,
+            };
+            let mut mode = "tc";
+            if want_xdp {
+                match self.datapath.attach_uplink_xdp(&uplink, index) {
+                    Ok(()) => mode = "xdp",
+                    Err(error) => {
+                        tracing::warn!(%error, uplink, "native XDP not available; using tc only")
+                    }
+                }
+            }
+            if mode == "tc" {
+                self.datapath.remove_uplink_xdp_except(None);
+            }
+            self.nat_mode = Some(mode.into());
+            self.sync_container_xdp();
+            tracing::info!(uplink, mode, "published ports and masquerade attached to the uplink");
         }
         self.datapath.set_nat_config(config)?;
+        Ok(())
+    }
+
+    fn xdp_active(&self) -> bool {
+        self.nat_mode.as_deref() == Some("xdp")
+    }
+
+    /// With the XDP stage on, every running endpoint gets the receiving XDP program (a
+    /// restart swaps in the new one); without it, none keeps one.
+    fn sync_container_xdp(&mut self) {
+        let containers: Vec<ContainerRecord> =
+            self.state.containers.values().filter(|c| c.is_running()).cloned().collect();
+        for c in containers {
+            let Ok(ns) = self.open_netns(&c) else { continue };
+            for ep in &c.endpoints {
+                if self.xdp_active() {
+                    if let Err(error) = self.attach_container_xdp(&ns, ep) {
+                        tracing::warn!(%error, veth = ep.host_veth, "container XDP");
+                    }
+                } else {
+                    self.datapath.remove_container_xdp(&ep.host_veth);
+                }
+            }
+        }
+    }
+
+    fn attach_container_xdp(&mut self, ns: &File, ep: &EndpointRecord) -> anyhow::Result<()> {
+        let ifindex = Netlink::run(Some(ns), |nl| nl.link(&ep.ifname))?.index;
+        self.datapath.attach_container_xdp(ns, ifindex, &ep.host_veth)?;
         Ok(())
     }
 
@@ -525,6 +582,12 @@ impl Controller {
         let host_ifindex = endpoint::wire(ns, net, &ep).map_err(internal)?;
         let ep = EndpointRecord { host_ifindex, ..ep };
         if let Err(e) = self.install_endpoint(net, &ep) {
+            self.remove_endpoint(&ep);
+            return Err(internal(e));
+        }
+        if self.xdp_active()
+            && let Err(e) = self.attach_container_xdp(ns, &ep)
+        {
             self.remove_endpoint(&ep);
             return Err(internal(e));
         }
@@ -1248,6 +1311,7 @@ impl Controller {
             bpffs: self.config.bpffs.display().to_string(),
             uplink: self.config.uplink.clone(),
             nat_mode: self.nat_mode.clone(),
+            xdp_redirects: self.datapath.xdp_redirects(),
             tracked_flows: self.tracked_flows,
             cgroup: self.config.cgroup.display().to_string(),
             program_ids: ids.program_ids,
@@ -1361,7 +1425,7 @@ impl Controller {
             }
             Ok(())
         })?;
-        for pin in self.datapath.pinned_links() {
+        for pin in self.datapath.pinned_links().into_iter().chain(self.datapath.pinned_xdp_links()) {
             if !veths.contains(&pin) {
                 self.datapath.detach(&pin);
             }

@@ -20,7 +20,7 @@ use tokio::{net::UnixListener, signal::unix::SignalKind, sync::mpsc};
 use crate::{
     api::server,
     container,
-    controller::{Config, Controller, WaitFor},
+    controller::{Config, Controller, WaitFor, XdpChoice},
     datapath,
     netlink::Netlink,
 };
@@ -43,6 +43,10 @@ pub struct DaemonArgs {
     /// default: the cgroup2 root (/sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid hosts).
     #[arg(long)]
     pub cgroup: Option<PathBuf>,
+    /// The XDP stage for published ports on the uplink: `auto` (driver mode unless the
+    /// uplink is a veth), `native`, or `off` (tcx programs only).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub xdp: XdpChoice,
     /// tracing filter, e.g. `info`, `netbpf=debug`.
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -186,6 +190,7 @@ pub async fn run(socket: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
     };
     let config = Config {
         cgroup,
+        xdp: args.xdp,
         state_dir: state_dir.clone(),
         bpffs: bpffs.clone(),
         uplink,

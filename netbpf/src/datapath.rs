@@ -23,12 +23,15 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        Array, HashMap, IterableMap, LpmTrie, MapData, PerCpuHashMap, PerCpuValues, lpm_trie::Key,
+        Array, HashMap, IterableMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues,
+        lpm_trie::Key,
     },
     programs::{
-        CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType,
+        CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, Xdp,
+        XdpMode,
         links::{FdLink, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
+        xdp::XdpLink,
     },
 };
 use ipnet::Ipv4Net;
@@ -97,9 +100,14 @@ pub struct Datapath {
     host_addrs: HashMap<MapData, IpAddrKey, u32>,
     nat_config: Array<MapData, NatConfig>,
     conntrack: HashMap<MapData, FlowKey, NatEntry>,
+    xdp_redirects: PerCpuArray<MapData, u64>,
     links_dir: PathBuf,
     host_links_dir: PathBuf,
+    xdp_links_dir: PathBuf,
 }
+
+/// The XDP programs, all loaded at start.
+const XDP_PROGRAMS: [&str; 2] = [names::PROG_UPLINK_XDP, names::PROG_CONTAINER_XDP_PASS];
 
 /// The TC programs, all loaded at start.
 const TC_PROGRAMS: [&str; 3] = [
@@ -131,7 +139,8 @@ impl Datapath {
         let maps_dir = root.join("maps");
         let links_dir = root.join("links");
         let host_links_dir = root.join("host-links");
-        for dir in [&maps_dir, &links_dir, &host_links_dir] {
+        let xdp_links_dir = root.join("xdp-links");
+        for dir in [&maps_dir, &links_dir, &host_links_dir, &xdp_links_dir] {
             std::fs::create_dir_all(dir).map_err(|source| DatapathError::PinDir {
                 path: dir.clone(),
                 source,
@@ -143,6 +152,13 @@ impl Datapath {
         // Every program is loaded (and so verified) now, whether or not it gets attached.
         for name in TC_PROGRAMS {
             let program: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(DatapathError::MissingProgram(name))?
+                .try_into()?;
+            program.load()?;
+        }
+        for name in XDP_PROGRAMS {
+            let program: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or(DatapathError::MissingProgram(name))?
                 .try_into()?;
@@ -165,6 +181,7 @@ impl Datapath {
         let host_addrs = HashMap::try_from(take(names::HOST_ADDRS)?)?;
         let nat_config = Array::try_from(take(names::NAT_CONFIG)?)?;
         let conntrack = HashMap::try_from(take(names::CONNTRACK)?)?;
+        let xdp_redirects = PerCpuArray::try_from(take(names::XDP_REDIRECTS)?)?;
         Ok(Self {
             ebpf,
             endpoints,
@@ -175,8 +192,10 @@ impl Datapath {
             host_addrs,
             nat_config,
             conntrack,
+            xdp_redirects,
             links_dir,
             host_links_dir,
+            xdp_links_dir,
         })
     }
 
@@ -294,9 +313,71 @@ impl Datapath {
         Ok(())
     }
 
-    /// Detaches from a veth by dropping the pin, the link's last reference.
+    /// Detaches from a veth by dropping the pins, the links' last references.
     pub fn detach(&mut self, host_veth: &str) {
         let _ = std::fs::remove_file(self.link_pin(host_veth));
+        let _ = std::fs::remove_file(self.xdp_links_dir.join(host_veth));
+    }
+
+    /// Attaches an XDP program in driver mode and pins the link, or swaps the program into
+    /// a link already pinned there. Runs in the calling thread's namespace.
+    fn attach_xdp(&mut self, name: &str, ifindex: u32, pin: &Path) -> Result<(), DatapathError> {
+        let program: &mut Xdp =
+            self.ebpf.program_mut(name).and_then(|p| p.try_into().ok()).expect("loaded");
+        if let Ok(pinned) = PinnedLink::from_pin(pin) {
+            let id = program.attach_to_link(XdpLink::try_from(FdLink::from(pinned))?)?;
+            drop(program.take_link(id)?);
+            return Ok(());
+        }
+        let _ = std::fs::remove_file(pin);
+        let id = program.attach_to_if_index(ifindex, XdpMode::Driver)?;
+        FdLink::try_from(program.take_link(id)?)?.pin(pin)?;
+        Ok(())
+    }
+
+    /// Puts the XDP stage on the uplink (driver mode only: generic XDP would be slower
+    /// than the tcx path it fronts).
+    pub fn attach_uplink_xdp(&mut self, uplink: &str, ifindex: u32) -> Result<(), DatapathError> {
+        let pin = self.host_links_dir.join(format!("uplink-xdp-{uplink}"));
+        self.remove_uplink_xdp_except(Some(uplink));
+        self.attach_xdp(names::PROG_UPLINK_XDP, ifindex, &pin)
+    }
+
+    /// Drops the uplink XDP links, except the one for `keep`.
+    pub fn remove_uplink_xdp_except(&mut self, keep: Option<&str>) {
+        for pin in pins_in(&self.host_links_dir) {
+            let kept = keep.is_some_and(|k| pin == format!("uplink-xdp-{k}"));
+            if pin.starts_with("uplink-xdp-") && !kept {
+                let _ = std::fs::remove_file(self.host_links_dir.join(pin));
+            }
+        }
+    }
+
+    /// Gives a container interface the XDP program that lets it receive frames the uplink's
+    /// XDP stage redirects. `ifindex` is inside `ns`, where the attach must happen.
+    pub fn attach_container_xdp(
+        &mut self,
+        ns: &File,
+        ifindex: u32,
+        host_veth: &str,
+    ) -> Result<(), DatapathError> {
+        let pin = self.xdp_links_dir.join(host_veth);
+        crate::netns::run_in(ns, || self.attach_xdp(names::PROG_CONTAINER_XDP_PASS, ifindex, &pin))
+            .map_err(|e| DatapathError::PinDir { path: pin.clone(), source: std::io::Error::other(e.to_string()) })?
+    }
+
+    /// Veths with a pinned container XDP link.
+    pub fn pinned_xdp_links(&self) -> Vec<String> {
+        pins_in(&self.xdp_links_dir)
+    }
+
+    pub fn remove_container_xdp(&mut self, host_veth: &str) {
+        let _ = std::fs::remove_file(self.xdp_links_dir.join(host_veth));
+    }
+
+    /// Packets the uplink XDP stage has redirected, summed over CPUs.
+    pub fn xdp_redirects(&self) -> u64 {
+        self.xdp_redirects.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0)
     }
 
     /// Names of the veths that have a pinned link.
@@ -501,6 +582,7 @@ impl Datapath {
             (names::HOST_ADDRS, map_id(&self.host_addrs)),
             (names::NAT_CONFIG, map_id(&self.nat_config)),
             (names::CONNTRACK, map_id(&self.conntrack)),
+            (names::XDP_REDIRECTS, map_id(&self.xdp_redirects)),
         ];
         for (name, id) in maps {
             if let Some(id) = id {

@@ -40,6 +40,8 @@ pub struct Link {
     pub mac: Option<[u8; 6]>,
     pub controller: Option<u32>,
     pub up: bool,
+    /// Whether it is a veth (the XDP stage is not used on veth uplinks by default).
+    pub is_veth: bool,
 }
 
 /// An IPv4 route of the main table, as far as overlap checks need it.
@@ -311,6 +313,7 @@ fn link_from_message(msg: LinkMessage) -> Link {
         mac: None,
         controller: None,
         up: msg.header.flags.contains(LinkFlags::Up),
+        is_veth: false,
     };
     for attr in msg.attributes {
         match attr {
@@ -319,6 +322,13 @@ fn link_from_message(msg: LinkMessage) -> Link {
                 link.mac = Some([a[0], a[1], a[2], a[3], a[4], a[5]])
             }
             LinkAttribute::Controller(c) => link.controller = Some(c),
+            LinkAttribute::LinkInfo(infos) => {
+                link.is_veth = infos.iter().any(|i| {
+                    matches!(i, rtnetlink::packet_route::link::LinkInfo::Kind(
+                        rtnetlink::packet_route::link::InfoKind::Veth
+                    ))
+                })
+            }
             _ => {}
         }
     }

@@ -262,8 +262,11 @@ pub struct DaemonInfo {
     pub state_dir: String,
     pub bpffs: String,
     pub uplink: Option<String>,
-    /// How published ports and masquerade run on the uplink (`tc`: tcx programs).
+    /// How published ports from outside are translated on the uplink: `xdp` (an XDP stage
+    /// in front of the tcx programs) or `tc` (tcx programs only).
     pub nat_mode: Option<String>,
+    /// Packets the uplink XDP stage translated and redirected.
+    pub xdp_redirects: u64,
     /// Tracked NAT flows at the last expiry pass.
     pub tracked_flows: usize,
     pub cgroup: String,
