@@ -42,7 +42,9 @@ fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
 /// (all values as they are in the packet, big-endian).
 #[inline(always)]
 fn csum_update(csum: u16, old: u16, new: u16) -> u16 {
-    let mut sum = u32::from(!u16::from_be(csum)) + u32::from(!u16::from_be(old)) + u32::from(u16::from_be(new));
+    let mut sum = u32::from(!u16::from_be(csum))
+        + u32::from(!u16::from_be(old))
+        + u32::from(u16::from_be(new));
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     (!(sum as u16)).to_be()
@@ -50,8 +52,16 @@ fn csum_update(csum: u16, old: u16, new: u16) -> u16 {
 
 #[inline(always)]
 fn csum_update_addr(csum: u16, old: [u8; 4], new: [u8; 4]) -> u16 {
-    let csum = csum_update(csum, u16::from_ne_bytes([old[0], old[1]]), u16::from_ne_bytes([new[0], new[1]]));
-    csum_update(csum, u16::from_ne_bytes([old[2], old[3]]), u16::from_ne_bytes([new[2], new[3]]))
+    let csum = csum_update(
+        csum,
+        u16::from_ne_bytes([old[0], old[1]]),
+        u16::from_ne_bytes([new[0], new[1]]),
+    );
+    csum_update(
+        csum,
+        u16::from_ne_bytes([old[2], old[3]]),
+        u16::from_ne_bytes([new[2], new[3]]),
+    )
 }
 
 /// Packet data as the XDP stage reads it: the L4 header's position and the ports.
@@ -93,7 +103,11 @@ fn parse(ctx: &XdpContext) -> Option<Datagram> {
         }
         _ => return None,
     }
-    Some(Datagram { ip, l4_offset, proto })
+    Some(Datagram {
+        ip,
+        l4_offset,
+        proto,
+    })
 }
 
 /// Translates a packet for a published port and redirects it into the container's veth;

@@ -210,7 +210,11 @@ impl Controller {
             }
             self.nat_mode = Some(mode.into());
             self.sync_container_xdp();
-            tracing::info!(uplink, mode, "published ports and masquerade attached to the uplink");
+            tracing::info!(
+                uplink,
+                mode,
+                "published ports and masquerade attached to the uplink"
+            );
         }
         self.datapath.set_nat_config(config)?;
         Ok(())
@@ -223,10 +227,17 @@ impl Controller {
     /// With the XDP stage on, every running endpoint gets the receiving XDP program (a
     /// restart swaps in the new one); without it, none keeps one.
     fn sync_container_xdp(&mut self) {
-        let containers: Vec<ContainerRecord> =
-            self.state.containers.values().filter(|c| c.is_running()).cloned().collect();
+        let containers: Vec<ContainerRecord> = self
+            .state
+            .containers
+            .values()
+            .filter(|c| c.is_running())
+            .cloned()
+            .collect();
         for c in containers {
-            let Ok(ns) = self.open_netns(&c) else { continue };
+            let Ok(ns) = self.open_netns(&c) else {
+                continue;
+            };
             for ep in &c.endpoints {
                 if self.xdp_active() {
                     if let Err(error) = self.attach_container_xdp(&ns, ep) {
@@ -241,7 +252,8 @@ impl Controller {
 
     fn attach_container_xdp(&mut self, ns: &File, ep: &EndpointRecord) -> anyhow::Result<()> {
         let ifindex = Netlink::run(Some(ns), |nl| nl.link(&ep.ifname))?.index;
-        self.datapath.attach_container_xdp(ns, ifindex, &ep.host_veth)?;
+        self.datapath
+            .attach_container_xdp(ns, ifindex, &ep.host_veth)?;
         Ok(())
     }
 
@@ -1425,7 +1437,12 @@ impl Controller {
             }
             Ok(())
         })?;
-        for pin in self.datapath.pinned_links().into_iter().chain(self.datapath.pinned_xdp_links()) {
+        for pin in self
+            .datapath
+            .pinned_links()
+            .into_iter()
+            .chain(self.datapath.pinned_xdp_links())
+        {
             if !veths.contains(&pin) {
                 self.datapath.detach(&pin);
             }

@@ -27,8 +27,7 @@ use aya::{
         lpm_trie::Key,
     },
     programs::{
-        CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, Xdp,
-        XdpMode,
+        CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
         xdp::XdpLink,
@@ -322,8 +321,11 @@ impl Datapath {
     /// Attaches an XDP program in driver mode and pins the link, or swaps the program into
     /// a link already pinned there. Runs in the calling thread's namespace.
     fn attach_xdp(&mut self, name: &str, ifindex: u32, pin: &Path) -> Result<(), DatapathError> {
-        let program: &mut Xdp =
-            self.ebpf.program_mut(name).and_then(|p| p.try_into().ok()).expect("loaded");
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .and_then(|p| p.try_into().ok())
+            .expect("loaded");
         if let Ok(pinned) = PinnedLink::from_pin(pin) {
             let id = program.attach_to_link(XdpLink::try_from(FdLink::from(pinned))?)?;
             drop(program.take_link(id)?);
@@ -362,8 +364,13 @@ impl Datapath {
         host_veth: &str,
     ) -> Result<(), DatapathError> {
         let pin = self.xdp_links_dir.join(host_veth);
-        crate::netns::run_in(ns, || self.attach_xdp(names::PROG_CONTAINER_XDP_PASS, ifindex, &pin))
-            .map_err(|e| DatapathError::PinDir { path: pin.clone(), source: std::io::Error::other(e.to_string()) })?
+        crate::netns::run_in(ns, || {
+            self.attach_xdp(names::PROG_CONTAINER_XDP_PASS, ifindex, &pin)
+        })
+        .map_err(|e| DatapathError::PinDir {
+            path: pin.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?
     }
 
     /// Veths with a pinned container XDP link.
@@ -377,7 +384,10 @@ impl Datapath {
 
     /// Packets the uplink XDP stage has redirected, summed over CPUs.
     pub fn xdp_redirects(&self) -> u64 {
-        self.xdp_redirects.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0)
+        self.xdp_redirects
+            .get(&0, 0)
+            .map(|v| v.iter().sum())
+            .unwrap_or(0)
     }
 
     /// Names of the veths that have a pinned link.

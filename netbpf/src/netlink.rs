@@ -324,9 +324,12 @@ fn link_from_message(msg: LinkMessage) -> Link {
             LinkAttribute::Controller(c) => link.controller = Some(c),
             LinkAttribute::LinkInfo(infos) => {
                 link.is_veth = infos.iter().any(|i| {
-                    matches!(i, rtnetlink::packet_route::link::LinkInfo::Kind(
-                        rtnetlink::packet_route::link::InfoKind::Veth
-                    ))
+                    matches!(
+                        i,
+                        rtnetlink::packet_route::link::LinkInfo::Kind(
+                            rtnetlink::packet_route::link::InfoKind::Veth
+                        )
+                    )
                 })
             }
             _ => {}

@@ -8,7 +8,7 @@ use std::path::Path;
 use aya::{
     Ebpf, EbpfLoader, TestRun as _, TestRunOptions,
     maps::{Array, HashMap, LpmTrie, lpm_trie::Key},
-    programs::SchedClassifier,
+    programs::{SchedClassifier, Xdp},
 };
 use netbpf_common::{
     EndpointIface, EndpointKey, EndpointTarget, IpAddrKey, NatConfig, PROTO_TCP, PROTO_UDP,
@@ -42,6 +42,25 @@ struct Programs {
 }
 
 impl Programs {
+    fn run_xdp(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let program: &Xdp = self
+            .ebpf
+            .program(names::PROG_UPLINK_XDP)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
+            .unwrap_or_else(|e| panic!("uplink_xdp: test run failed: {e:?}"));
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
+    }
+
     fn run(&self, program: &str, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
         let program: &SchedClassifier = self.ebpf.program(program).unwrap().try_into().unwrap();
         let mut out = vec![0u8; frame.len() + 256];
@@ -76,6 +95,12 @@ fn setup(bpffs: &Path, uplink: u32, backend_veth: u32) -> Programs {
             .load()
             .unwrap_or_else(|e| panic!("verifier rejects {name}: {e}"));
     }
+    let program: &mut Xdp = ebpf
+        .program_mut(names::PROG_UPLINK_XDP)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    program.load().expect("verifier accepts uplink_xdp");
     let mut subnets: LpmTrie<_, SubnetKey, SubnetInfo> =
         LpmTrie::try_from(ebpf.map_mut(names::SUBNETS).unwrap()).unwrap();
     let subnet = Key::new(
@@ -355,6 +380,94 @@ fn nat_programs_translate_with_correct_checksums_and_leave_the_rest_alone() {
             None,
         );
 
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    });
+}
+
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+
+#[test]
+fn the_xdp_stage_translates_with_correct_checksums_and_passes_the_rest() {
+    let sandbox = ProgramSandbox::new("x", &["u0", "b0"]);
+    let (uplink, backend) = (sandbox.ifindex("u0"), sandbox.ifindex("b0"));
+    sandbox.run(|bpffs| {
+        let p = setup(bpffs, uplink, backend);
+        let mut failures: Vec<String> = vec![];
+        let mut expect = |what: &str, frame: Vec<u8>, verdict: u32, want: Option<Seen>| {
+            let (got, out) = p.run_xdp(&frame);
+            if got != verdict {
+                failures.push(format!("{what}: verdict {got}, expected {verdict}"));
+            }
+            match want {
+                None if out != frame => failures.push(format!("{what}: frame was modified")),
+                None => {}
+                Some(want) => match packet::check(&out) {
+                    Err(e) => failures.push(format!("{what}: {e}")),
+                    Ok(seen) if seen != want => {
+                        failures.push(format!("{what}: {seen:?} != {want:?}"))
+                    }
+                    Ok(_) if out[..6] != BACKEND_MAC => {
+                        failures.push(format!("{what}: dst MAC not the backend's"))
+                    }
+                    Ok(_) => {}
+                },
+            }
+        };
+        let syn = packet::tcp(("198.18.0.1", 40000), ("198.18.0.2", 5050), TCP_SYN);
+        expect(
+            "published tcp",
+            syn.clone(),
+            XDP_REDIRECT,
+            Some(seen("198.18.0.1", 40000, "10.50.0.3", 80)),
+        );
+        expect(
+            "published tcp, IP options",
+            packet::with_ip_options(&syn),
+            XDP_REDIRECT,
+            Some(seen("198.18.0.1", 40000, "10.50.0.3", 80)),
+        );
+        expect(
+            "published udp",
+            packet::udp(("198.18.0.1", 40001), ("198.18.0.2", 5353)),
+            XDP_REDIRECT,
+            Some(seen("198.18.0.1", 40001, "10.50.0.3", 53)),
+        );
+        let mut no_csum = packet::udp(("198.18.0.1", 40002), ("198.18.0.2", 5353));
+        no_csum[14 + 20 + 6..14 + 20 + 8].copy_from_slice(&[0, 0]);
+        let (verdict, out) = p.run_xdp(&no_csum);
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(
+            out[14 + 20 + 6..14 + 20 + 8],
+            [0, 0],
+            "a UDP datagram without checksum got one"
+        );
+        expect(
+            "unpublished port",
+            packet::tcp(("198.18.0.1", 40000), ("198.18.0.2", 22), TCP_SYN),
+            XDP_PASS,
+            None,
+        );
+        expect("VLAN tag", packet::with_vlan(&syn), XDP_PASS, None);
+        let mut fragment = syn.clone();
+        fragment[14 + 6] |= 0x20;
+        expect("fragment", fragment, XDP_PASS, None);
+        let mut bad_offset = syn.clone();
+        bad_offset[14 + 20 + 12] = 4 << 4;
+        expect("bad TCP data offset", bad_offset, XDP_PASS, None);
+        expect(
+            "ICMP",
+            packet::icmp_echo("198.18.0.1", "198.18.0.2", 9),
+            XDP_PASS,
+            None,
+        );
+        // Replies of masqueraded flows are the tcx stage's job.
+        expect(
+            "masquerade reply",
+            packet::tcp(("198.18.0.1", 8000), ("198.18.0.2", 45000), 0x12),
+            XDP_PASS,
+            None,
+        );
         assert!(failures.is_empty(), "{}", failures.join("\n"));
     });
 }

@@ -576,26 +576,94 @@ fn no_netfilter_rules_and_no_helper_processes() {
 fn the_xdp_stage_translates_published_ports_from_outside() {
     let mut host = TestHost::bare();
     // XDP on a veth uplink needs its peer to send complete checksums, as a wire does.
-    must("ip", &["netns", "exec", &host.outside_ns, "ethtool", "-K", "up0", "tx", "off", "tso", "off", "gso", "off"]);
+    must(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &host.outside_ns,
+            "ethtool",
+            "-K",
+            "up0",
+            "tx",
+            "off",
+            "tso",
+            "off",
+            "gso",
+            "off",
+        ],
+    );
     host.start_daemon(&["--xdp", "native"]);
     assert_eq!(host.json(&["info"])["nat_mode"], "xdp");
     host.ok(&["network", "create", "--subnet", "10.97.0.0/24", "web"]);
     http_container(&host, "srv", "web", &["5050:80"]);
-    host.ok(&["run", "-d", "--name", "perf", "--network", "web", "-p", "5201:5201", "--", "iperf3", "-s"]);
+    host.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "perf",
+        "--network",
+        "web",
+        "-p",
+        "5201:5201",
+        "--",
+        "iperf3",
+        "-s",
+    ]);
     std::thread::sleep(Duration::from_millis(300));
 
     let url = format!("http://{HOST_UPLINK_IP}:5050/");
-    let code = http_code(host.outside("curl", &curl_args(&url).iter().map(String::as_str).collect::<Vec<_>>()));
+    let code = http_code(
+        host.outside(
+            "curl",
+            &curl_args(&url)
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        ),
+    );
     assert_eq!(code, "200");
-    assert!(host.ok(&["logs", "srv"]).contains(&format!("{OUTSIDE_IP} - -")), "client address not preserved");
-    let out = run_ok(host.outside("iperf3", &["-c", HOST_UPLINK_IP, "-p", "5201", "-t", "1", "-J"]));
+    assert!(
+        host.ok(&["logs", "srv"])
+            .contains(&format!("{OUTSIDE_IP} - -")),
+        "client address not preserved"
+    );
+    let out = run_ok(host.outside(
+        "iperf3",
+        &["-c", HOST_UPLINK_IP, "-p", "5201", "-t", "1", "-J"],
+    ));
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(report["end"]["sum_received"]["bytes"].as_u64().unwrap() > 1_000_000);
     let redirects = host.json(&["info"])["xdp_redirects"].as_u64().unwrap();
-    assert!(redirects > 100, "the XDP stage redirected only {redirects} packets");
+    assert!(
+        redirects > 100,
+        "the XDP stage redirected only {redirects} packets"
+    );
     // A restart keeps the XDP stage (the new program swapped into the pinned links).
     host.kill_daemon();
-    assert_eq!(http_code(host.outside("curl", &curl_args(&url).iter().map(String::as_str).collect::<Vec<_>>())), "200");
+    assert_eq!(
+        http_code(
+            host.outside(
+                "curl",
+                &curl_args(&url)
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+            )
+        ),
+        "200"
+    );
     host.start_daemon(&["--xdp", "native"]);
-    assert_eq!(http_code(host.outside("curl", &curl_args(&url).iter().map(String::as_str).collect::<Vec<_>>())), "200");
+    assert_eq!(
+        http_code(
+            host.outside(
+                "curl",
+                &curl_args(&url)
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+            )
+        ),
+        "200"
+    );
 }
