@@ -263,6 +263,9 @@ pub mod names {
     pub const PROG_SENDMSG4: &str = "sendmsg4";
     pub const PROG_RECVMSG4: &str = "recvmsg4";
     pub const PROG_GETPEERNAME4: &str = "getpeername4";
+    pub const PROG_CONNECT6: &str = "connect6";
+    pub const PROG_RECVMSG6: &str = "recvmsg6";
+    pub const PROG_GETPEERNAME6: &str = "getpeername6";
 }
 
 /// Map sizes. Endpoints and counters are keyed per host veth or per address.

@@ -167,6 +167,27 @@ pub fn getpeername4(ctx: SockAddrContext) -> i32 {
     1
 }
 
+/// IPv6 sockets reach published ports through `connect()` only: the kernel refuses an
+/// IPv4-mapped rewrite in sendmsg6 (ENOTSUPP), so unconnected UDP `sendto([::1]:port)` is
+/// not translated.
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    sock::to_backend6(&ctx);
+    1
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn recvmsg6(ctx: SockAddrContext) -> i32 {
+    sock::from_backend6(&ctx);
+    1
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn getpeername6(ctx: SockAddrContext) -> i32 {
+    sock::from_backend6(&ctx);
+    1
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -104,3 +104,126 @@ pub fn from_backend(ctx: &SockAddrContext) {
         sa.user_port = u32::from(original.port.to_be());
     }
 }
+
+/// The IPv4 address an IPv6 socket is really talking to: the address inside an
+/// IPv4-mapped one, and 127.0.0.1 for `::1`. `None` for real IPv6 destinations, which are
+/// not published (yet).
+#[inline(always)]
+fn v4_of_v6(words: [u32; 4]) -> Option<[u8; 4]> {
+    let bytes = |w: u32| w.to_ne_bytes();
+    let (a, b, c, d) = (
+        bytes(words[0]),
+        bytes(words[1]),
+        bytes(words[2]),
+        bytes(words[3]),
+    );
+    let zero_head = a == [0; 4] && b == [0; 4];
+    if zero_head && c == [0, 0, 0xff, 0xff] {
+        return Some(d);
+    }
+    if zero_head && c == [0; 4] && d == [0, 0, 0, 1] {
+        return Some([127, 0, 0, 1]);
+    }
+    None
+}
+
+#[inline(always)]
+fn v6_words_of(addr: [u8; 4]) -> [u32; 4] {
+    [
+        0,
+        0,
+        u32::from_ne_bytes([0, 0, 0xff, 0xff]),
+        u32::from_ne_bytes(addr),
+    ]
+}
+
+/// connect6: `[::1]:PORT` and IPv4-mapped host addresses reach published
+/// ports too (a dual-stack socket then talks IPv4 to the container).
+#[inline(always)]
+pub fn to_backend6(ctx: &SockAddrContext) {
+    if !in_our_netns(ctx) {
+        return;
+    }
+    // SAFETY: the kernel passes a valid bpf_sock_addr for the duration of the program.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    let words = sa.user_ip6;
+    let Some(addr) = v4_of_v6(words) else {
+        return;
+    };
+    if !is_loopback(addr) && !nat::is_host_addr(addr) {
+        return;
+    }
+    let port = u16::from_be(sa.user_port as u16);
+    let proto = sa.protocol as u8;
+    let Some(target) = nat::published(addr, port, proto) else {
+        return;
+    };
+    let backend = PublishedKey {
+        addr: target.addr,
+        port: target.port,
+        proto,
+        _pad: 0,
+    };
+    // SAFETY: as above; the cookie helper reads the context's socket.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    let mut original_addr = [0u8; 16];
+    for (i, w) in words.iter().enumerate() {
+        original_addr[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    let original = PublishedKey {
+        addr: IpAddrKey::from_v6(original_addr),
+        port,
+        proto,
+        _pad: 0,
+    };
+    let _ = SOCK_ORIGINAL.insert(
+        &SockBackendKey {
+            cookie,
+            backend,
+            _pad: 0,
+        },
+        &original,
+        0,
+    );
+    sa.user_ip6 = v6_words_of(v4(&target.addr));
+    sa.user_port = u32::from(target.port.to_be());
+}
+
+/// recvmsg6 and getpeername6: show the address the process used.
+#[inline(always)]
+pub fn from_backend6(ctx: &SockAddrContext) {
+    if !in_our_netns(ctx) {
+        return;
+    }
+    // SAFETY: as in `to_backend6`.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    let words = sa.user_ip6;
+    let Some(addr) = v4_of_v6(words) else {
+        return;
+    };
+    let backend = PublishedKey {
+        addr: IpAddrKey::from_v4(addr),
+        port: u16::from_be(sa.user_port as u16),
+        proto: sa.protocol as u8,
+        _pad: 0,
+    };
+    // SAFETY: as above.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    // SAFETY: plain data written whole by `to_backend6`.
+    if let Some(original) = unsafe {
+        SOCK_ORIGINAL.get(&SockBackendKey {
+            cookie,
+            backend,
+            _pad: 0,
+        })
+    } {
+        let o = original.addr.octets;
+        sa.user_ip6 = [
+            u32::from_ne_bytes([o[0], o[1], o[2], o[3]]),
+            u32::from_ne_bytes([o[4], o[5], o[6], o[7]]),
+            u32::from_ne_bytes([o[8], o[9], o[10], o[11]]),
+            u32::from_ne_bytes([o[12], o[13], o[14], o[15]]),
+        ];
+        sa.user_port = u32::from(original.port.to_be());
+    }
+}

@@ -115,11 +115,14 @@ const TC_PROGRAMS: [&str; 3] = [
     names::PROG_UPLINK_EGRESS,
 ];
 /// The cgroup socket programs, all loaded at start.
-const SOCK_PROGRAMS: [&str; 4] = [
+const SOCK_PROGRAMS: [&str; 7] = [
     names::PROG_CONNECT4,
     names::PROG_SENDMSG4,
     names::PROG_RECVMSG4,
     names::PROG_GETPEERNAME4,
+    names::PROG_CONNECT6,
+    names::PROG_RECVMSG6,
+    names::PROG_GETPEERNAME6,
 ];
 
 fn pins_in(dir: &Path) -> Vec<String> {

@@ -391,7 +391,10 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
         ("run -d --name b@d -- true", "invalid container name"),
         ("run -d --name new -p 99999 -- true", "invalid port spec"),
         ("run -d --name new -p 80/sctp -- true", "not tcp or udp"),
-        ("run -d --name new --network host -p 80 -- true", "cannot be published"),
+        (
+            "run -d --name new --network host -p 80 -- true",
+            "cannot be published",
+        ),
         ("exec ghost -- true", "no such container: ghost"),
         ("stop ghost", "no such container: ghost"),
         ("start busy", "already running"),

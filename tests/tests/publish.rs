@@ -21,8 +21,15 @@ s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)
 s.sendto(b'ping', (sys.argv[1], int(sys.argv[2]))); d,a=s.recvfrom(2048)
 print(d.decode(), 'reply-from', a[0], a[1])";
 
+/// The same over a connected IPv6 socket (to `[::1]`): getpeername must show `::1` too.
+const UDP6_CONNECTED_CLIENT: &str = "import socket,sys
+s=socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.settimeout(2)
+s.connect((sys.argv[1], int(sys.argv[2]))); s.send(b'ping'); d=s.recv(2048)
+peer=s.getpeername(); print(d.decode(), 'peer', peer[0], peer[1])";
+
 fn curl_args(url: &str) -> Vec<String> {
     [
+        "-g",
         "-s",
         "-m",
         "3",
@@ -98,7 +105,11 @@ fn published_ports_reach_containers_from_outside_the_host_and_containers() {
     );
 
     // 2. From the host itself, on localhost and on the host's address.
-    for url in ["http://127.0.0.1:5050/".to_owned(), url.clone()] {
+    for url in [
+        "http://127.0.0.1:5050/".to_owned(),
+        "http://[::1]:5050/".to_owned(),
+        url.clone(),
+    ] {
         let args = curl_args(&url);
         let code =
             http_code(host.on_host("curl", &args.iter().map(String::as_str).collect::<Vec<_>>()));
@@ -247,6 +258,10 @@ fn udp_published_ports_answer_from_the_address_asked() {
         from_host.trim(),
         "ping from 10.94.0.1 reply-from 127.0.0.1 5353"
     );
+    let script6 = host.dir.join("udp6_client.py");
+    std::fs::write(&script6, UDP6_CONNECTED_CLIENT).unwrap();
+    let from_host6 = run_ok(host.on_host("python3", &[script6.to_str().unwrap(), "::1", "5353"]));
+    assert_eq!(from_host6.trim(), "ping from 10.94.0.1 peer ::1 5353");
     let from_outside = run_ok(host.outside("python3", &[&script, HOST_UPLINK_IP, "5353"]));
     assert_eq!(
         from_outside.trim(),
@@ -655,6 +670,64 @@ fn the_xdp_stage_translates_published_ports_from_outside() {
     );
     host.start_daemon(&["--xdp", "native"]);
     assert_eq!(
+        http_code(
+            host.outside(
+                "curl",
+                &curl_args(&url)
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+            )
+        ),
+        "200"
+    );
+}
+
+#[test]
+fn attach_publishes_ports_of_a_namespace_made_elsewhere() {
+    let mut host = TestHost::new();
+    host.ok(&["network", "create", "--subnet", "10.98.0.0/24", "ext"]);
+    let server = std::process::Command::new("unshare")
+        .args(["--net", "python3", "-m", "http.server", "80"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = server.id().to_string();
+    host.extra.push(server);
+    std::thread::sleep(Duration::from_millis(300));
+    host.ok(&[
+        "attach",
+        "--name",
+        "legacy",
+        "--pid",
+        &pid,
+        "--network",
+        "ext",
+        "-p",
+        "6060:80",
+    ]);
+    assert_eq!(host.ok(&["port", "legacy"]), "80/tcp -> 0.0.0.0:6060\n");
+    let url = format!("http://{HOST_UPLINK_IP}:6060/");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http_code(
+        host.outside(
+            "curl",
+            &curl_args(&url)
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        ),
+    ) != "200"
+    {
+        assert!(
+            Instant::now() < deadline,
+            "attached server not reachable through its published port"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    host.ok(&["rm", "legacy"]);
+    assert_ne!(
         http_code(
             host.outside(
                 "curl",
