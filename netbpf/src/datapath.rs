@@ -445,12 +445,7 @@ impl Datapath {
         let mut expired = vec![];
         let mut live = 0;
         for (key, entry) in self.conntrack.iter().flatten() {
-            let timeout = match key.proto {
-                PROTO_TCP if entry.tcp_seen != 0 => NAT_TIMEOUT_TCP_CLOSING_NS,
-                PROTO_TCP => NAT_TIMEOUT_TCP_NS,
-                _ => NAT_TIMEOUT_UDP_NS,
-            };
-            if now_ns.saturating_sub(entry.last_seen_ns) > timeout {
+            if is_expired(&key, &entry, now_ns) {
                 expired.push(key);
             } else {
                 live += 1;
@@ -613,6 +608,17 @@ fn map_id<K: aya::Pod, V>(map: &impl IterableMap<K, V>) -> Option<u32> {
     map.map().info().ok().map(|info| info.id())
 }
 
+/// Whether a tracked flow has been idle longer than its timeout: UDP and ICMP by time
+/// alone, TCP by state (established until a FIN or RST is seen, closing after).
+pub fn is_expired(key: &FlowKey, entry: &NatEntry, now_ns: u64) -> bool {
+    let timeout = match key.proto {
+        PROTO_TCP if entry.tcp_seen != 0 => NAT_TIMEOUT_TCP_CLOSING_NS,
+        PROTO_TCP => NAT_TIMEOUT_TCP_NS,
+        _ => NAT_TIMEOUT_UDP_NS,
+    };
+    now_ns.saturating_sub(entry.last_seen_ns) > timeout
+}
+
 /// Removes everything pinned under `root` (maps and links); the kernel frees the objects
 /// once the daemon's own file descriptors close.
 pub fn remove_pins(root: &Path) {
@@ -633,4 +639,34 @@ fn subnet_key(subnet: Ipv4Net) -> Key<SubnetKey> {
             addr: IpAddrKey::from_v4(subnet.network().octets()),
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use netbpf_common::{PROTO_UDP, TCP_SEEN_FIN};
+
+    use super::*;
+
+    const SEC: u64 = 1_000_000_000;
+
+    #[test]
+    fn flows_expire_by_protocol_and_tcp_state() {
+        let key = |proto| FlowKey {
+            proto,
+            ..FlowKey::default()
+        };
+        let entry = |tcp_seen| NatEntry {
+            last_seen_ns: 1_000 * SEC,
+            tcp_seen,
+            ..NatEntry::default()
+        };
+        let later = |secs| 1_000 * SEC + secs * SEC;
+        assert!(!is_expired(&key(PROTO_UDP), &entry(0), later(59)));
+        assert!(is_expired(&key(PROTO_UDP), &entry(0), later(61)));
+        assert!(!is_expired(&key(PROTO_TCP), &entry(0), later(3_600)));
+        assert!(is_expired(&key(PROTO_TCP), &entry(0), later(2 * 3_600 + 1)));
+        assert!(is_expired(&key(PROTO_TCP), &entry(TCP_SEEN_FIN), later(11)));
+        // A clock older than the entry (it was just touched) never expires it.
+        assert!(!is_expired(&key(PROTO_UDP), &entry(0), 0));
+    }
 }
