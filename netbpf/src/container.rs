@@ -25,6 +25,8 @@ struct ChildSetup {
     /// mount table so that it does not keep other containers' namespaces alive.
     netns_dir: CString,
     new_session: bool,
+    /// (source, target) files bind-mounted in the new mount namespace: resolv.conf, hosts.
+    binds: Vec<(CString, CString)>,
 }
 
 impl ChildSetup {
@@ -64,6 +66,19 @@ impl ChildSetup {
             }
             // Not fatal: the directory may not be a mount point (then there is nothing to drop).
             libc::umount2(self.netns_dir.as_ptr(), libc::MNT_DETACH);
+            for (source, target) in &self.binds {
+                let flags = libc::MS_BIND;
+                if libc::mount(
+                    source.as_ptr(),
+                    target.as_ptr(),
+                    std::ptr::null(),
+                    flags,
+                    std::ptr::null(),
+                ) < 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+            }
         }
         Ok(())
     }
@@ -79,6 +94,7 @@ pub fn spawn(
     netns: Option<&Path>,
     log: &Path,
     netns_dir: &Path,
+    binds: &[(&Path, &Path)],
 ) -> io::Result<Child> {
     let (program, args) = cmd
         .split_first()
@@ -88,6 +104,7 @@ pub fn spawn(
         mntns: None,
         netns_dir: c_path(netns_dir),
         new_session: true,
+        binds: binds.iter().map(|(s, t)| (c_path(s), c_path(t))).collect(),
     };
     let out = File::options().create(true).append(true).open(log)?;
     let mut command = Command::new(program);
@@ -125,6 +142,7 @@ pub fn exec(
         mntns,
         netns_dir: c_path(netns_dir),
         new_session: false,
+        binds: vec![],
     };
     let mut command = Command::new(program);
     command.args(args).stdin(Stdio::null());

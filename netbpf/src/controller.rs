@@ -27,6 +27,7 @@ use crate::{
     },
     container,
     datapath::{self, Datapath, Desired},
+    dns::{self, server::DnsServers, table::Table},
     endpoint,
     ipam::{self, Pool, format_mac},
     netlink::Netlink,
@@ -107,6 +108,10 @@ pub struct Controller {
     reservations: BTreeMap<(Ipv4Addr, u16, Proto), OwnedFd>,
     /// `tc` once the uplink programs are attached.
     nat_mode: Option<String>,
+    /// The embedded DNS servers, one per container on a user-defined network.
+    dns: DnsServers,
+    /// The host's resolvers, from its /etc/resolv.conf at start.
+    host_upstreams: Vec<std::net::SocketAddr>,
     tracked_flows: usize,
 }
 
@@ -147,6 +152,10 @@ impl Controller {
             finished: VecDeque::new(),
             reservations: BTreeMap::new(),
             nat_mode: None,
+            dns: DnsServers::new(tokio::runtime::Handle::current()),
+            host_upstreams: dns::table::host_upstreams(
+                &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+            ),
             tracked_flows: 0,
         };
         ctl.reconcile()?;
@@ -275,8 +284,87 @@ impl Controller {
         self.tracked_flows = self.datapath.expire_flows(monotonic_ns());
     }
 
+    /// Saves the state and brings the DNS names in line with it.
     fn save(&self) -> Result<()> {
+        self.dns
+            .set_table(Table::from_state(&self.state, &self.host_upstreams));
         self.store.save(&self.state).map_err(internal)
+    }
+
+    /// Writes the container's resolv.conf and hosts; returns (file, mount target) pairs.
+    fn write_name_files(
+        &self,
+        c: &ContainerRecord,
+        endpoints: &[EndpointRecord],
+    ) -> Result<Vec<(PathBuf, &'static str)>> {
+        let dir = self.config.state_dir.join("containers").join(&c.id);
+        let (resolv, hosts) = (dir.join("resolv.conf"), dir.join("hosts"));
+        let source = match &c.mode {
+            NetworkMode::Host => return Ok(vec![]),
+            // Sharing a namespace means sharing its names too.
+            NetworkMode::Container(target) => {
+                let target = self.container(target)?;
+                let dir = self.config.state_dir.join("containers").join(&target.id);
+                return Ok(vec![
+                    (dir.join("resolv.conf"), "/etc/resolv.conf"),
+                    (dir.join("hosts"), "/etc/hosts"),
+                ]
+                .into_iter()
+                .filter(|(p, _)| p.exists())
+                .collect());
+            }
+            NetworkMode::Bridge | NetworkMode::None => (resolv, hosts),
+        };
+        let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let resolv_text = if uses_embedded_dns(&c.mode, endpoints) {
+            dns::files::resolv_conf_embedded(&c.dns_search)
+        } else {
+            dns::files::resolv_conf_direct(&host_resolv, &c.dns, &c.dns_search)
+        };
+        let mut links = vec![];
+        for (target, alias) in &c.links {
+            let target = self.container(target)?;
+            let ip = target.endpoints.first().map(|ep| ep.ip).ok_or_else(|| {
+                ApiError::conflict(format!("linked container {} is not running", target.name))
+            })?;
+            links.push((ip, alias.clone(), target.name.clone()));
+        }
+        let hosts_text = dns::files::hosts(&c.name, endpoints.first().map(|ep| ep.ip), &links);
+        std::fs::write(&source.0, resolv_text).map_err(internal)?;
+        std::fs::write(&source.1, hosts_text).map_err(internal)?;
+        Ok(vec![
+            (source.0, "/etc/resolv.conf"),
+            (source.1, "/etc/hosts"),
+        ])
+    }
+
+    /// `--link NAME[:ALIAS]`: the target must exist; only for containers with a network.
+    fn parse_links(&self, links: &[String], mode: &NetworkMode) -> Result<Vec<(String, String)>> {
+        if !links.is_empty() && *mode != NetworkMode::Bridge {
+            return Err(ApiError::bad_request(format!(
+                "--link cannot be used with network mode {}",
+                mode_name(mode)
+            )));
+        }
+        links
+            .iter()
+            .map(|link| {
+                let (name, alias) = link.split_once(':').unwrap_or((link, link));
+                if name.is_empty() || alias.is_empty() {
+                    return Err(ApiError::bad_request(format!(
+                        "invalid --link {link:?}: use NAME[:ALIAS]"
+                    )));
+                }
+                let target = self.container(name)?;
+                if !target.is_running() {
+                    return Err(ApiError::conflict(format!(
+                        "cannot link to {}: it is not running",
+                        target.name
+                    )));
+                }
+                Ok((target.name.clone(), alias.to_owned()))
+            })
+            .collect()
     }
 
     // ---- networks ------------------------------------------------------------------------
@@ -516,7 +604,9 @@ impl Controller {
             )));
         }
         check_fixed_ip_allowed(&net, ip)?;
+        check_aliases_allowed(&net, &req.aliases)?;
         let request = NetworkRequest {
+            aliases: req.aliases.clone(),
             network: net.name.clone(),
             ip,
         };
@@ -525,6 +615,11 @@ impl Controller {
             let ep = self.add_endpoint(&c, &ns, &net, ip)?;
             let record = self.state.containers.get_mut(&c.name).expect("exists");
             record.endpoints.push(ep);
+            if net.name != DEFAULT_NETWORK
+                && let Err(error) = self.dns.start(&c.id, &ns)
+            {
+                tracing::warn!(%error, container = c.name, "embedded DNS");
+            }
         }
         let record = self.state.containers.get_mut(&c.name).expect("exists");
         record.networks.push(request);
@@ -684,12 +779,18 @@ impl Controller {
         &self,
         network: Option<&str>,
         ip: Option<Ipv4Addr>,
+        aliases: &[String],
     ) -> Result<(NetworkMode, Vec<NetworkRequest>)> {
         let network = network.unwrap_or(DEFAULT_NETWORK);
         let plain = |mode| {
             if ip.is_some() {
                 return Err(ApiError::bad_request(format!(
                     "--ip cannot be used with --network {network}"
+                )));
+            }
+            if !aliases.is_empty() {
+                return Err(ApiError::bad_request(format!(
+                    "--network-alias cannot be used with --network {network}"
                 )));
             }
             Ok((mode, vec![]))
@@ -713,11 +814,13 @@ impl Controller {
                 }
                 let net = self.network(network)?;
                 check_fixed_ip_allowed(net, ip)?;
+                check_aliases_allowed(net, aliases)?;
                 Ok((
                     NetworkMode::Bridge,
                     vec![NetworkRequest {
                         network: net.name.clone(),
                         ip,
+                        aliases: aliases.to_vec(),
                     }],
                 ))
             }
@@ -743,9 +846,18 @@ impl Controller {
             ));
         }
         let ip: Option<Ipv4Addr> = parse_opt("IP address", req.ip.as_deref())?;
-        let (mode, networks) = self.parse_mode(req.network.as_deref(), ip)?;
+        let (mode, networks) = self.parse_mode(req.network.as_deref(), ip, &req.aliases)?;
         let ports = parse_ports(&req.ports, &mode)?;
+        let links = self.parse_links(&req.links, &mode)?;
+        let dns = req
+            .dns
+            .iter()
+            .map(|d| parse::<std::net::IpAddr>("--dns address", d))
+            .collect::<Result<Vec<_>>>()?;
         let record = ContainerRecord {
+            links,
+            dns,
+            dns_search: req.dns_search.clone(),
             ports,
             published: vec![],
             id: random_id(),
@@ -845,17 +957,32 @@ impl Controller {
                 }
             }
             published = self.publish(&c, &endpoints)?;
+            let files = self.write_name_files(&c, &endpoints)?;
+            if let Some(path) = &netns_path
+                && uses_embedded_dns(&c.mode, &endpoints)
+            {
+                let ns = netns::open(path).map_err(internal)?;
+                self.dns
+                    .start(&c.id, &ns)
+                    .map_err(|e| ApiError::internal(format!("embedded DNS: {e}")))?;
+            }
+            let binds: Vec<(&Path, &Path)> = files
+                .iter()
+                .map(|(s, t)| (s.as_path(), Path::new(*t)))
+                .collect();
             container::spawn(
                 &c.cmd,
                 netns_path.as_deref(),
                 &self.config.log_path(&c.id),
                 &self.config.netns_dir(),
+                &binds,
             )
             .map_err(|e| ApiError::bad_request(format!("cannot start {:?}: {e}", c.cmd[0])))
         })();
         let child = match result {
             Ok(child) => child,
             Err(e) => {
+                self.dns.stop(&c.id);
                 self.unpublish(&published);
                 for ep in &endpoints {
                     self.remove_endpoint(ep);
@@ -1024,6 +1151,7 @@ impl Controller {
 
     /// Tears down what a running container holds: endpoints (their leases) and its netns.
     fn release(&mut self, c: &ContainerRecord) {
+        self.dns.stop(&c.id);
         self.unpublish(&c.published);
         for ep in &c.endpoints {
             self.remove_endpoint(ep);
@@ -1135,12 +1263,15 @@ impl Controller {
                 "that namespace is the daemon's own (host) namespace: nothing to attach",
             ));
         }
-        let (mode, networks) = self.parse_mode(req.network.as_deref(), ip)?;
+        let (mode, networks) = self.parse_mode(req.network.as_deref(), ip, &[])?;
         if mode != NetworkMode::Bridge {
             return Err(ApiError::bad_request("attach needs a bridge network"));
         }
         let ports = parse_ports(&req.ports, &mode)?;
         let mut record = ContainerRecord {
+            links: vec![],
+            dns: vec![],
+            dns_search: vec![],
             ports,
             published: vec![],
             id: random_id(),
@@ -1403,6 +1534,13 @@ impl Controller {
             if let Some(pid) = c.pid {
                 self.watch_foreign(&c.id, pid);
             }
+            let live = self.state.containers.get(&c.name).cloned().expect("exists");
+            if uses_embedded_dns(&live.mode, &live.endpoints)
+                && let Ok(ns) = self.open_netns(&live)
+                && let Err(error) = self.dns.start(&live.id, &ns)
+            {
+                tracing::warn!(%error, container = live.name, "embedded DNS not restarted");
+            }
             tracing::info!(container = c.name, "re-adopted");
         }
         self.remove_leftovers()?;
@@ -1646,4 +1784,22 @@ fn monotonic_ns() -> u64 {
     // SAFETY: clock_gettime writes one timespec through a valid pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Containers with their own namespace on a user-defined network use the embedded DNS;
+/// the default bridge does not (Docker's documented behaviour).
+fn uses_embedded_dns(mode: &NetworkMode, endpoints: &[EndpointRecord]) -> bool {
+    *mode == NetworkMode::Bridge && endpoints.iter().any(|ep| ep.network != DEFAULT_NETWORK)
+}
+
+fn check_aliases_allowed(net: &NetworkRecord, aliases: &[String]) -> Result<()> {
+    if !aliases.is_empty() && net.name == DEFAULT_NETWORK {
+        return Err(ApiError::bad_request(
+            "network-scoped aliases are only supported on user-defined networks (as in Docker)",
+        ));
+    }
+    for alias in aliases {
+        network::validate_name("alias", alias)?;
+    }
+    Ok(())
 }

@@ -15,6 +15,7 @@
 //! - [`ipam`]: pure address allocation.
 //! - [`publish`]: `-p` specs, host port choice and reservation.
 //! - [`datapath`]: the only aya user: load, attach, pin, typed map updates.
+//! - [`dns`]: the embedded DNS at 127.0.0.11, resolv.conf and hosts files.
 //! - [`netlink`], [`netns`]: typed netlink verbs; running code in a namespace.
 //! - [`state`]: the crash-safe state file.
 
@@ -24,6 +25,7 @@ pub mod container;
 pub mod controller;
 pub mod daemon;
 pub mod datapath;
+pub mod dns;
 pub mod endpoint;
 pub mod ipam;
 pub mod netlink;

@@ -100,6 +100,9 @@ pub struct NetworkRequest {
     pub network: String,
     /// A fixed address (`--ip`), kept across stop/start.
     pub ip: Option<Ipv4Addr>,
+    /// `--network-alias` names on this network, for the embedded DNS.
+    #[serde(default)]
+    pub aliases: Vec<String>,
 }
 
 /// One interface of a running container on one network; its `ip` is the lease.
@@ -152,6 +155,15 @@ pub struct ContainerRecord {
     /// Ports published while it runs (host ports may differ after each start).
     #[serde(default)]
     pub published: Vec<crate::publish::PublishedPort>,
+    /// `--link NAME:ALIAS`: (container name, alias) written to its /etc/hosts.
+    #[serde(default)]
+    pub links: Vec<(String, String)>,
+    /// `--dns` servers: its upstreams instead of the host's.
+    #[serde(default)]
+    pub dns: Vec<std::net::IpAddr>,
+    /// `--dns-search` domains for its resolv.conf.
+    #[serde(default)]
+    pub dns_search: Vec<String>,
 }
 
 impl ContainerRecord {

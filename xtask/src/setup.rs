@@ -26,6 +26,8 @@ const PACKAGES: &[&str] = &[
     "iptables",
     "nftables",
     "python3",
+    // A small upstream DNS server for the embedded DNS tests.
+    "dnsmasq-base",
 ];
 
 fn output(program: &str, args: &[&str]) -> String {

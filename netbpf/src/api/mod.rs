@@ -77,6 +77,9 @@ pub struct NetworkCreate {
 pub struct ConnectRequest {
     pub container: String,
     pub ip: Option<String>,
+    /// `--alias` names on this network.
+    #[serde(default)]
+    pub aliases: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -97,6 +100,18 @@ pub struct ContainerCreate {
     /// `-p` specs.
     #[serde(default)]
     pub ports: Vec<String>,
+    /// `--network-alias` names on its network.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// `--link NAME[:ALIAS]`.
+    #[serde(default)]
+    pub links: Vec<String>,
+    /// `--dns` servers.
+    #[serde(default)]
+    pub dns: Vec<String>,
+    /// `--dns-search` domains.
+    #[serde(default)]
+    pub dns_search: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

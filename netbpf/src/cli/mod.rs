@@ -136,6 +136,9 @@ pub enum NetworkCommand {
     Connect {
         #[arg(long)]
         ip: Option<String>,
+        /// A DNS name for the container on this network.
+        #[arg(long)]
+        alias: Vec<String>,
         network: String,
         container: String,
     },
@@ -163,6 +166,18 @@ pub struct RunArgs {
     /// Publish a port: [HOST_IP:][HOST_PORT[-END]:]CONTAINER_PORT[-END][/tcp|/udp].
     #[arg(short = 'p', long = "publish")]
     publish: Vec<String>,
+    /// A DNS name for the container on its (user-defined) network.
+    #[arg(long)]
+    network_alias: Vec<String>,
+    /// NAME[:ALIAS]: a hosts entry for another container (legacy, default bridge).
+    #[arg(long)]
+    link: Vec<String>,
+    /// Upstream DNS servers instead of the host's.
+    #[arg(long)]
+    dns: Vec<String>,
+    /// DNS search domains.
+    #[arg(long)]
+    dns_search: Vec<String>,
     #[arg(last = true, required = true)]
     cmd: Vec<String>,
 }
@@ -350,10 +365,15 @@ async fn network(client: &Client, cmd: NetworkCommand) -> Result<i32, ClientErro
         }
         NetworkCommand::Connect {
             ip,
+            alias,
             network,
             container,
         } => {
-            let req = ConnectRequest { container, ip };
+            let req = ConnectRequest {
+                container,
+                ip,
+                aliases: alias,
+            };
             client
                 .call::<()>(
                     Method::POST,
@@ -393,6 +413,10 @@ async fn run(client: &Client, args: RunArgs) -> Result<i32, ClientError> {
         ip: args.ip,
         auto_remove: args.rm && args.detach,
         ports: args.publish,
+        aliases: args.network_alias,
+        links: args.link,
+        dns: args.dns,
+        dns_search: args.dns_search,
     };
     let view: ContainerView = client.call(Method::POST, "/containers", Some(&req)).await?;
     if args.detach {

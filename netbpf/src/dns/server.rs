@@ -1,0 +1,278 @@
+//! The serving side: one UDP and one TCP listener on 127.0.0.11:53 inside each container's
+//! namespace (sockets opened there by a thread that entered it; no NAT rule), all served by
+//! hickory's `Server` on the daemon's runtime. Answers come from the shared [`Table`];
+//! everything else is forwarded to the container's upstreams from the daemon's namespace.
+
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    str::FromStr,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use hickory_proto::{
+    op::{Header, HeaderCounts, Message, Metadata, ResponseCode},
+    rr::{
+        Name, RData, Record, RecordType,
+        rdata::{A, PTR},
+    },
+};
+use hickory_server::{
+    Server,
+    net::{runtime::Time, xfer::Protocol},
+    server::{Request, RequestHandler, ResponseHandler, ResponseInfo},
+    zone_handler::MessageResponseBuilder,
+};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    runtime::Handle,
+    task::JoinHandle,
+};
+
+use super::table::{Answer, Table};
+use crate::netns;
+
+/// The address Docker's embedded DNS listens on, inside each container.
+pub const DNS_ADDR: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 11);
+/// Total time to get an answer upstream: well under the 5 s glibc and dig wait, so a
+/// client gets SERVFAIL rather than its own timeout (aardvark-dns#482).
+pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+/// Records for containers change with their lifecycle: keep caches short.
+const TTL: u32 = 5;
+const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Answers one container's queries.
+struct Resolver {
+    container_id: String,
+    table: Arc<RwLock<Table>>,
+}
+
+enum Reply {
+    Records(Vec<Record>),
+    Forwarded(Message),
+    Fail(ResponseCode),
+}
+
+impl Resolver {
+    async fn answer(&self, request: &Request) -> Reply {
+        let Some(query) = request.queries.queries().first() else {
+            return Reply::Fail(ResponseCode::FormErr);
+        };
+        let name = query.name().to_string();
+        let qtype = query.query_type();
+        let (answer, upstreams) = {
+            let table = self.table.read().unwrap_or_else(|p| p.into_inner());
+            let Some(asker) = table.asker(&self.container_id) else {
+                return Reply::Fail(ResponseCode::Refused);
+            };
+            let answer = match qtype {
+                RecordType::A => table.lookup(&asker.networks, &name, true),
+                RecordType::AAAA => table.lookup(&asker.networks, &name, false),
+                RecordType::PTR => table.reverse(&asker.networks, &name),
+                _ => Answer::Forward,
+            };
+            (answer, asker.upstreams.clone())
+        };
+        let owner = Name::from(query.name().clone());
+        match answer {
+            Answer::Local(ips) => Reply::Records(
+                ips.into_iter()
+                    .map(|ip| Record::from_rdata(owner.clone(), TTL, RData::A(A(ip))))
+                    .collect(),
+            ),
+            Answer::Pointer(target) => match Name::from_str(&format!("{target}.")) {
+                Ok(target) => Reply::Records(vec![Record::from_rdata(
+                    owner,
+                    TTL,
+                    RData::PTR(PTR(target)),
+                )]),
+                Err(_) => Reply::Fail(ResponseCode::ServFail),
+            },
+            Answer::Forward => {
+                match forward(request.as_slice(), &upstreams, request.protocol()).await {
+                    Some(message) => Reply::Forwarded(message),
+                    None => Reply::Fail(ResponseCode::ServFail),
+                }
+            }
+        }
+    }
+}
+
+/// Asks each upstream in turn, all within [`UPSTREAM_TIMEOUT`]; `None` if none answered.
+async fn forward(query: &[u8], upstreams: &[SocketAddr], protocol: Protocol) -> Option<Message> {
+    let attempt = async {
+        for upstream in upstreams {
+            let each = UPSTREAM_TIMEOUT / upstreams.len().max(1) as u32;
+            let result = match protocol {
+                Protocol::Tcp => tokio::time::timeout(each, forward_tcp(query, *upstream)).await,
+                _ => tokio::time::timeout(each, forward_udp(query, *upstream)).await,
+            };
+            if let Ok(Ok(bytes)) = result
+                && let Ok(message) = Message::from_vec(&bytes)
+            {
+                return Some(message);
+            }
+        }
+        None
+    };
+    tokio::time::timeout(UPSTREAM_TIMEOUT, attempt)
+        .await
+        .ok()
+        .flatten()
+}
+
+async fn forward_udp(query: &[u8], upstream: SocketAddr) -> std::io::Result<Vec<u8>> {
+    let bind: SocketAddr = match upstream.ip() {
+        IpAddr::V4(_) => "0.0.0.0:0".parse().expect("valid"),
+        IpAddr::V6(_) => "[::]:0".parse().expect("valid"),
+    };
+    let socket = tokio::net::UdpSocket::bind(bind).await?;
+    socket.connect(upstream).await?;
+    socket.send(query).await?;
+    let mut buf = vec![0u8; 65535];
+    let n = socket.recv(&mut buf).await?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+async fn forward_tcp(query: &[u8], upstream: SocketAddr) -> std::io::Result<Vec<u8>> {
+    let mut stream = tokio::net::TcpStream::connect(upstream).await?;
+    stream
+        .write_all(&(query.len() as u16).to_be_bytes())
+        .await?;
+    stream.write_all(query).await?;
+    let len = stream.read_u16().await?;
+    let mut buf = vec![0u8; usize::from(len)];
+    stream.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for Resolver {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response: R,
+    ) -> ResponseInfo {
+        let builder = MessageResponseBuilder::new(&request.queries, request.edns.as_ref());
+        let reply = self.answer(request).await;
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        metadata.recursion_available = true;
+        let result = match &reply {
+            Reply::Records(records) => {
+                metadata.authoritative = true;
+                response
+                    .send_response(builder.build(metadata, records.iter(), [], [], []))
+                    .await
+            }
+            Reply::Forwarded(message) => {
+                metadata.response_code = message.metadata.response_code;
+                metadata.truncation = message.metadata.truncation;
+                let answers = message.answers.iter();
+                let authorities = message.authorities.iter();
+                let additionals = message.additionals.iter();
+                response
+                    .send_response(builder.build(metadata, answers, authorities, [], additionals))
+                    .await
+            }
+            Reply::Fail(code) => {
+                response
+                    .send_response(builder.error_msg(&request.metadata, *code))
+                    .await
+            }
+        };
+        result.unwrap_or_else(|error| {
+            tracing::debug!(%error, "DNS reply not sent");
+            let mut metadata = Metadata::response_from_request(&request.metadata);
+            metadata.response_code = ResponseCode::ServFail;
+            ResponseInfo::from(Header {
+                metadata,
+                counts: HeaderCounts::default(),
+            })
+        })
+    }
+}
+
+/// Gives the UDP socket room for a burst of queries (4 MiB; the default is about 200
+/// KiB, which a burst of a thousand small queries overflows). SO_RCVBUFFORCE may exceed
+/// rmem_max because the daemon is privileged; failure only means a smaller buffer.
+fn grow_receive_buffer(socket: &std::net::UdpSocket) {
+    let size: libc::c_int = 4 << 20;
+    // SAFETY: setsockopt reads one c_int from a valid pointer.
+    unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(socket),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+/// The DNS servers of all containers, started and stopped by the controller.
+pub struct DnsServers {
+    runtime: Handle,
+    table: Arc<RwLock<Table>>,
+    running: BTreeMap<String, JoinHandle<()>>,
+}
+
+impl DnsServers {
+    pub fn new(runtime: Handle) -> Self {
+        Self {
+            runtime,
+            table: Arc::default(),
+            running: BTreeMap::new(),
+        }
+    }
+
+    pub fn set_table(&self, table: Table) {
+        *self.table.write().unwrap_or_else(|p| p.into_inner()) = table;
+    }
+
+    pub fn is_running(&self, container_id: &str) -> bool {
+        self.running.contains_key(container_id)
+    }
+
+    /// Opens 127.0.0.11:53 (UDP and TCP) inside `ns` and serves it.
+    pub fn start(&mut self, container_id: &str, ns: &File) -> std::io::Result<()> {
+        if self.running.contains_key(container_id) {
+            return Ok(());
+        }
+        let addr = SocketAddr::from((DNS_ADDR, 53));
+        let (udp, tcp) = netns::run_in(ns, || -> std::io::Result<_> {
+            let udp = std::net::UdpSocket::bind(addr)?;
+            let tcp = std::net::TcpListener::bind(addr)?;
+            udp.set_nonblocking(true)?;
+            grow_receive_buffer(&udp);
+            tcp.set_nonblocking(true)?;
+            Ok((udp, tcp))
+        })
+        .map_err(std::io::Error::other)??;
+        let resolver = Resolver {
+            container_id: container_id.to_owned(),
+            table: self.table.clone(),
+        };
+        let _guard = self.runtime.enter();
+        let udp = tokio::net::UdpSocket::from_std(udp)?;
+        let tcp = tokio::net::TcpListener::from_std(tcp)?;
+        let task = self.runtime.spawn(async move {
+            let mut server = Server::new(resolver);
+            server.register_socket(udp);
+            server.register_listener(tcp, TCP_IDLE_TIMEOUT, 65535);
+            if let Err(error) = server.block_until_done().await {
+                tracing::warn!(%error, "DNS server stopped");
+            }
+        });
+        self.running.insert(container_id.to_owned(), task);
+        Ok(())
+    }
+
+    pub fn stop(&mut self, container_id: &str) {
+        if let Some(task) = self.running.remove(container_id) {
+            task.abort();
+        }
+    }
+}
