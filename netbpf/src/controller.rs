@@ -50,6 +50,10 @@ pub struct Config {
     /// The cgroup (v2) whose processes are "the host" for published ports.
     pub cgroup: PathBuf,
     pub xdp: XdpChoice,
+    /// Each container's namespace is also `/run/netns/<prefix><name>`, with its
+    /// resolv.conf and hosts in `/etc/netns/<prefix><name>/`, so `ip netns exec` works.
+    /// `None`: not exposed.
+    pub netns_prefix: Option<String>,
 }
 
 /// Whether published ports from outside get the XDP stage on the uplink.
@@ -336,6 +340,39 @@ impl Controller {
             (source.0, "/etc/resolv.conf"),
             (source.1, "/etc/hosts"),
         ])
+    }
+
+    /// Names the namespace for `ip netns`: a bind mount in /run/netns and the name files in
+    /// /etc/netns, which `ip netns exec` mounts over /etc. Best effort: a failure is logged.
+    fn expose_netns(&self, name: &str, netns: &Path, files: &[(PathBuf, &'static str)]) {
+        let Some(prefix) = &self.config.netns_prefix else {
+            return;
+        };
+        let exposed = format!("{prefix}{name}");
+        let run = Path::new("/run/netns").join(&exposed);
+        let etc = Path::new("/etc/netns").join(&exposed);
+        let result = (|| -> std::io::Result<()> {
+            std::fs::create_dir_all("/run/netns")?;
+            netns::bind(netns, &run).map_err(std::io::Error::other)?;
+            std::fs::create_dir_all(&etc)?;
+            for (source, target) in files {
+                let file = Path::new(target).file_name().expect("a file name");
+                std::fs::copy(source, etc.join(file))?;
+            }
+            Ok(())
+        })();
+        if let Err(error) = result {
+            tracing::warn!(%error, netns = exposed, "cannot expose the namespace to ip netns");
+        }
+    }
+
+    fn unexpose_netns(&self, name: &str) {
+        let Some(prefix) = &self.config.netns_prefix else {
+            return;
+        };
+        let exposed = format!("{prefix}{name}");
+        netns::remove_persistent(&Path::new("/run/netns").join(&exposed));
+        let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&exposed));
     }
 
     /// `--link NAME[:ALIAS]`: the target must exist; only for containers with a network.
@@ -966,6 +1003,11 @@ impl Controller {
                     .start(&c.id, &ns)
                     .map_err(|e| ApiError::internal(format!("embedded DNS: {e}")))?;
             }
+            if let Some(path) = &netns_path
+                && matches!(c.mode, NetworkMode::Bridge | NetworkMode::None)
+            {
+                self.expose_netns(&c.name, path, &files);
+            }
             let binds: Vec<(&Path, &Path)> = files
                 .iter()
                 .map(|(s, t)| (s.as_path(), Path::new(*t)))
@@ -1152,6 +1194,7 @@ impl Controller {
     /// Tears down what a running container holds: endpoints (their leases) and its netns.
     fn release(&mut self, c: &ContainerRecord) {
         self.dns.stop(&c.id);
+        self.unexpose_netns(&c.name);
         self.unpublish(&c.published);
         for ep in &c.endpoints {
             self.remove_endpoint(ep);

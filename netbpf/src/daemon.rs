@@ -47,6 +47,10 @@ pub struct DaemonArgs {
     /// uplink is a veth), `native`, or `off` (tcx programs only).
     #[arg(long, value_enum, default_value = "auto")]
     pub xdp: XdpChoice,
+    /// Also name each container's namespace `/run/netns/<PREFIX><name>` (with its
+    /// resolv.conf and hosts in /etc/netns) so `ip netns exec` works; empty: do not.
+    #[arg(long, default_value = "netbpf-")]
+    pub netns_prefix: String,
     /// tracing filter, e.g. `info`, `netbpf=debug`.
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -191,6 +195,7 @@ pub async fn run(socket: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
     let config = Config {
         cgroup,
         xdp: args.xdp,
+        netns_prefix: Some(args.netns_prefix.clone()).filter(|p| !p.is_empty()),
         state_dir: state_dir.clone(),
         bpffs: bpffs.clone(),
         uplink,

@@ -64,6 +64,25 @@ pub fn create_persistent(path: &Path) -> Result<(), NetnsError> {
     result
 }
 
+/// Bind-mounts an existing namespace file at `path` as well (like `ip netns attach`).
+pub fn bind(existing: &Path, path: &Path) -> Result<(), NetnsError> {
+    let err = |source| NetnsError::Create {
+        path: path.to_owned(),
+        source,
+    };
+    if !path.exists() {
+        File::create(path).map_err(|e| err(nix::Error::from_raw(e.raw_os_error().unwrap_or(0))))?;
+    }
+    mount(
+        Some(existing),
+        path,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(err)
+}
+
 /// Unmounts and deletes a namespace made by [`create_persistent`]. The kernel frees the
 /// namespace, and the interfaces in it, once no process or mount holds it any more.
 pub fn remove_persistent(path: &Path) {

@@ -203,6 +203,8 @@ impl TestHost {
             .arg(&self.bpffs)
             .arg("--cgroup")
             .arg(&self.cgroup)
+            .arg("--netns-prefix")
+            .arg(self.netns_prefix())
             .args(args)
             .stdin(Stdio::null());
         // SAFETY: setns is async-signal-safe; the closure owns `ns`, so the fd stays open
@@ -254,6 +256,11 @@ impl TestHost {
         let out = self.daemon_command(args).output().expect("spawn daemon");
         assert!(!out.status.success(), "daemon should have failed");
         String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// What container namespaces are called under /run/netns (unique to this test).
+    pub fn netns_prefix(&self) -> String {
+        format!("{}-c-", self.id)
     }
 
     /// A command in the host namespace and the daemon's cgroup: a host process.
@@ -498,6 +505,17 @@ impl Drop for TestHost {
         mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
         for m in mounts {
             let _ = Command::new("umount").args(["-l", &m]).status();
+        }
+        // Container namespace names a killed daemon could not remove.
+        let prefix = self.netns_prefix();
+        for dir in ["/run/netns", "/etc/netns"] {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = Command::new("umount").arg("-l").arg(entry.path()).status();
+                    let _ = std::fs::remove_dir_all(entry.path())
+                        .or_else(|_| std::fs::remove_file(entry.path()));
+                }
+            }
         }
         // The cgroup can go once its processes are gone.
         for _ in 0..50 {

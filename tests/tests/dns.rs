@@ -119,6 +119,18 @@ fn containers_find_each_other_by_name_and_alias_on_user_networks() {
     );
     // TCP too.
     assert_eq!(dig(&host, "c4", &["+tcp", "+short", "c1"]).trim(), c1);
+    // `ip netns exec` sees the container's namespace and its resolv.conf.
+    let exposed = format!("{}c4", host.netns_prefix());
+    let resolv = netbpf_tests::must(
+        "ip",
+        &["netns", "exec", &exposed, "cat", "/etc/resolv.conf"],
+    );
+    assert!(resolv.contains("nameserver 127.0.0.11"), "{resolv}");
+    let answer = netbpf_tests::must(
+        "ip",
+        &["netns", "exec", &exposed, "dig", "+short", "+time=5", "c1"],
+    );
+    assert_eq!(answer.trim(), c1);
 }
 
 #[test]

@@ -156,6 +156,16 @@ fn rm_network_rm_and_shutdown_leave_nothing_behind() {
         }
     }
     assert!(!std::path::Path::new(&host.socket).exists(), "socket left");
+    let prefix = host.netns_prefix();
+    for dir in ["/run/netns", "/etc/netns"] {
+        let left: Vec<_> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .collect();
+        assert!(left.is_empty(), "namespace names left in {dir}: {left:?}");
+    }
     // Networks are kept and come back with the next start; the container is recorded as exited.
     host.start_daemon(&[]);
     assert!(host.ok(&["ps", "-a"]).contains("exited"));
