@@ -241,6 +241,12 @@ pub struct NatConfig {
     pub netns_cookie: u64,
 }
 
+/// The embedded DNS address inside every container (Docker's).
+pub const DNS_ADDR: [u8; 4] = [127, 0, 0, 11];
+/// The port the daemon's DNS sockets really listen on inside a container; `lo` programs
+/// translate 53 to it and back. Outside the ephemeral range, so no client takes it first.
+pub const DNS_SERVER_PORT: u16 = 65053;
+
 /// Names of the maps and programs, used by both sides.
 pub mod names {
     pub const ENDPOINTS: &str = "ENDPOINTS";
@@ -255,6 +261,8 @@ pub mod names {
     pub const SOCK_ORIGINAL: &str = "SOCK_ORIGINAL";
     pub const PROG_FROM_CONTAINER: &str = "from_container";
     pub const PROG_UPLINK_INGRESS: &str = "uplink_ingress";
+    pub const PROG_DNS_LO_INGRESS: &str = "dns_lo_ingress";
+    pub const PROG_DNS_LO_EGRESS: &str = "dns_lo_egress";
     pub const PROG_UPLINK_XDP: &str = "uplink_xdp";
     pub const PROG_CONTAINER_XDP_PASS: &str = "container_xdp_pass";
     pub const XDP_REDIRECTS: &str = "XDP_REDIRECTS";

@@ -5,6 +5,7 @@
 mod bridge;
 mod conntrack;
 mod csum;
+mod dns_steer;
 mod nat;
 mod parse;
 mod sock;
@@ -123,6 +124,19 @@ pub fn uplink_xdp(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn container_xdp_pass(_ctx: XdpContext) -> u32 {
     XDP_PASS
+}
+
+/// Attached (tcx ingress) to `lo` in containers with the embedded DNS: 127.0.0.11:53 is
+/// served by the daemon's socket on another port, leaving 53 to the container.
+#[classifier]
+pub fn dns_lo_ingress(ctx: TcContext) -> i32 {
+    dns_steer::to_server(&ctx)
+}
+
+/// Attached (tcx egress) to `lo` in those containers: answers come from port 53.
+#[classifier]
+pub fn dns_lo_egress(ctx: TcContext) -> i32 {
+    dns_steer::from_server(&ctx)
 }
 
 /// Attached (tcx egress) to the uplink: container packets leaving the host get the uplink

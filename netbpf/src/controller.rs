@@ -653,7 +653,11 @@ impl Controller {
             let record = self.state.containers.get_mut(&c.name).expect("exists");
             record.endpoints.push(ep);
             if net.name != DEFAULT_NETWORK
-                && let Err(error) = self.dns.start(&c.id, &ns)
+                && let Err(error) = self.dns.start(&c.id, &ns, || {
+                    self.datapath
+                        .attach_dns_steering(&ns)
+                        .map_err(std::io::Error::other)
+                })
             {
                 tracing::warn!(%error, container = c.name, "embedded DNS");
             }
@@ -1000,7 +1004,11 @@ impl Controller {
             {
                 let ns = netns::open(path).map_err(internal)?;
                 self.dns
-                    .start(&c.id, &ns)
+                    .start(&c.id, &ns, || {
+                        self.datapath
+                            .attach_dns_steering(&ns)
+                            .map_err(std::io::Error::other)
+                    })
                     .map_err(|e| ApiError::internal(format!("embedded DNS: {e}")))?;
             }
             if let Some(path) = &netns_path
@@ -1580,7 +1588,11 @@ impl Controller {
             let live = self.state.containers.get(&c.name).cloned().expect("exists");
             if uses_embedded_dns(&live.mode, &live.endpoints)
                 && let Ok(ns) = self.open_netns(&live)
-                && let Err(error) = self.dns.start(&live.id, &ns)
+                && let Err(error) = self.dns.start(&live.id, &ns, || {
+                    self.datapath
+                        .attach_dns_steering(&ns)
+                        .map_err(std::io::Error::other)
+                })
             {
                 tracing::warn!(%error, container = live.name, "embedded DNS not restarted");
             }

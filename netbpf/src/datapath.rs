@@ -109,10 +109,12 @@ pub struct Datapath {
 const XDP_PROGRAMS: [&str; 2] = [names::PROG_UPLINK_XDP, names::PROG_CONTAINER_XDP_PASS];
 
 /// The TC programs, all loaded at start.
-const TC_PROGRAMS: [&str; 3] = [
+const TC_PROGRAMS: [&str; 5] = [
     names::PROG_FROM_CONTAINER,
     names::PROG_UPLINK_INGRESS,
     names::PROG_UPLINK_EGRESS,
+    names::PROG_DNS_LO_INGRESS,
+    names::PROG_DNS_LO_EGRESS,
 ];
 /// The cgroup socket programs, all loaded at start.
 const SOCK_PROGRAMS: [&str; 7] = [
@@ -372,6 +374,32 @@ impl Datapath {
         })
         .map_err(|e| DatapathError::PinDir {
             path: pin.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?
+    }
+
+    /// Attaches the embedded-DNS port steering to `lo` inside `ns`. The links are returned,
+    /// not pinned: the steering lives exactly as long as the DNS server that owns them, so
+    /// with no daemon a query fails at once instead of waiting for a socket nobody reads.
+    pub fn attach_dns_steering(&mut self, ns: &File) -> Result<Vec<FdLink>, DatapathError> {
+        let attach = |dp: &mut Self| -> Result<Vec<FdLink>, DatapathError> {
+            let mut links = vec![];
+            for (name, attach_type) in [
+                (names::PROG_DNS_LO_INGRESS, TcAttachType::Ingress),
+                (names::PROG_DNS_LO_EGRESS, TcAttachType::Egress),
+            ] {
+                let program = dp.tc_program(name);
+                let id = program.attach_with_options(
+                    "lo",
+                    attach_type,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )?;
+                links.push(FdLink::try_from(program.take_link(id)?)?);
+            }
+            Ok(links)
+        };
+        crate::netns::run_in(ns, || attach(self)).map_err(|e| DatapathError::PinDir {
+            path: PathBuf::from("lo"),
             source: std::io::Error::other(e.to_string()),
         })?
     }

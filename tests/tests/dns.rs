@@ -119,6 +119,20 @@ fn containers_find_each_other_by_name_and_alias_on_user_networks() {
     );
     // TCP too.
     assert_eq!(dig(&host, "c4", &["+tcp", "+short", "c1"]).trim(), c1);
+    // Port 53 stays free for the container's own programs (a DNS server in a container).
+    let bind = host.netbpf(&[
+        "exec",
+        "c4",
+        "--",
+        "python3",
+        "-c",
+        "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).bind(('0.0.0.0', 53))",
+    ]);
+    assert_eq!(
+        bind.code, 0,
+        "port 53 is taken in the container: {}",
+        bind.stderr
+    );
     // `ip netns exec` sees the container's namespace and its resolv.conf.
     let exposed = format!("{}c4", host.netns_prefix());
     let resolv = netbpf_tests::must(

@@ -212,11 +212,17 @@ fn grow_receive_buffer(socket: &std::net::UdpSocket) {
     }
 }
 
+/// One container's server: its task, and the `lo` steering links that must live as long.
+struct Running {
+    task: JoinHandle<()>,
+    _steering: Vec<aya::programs::links::FdLink>,
+}
+
 /// The DNS servers of all containers, started and stopped by the controller.
 pub struct DnsServers {
     runtime: Handle,
     table: Arc<RwLock<Table>>,
-    running: BTreeMap<String, JoinHandle<()>>,
+    running: BTreeMap<String, Running>,
 }
 
 impl DnsServers {
@@ -236,12 +242,18 @@ impl DnsServers {
         self.running.contains_key(container_id)
     }
 
-    /// Opens 127.0.0.11:53 (UDP and TCP) inside `ns` and serves it.
-    pub fn start(&mut self, container_id: &str, ns: &File) -> std::io::Result<()> {
+    /// Opens 127.0.0.11:DNS_SERVER_PORT (UDP and TCP) inside `ns` and serves it; the
+    /// `steering` links (already attached to the namespace's `lo`) map port 53 onto it.
+    pub fn start(
+        &mut self,
+        container_id: &str,
+        ns: &File,
+        steering: impl FnOnce() -> std::io::Result<Vec<aya::programs::links::FdLink>>,
+    ) -> std::io::Result<()> {
         if self.running.contains_key(container_id) {
             return Ok(());
         }
-        let addr = SocketAddr::from((DNS_ADDR, 53));
+        let addr = SocketAddr::from((DNS_ADDR, netbpf_common::DNS_SERVER_PORT));
         let (udp, tcp) = netns::run_in(ns, || -> std::io::Result<_> {
             let udp = std::net::UdpSocket::bind(addr)?;
             let tcp = std::net::TcpListener::bind(addr)?;
@@ -258,6 +270,7 @@ impl DnsServers {
         let _guard = self.runtime.enter();
         let udp = tokio::net::UdpSocket::from_std(udp)?;
         let tcp = tokio::net::TcpListener::from_std(tcp)?;
+        let steering = steering()?;
         let task = self.runtime.spawn(async move {
             let mut server = Server::new(resolver);
             server.register_socket(udp);
@@ -266,13 +279,19 @@ impl DnsServers {
                 tracing::warn!(%error, "DNS server stopped");
             }
         });
-        self.running.insert(container_id.to_owned(), task);
+        self.running.insert(
+            container_id.to_owned(),
+            Running {
+                task,
+                _steering: steering,
+            },
+        );
         Ok(())
     }
 
     pub fn stop(&mut self, container_id: &str) {
-        if let Some(task) = self.running.remove(container_id) {
-            task.abort();
+        if let Some(running) = self.running.remove(container_id) {
+            running.task.abort();
         }
     }
 }
