@@ -1,5 +1,6 @@
 //! `cargo xtask`: set-up, run and test netbpf on a bare Debian machine.
 
+mod bench;
 mod run;
 mod setup;
 mod test;
@@ -22,6 +23,8 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Performance comparison against nftables DNAT and the no-NAT ceiling (as root).
+    Bench(bench::Args),
     /// Every check and test: fmt, clippy, unit tests, integration tests (as root).
     Test {
         /// Passed to the integration test harness (e.g. a test name filter).
@@ -35,6 +38,7 @@ fn main() -> anyhow::Result<()> {
         Command::Setup => setup::run(),
         Command::Run { args } => run::run(&args),
         Command::Test { args } => test::run(&args),
+        Command::Bench(args) => bench::run(args),
     }
 }
 

@@ -150,3 +150,34 @@ pub fn run() -> anyhow::Result<()> {
     eprintln!("xtask setup: done");
     Ok(())
 }
+
+/// What `cargo xtask bench` needs on top: netperf (Debian non-free), Docker's real data
+/// plane (docker.io: dockerd, docker-proxy), a busybox for images.
+const BENCH_PACKAGES: &[&str] = &["netperf", "docker.io", "busybox-static"];
+const NON_FREE_SOURCES: &str = "/etc/apt/sources.list.d/netbpf-bench-non-free.sources";
+
+pub fn bench_ready() -> bool {
+    BENCH_PACKAGES
+        .iter()
+        .all(|p| output("dpkg-query", &["-W", "-f=${Status}", p]).contains("install ok installed"))
+}
+
+pub fn bench() -> anyhow::Result<()> {
+    if bench_ready() {
+        eprintln!("xtask setup: benchmark packages present");
+        return Ok(());
+    }
+    if !std::path::Path::new(NON_FREE_SOURCES).exists() {
+        eprintln!("xtask setup: enabling Debian's non-free component (netperf) in {NON_FREE_SOURCES}");
+        std::fs::write(
+            NON_FREE_SOURCES,
+            "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm\nComponents: non-free\n\
+             Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n",
+        )?;
+    }
+    eprintln!("xtask setup: installing {}", BENCH_PACKAGES.join(" "));
+    sh("apt-get", &["update", "-q"], &[("DEBIAN_FRONTEND", "noninteractive")])?;
+    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+    args.extend(BENCH_PACKAGES);
+    sh("apt-get", &args, &[("DEBIAN_FRONTEND", "noninteractive")])
+}

@@ -40,5 +40,10 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         "cargo",
         &test_args,
         &[("NETBPF_BIN", bin.to_str().expect("utf-8 path"))],
-    )
+    )?;
+    // The benchmark harness, once and short: it must keep working (no timing assertions).
+    if args.is_empty() {
+        crate::bench::quick_check(&root().join("target/bench-quick"))?;
+    }
+    Ok(())
 }

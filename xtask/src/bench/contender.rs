@@ -1,0 +1,172 @@
+//! The contenders, each on a topology of its own: how to set one up and where its server is.
+
+use std::{path::PathBuf, process::Command, time::Instant};
+
+use anyhow::Context as _;
+
+use super::topology::{HOST_IP, Topology, in_ns, run};
+
+/// netperf's control port and the data port every test is told to use, both published.
+pub const CTRL_PORT: u16 = 12865;
+pub const DATA_PORT: u16 = 12866;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// netbpf: XDP/TC/cgroup programs.
+    Netbpf,
+    /// nftables DNAT + masquerade, as netavark 2.x writes them.
+    Nftables,
+    /// No NAT at all: the client routes to the container address (the ceiling).
+    Ceiling,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Netbpf, Kind::Nftables, Kind::Ceiling];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Netbpf => "netbpf",
+            Kind::Nftables => "nftables",
+            Kind::Ceiling => "ceiling",
+        }
+    }
+}
+
+/// A contender, ready: its topology and how to reach its servers.
+pub struct Contender {
+    pub kind: Kind,
+    pub topo: Topology,
+    /// Where an outside client connects for the published port.
+    pub external_addr: String,
+    /// Where a host process connects (127.0.0.1 through the published port).
+    pub local_addr: String,
+    /// Namespace of a peer container on the server's network.
+    pub peer_ns: String,
+    /// The server container's address, for container-to-container runs.
+    pub server_ip: String,
+    /// netbpf only: its binary, state dir and socket (for scaling runs).
+    pub netbpf: Option<(PathBuf, PathBuf)>,
+}
+
+impl Contender {
+    pub fn new(kind: Kind, netbpf_bin: &std::path::Path) -> anyhow::Result<Self> {
+        let prefix = format!("nbb{}{}", std::process::id() % 10_000, &kind.name()[..3]);
+        let mut topo = Topology::new(&prefix)?;
+        match kind {
+            Kind::Netbpf => {
+                let dir = std::env::temp_dir().join(format!("netbpf-bench-{prefix}"));
+                std::fs::create_dir_all(&dir)?;
+                let socket = dir.join("sock");
+                let mut daemon = in_ns(&topo.host, false, netbpf_bin.to_str().expect("utf-8"), &["daemon"]);
+                daemon
+                    .arg("--state-dir")
+                    .arg(dir.join("state"))
+                    .arg("--socket")
+                    .arg(&socket)
+                    .arg("--bpffs")
+                    .arg(dir.join("bpffs"))
+                    .args(["--netns-prefix", &format!("{prefix}-"), "--log-level", "warn"]);
+                topo.spawn(daemon)?;
+                let cli = |args: &[&str]| -> anyhow::Result<String> {
+                    let out = Command::new(netbpf_bin).args(args).env("NETBPF_SOCKET", &socket).output()?;
+                    anyhow::ensure!(out.status.success(), "netbpf {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+                    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+                };
+                let started = Instant::now();
+                while cli(&["info"]).is_err() {
+                    anyhow::ensure!(started.elapsed().as_secs() < 30, "netbpf daemon did not start");
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                cli(&["network", "create", "--subnet", "10.240.0.0/24", "bench"])?;
+                let ctrl = format!("{CTRL_PORT}:{CTRL_PORT}");
+                let data = format!("{DATA_PORT}:{DATA_PORT}");
+                let data_udp = format!("{DATA_PORT}:{DATA_PORT}/udp");
+                cli(&["run", "-d", "--name", "srv", "--network", "bench", "-p", &ctrl, "-p", &data, "-p", &data_udp, "--", "netserver", "-D", "-p", &CTRL_PORT.to_string()])?;
+                cli(&["run", "-d", "--name", "peer", "--network", "bench", "--", "sleep", "infinity"])?;
+                let server_ip = serde_json::from_str::<serde_json::Value>(&cli(&["inspect", "srv"])?)?["Networks"]["bench"]["IPAddress"]
+                    .as_str()
+                    .context("server address")?
+                    .to_owned();
+                let netbpf = Some((netbpf_bin.to_owned(), socket));
+                Ok(Self {
+                    kind,
+                    external_addr: HOST_IP.into(),
+                    local_addr: "127.0.0.1".into(),
+                    peer_ns: format!("{prefix}-peer"),
+                    server_ip,
+                    netbpf,
+                    topo,
+                })
+            }
+            Kind::Nftables | Kind::Ceiling => {
+                let server_ip = topo.plain_container("srv", 1)?;
+                topo.plain_container("peer", 2)?;
+                let server_ns = format!("{prefix}-srv");
+                topo.spawn(in_ns(&server_ns, false, "netserver", &["-D", "-p", &CTRL_PORT.to_string()]))?;
+                let (external_addr, local_addr) = if kind == Kind::Nftables {
+                    nft_dnat(&topo.host, &server_ip, &[CTRL_PORT, DATA_PORT])?;
+                    (HOST_IP.to_owned(), "127.0.0.1".to_owned())
+                } else {
+                    run("ip", &["-n", &topo.client, "route", "add", "10.240.0.0/24", "via", HOST_IP])?;
+                    (server_ip.clone(), server_ip.clone())
+                };
+                Ok(Self {
+                    kind,
+                    external_addr,
+                    local_addr,
+                    peer_ns: format!("{prefix}-peer"),
+                    server_ip,
+                    netbpf: None,
+                    topo,
+                })
+            }
+        }
+    }
+
+    pub fn client_ns(&self) -> &str {
+        &self.topo.client
+    }
+
+    pub fn host_ns(&self) -> &str {
+        &self.topo.host
+    }
+}
+
+/// DNAT for published ports and masquerade for container egress, in the shape netavark 2.x
+/// writes them (an `inet` table, prerouting and output DNAT, postrouting masquerade).
+pub fn nft_dnat(host_ns: &str, server_ip: &str, ports: &[u16]) -> anyhow::Result<()> {
+    let rules = String::from(
+        "table inet netavark {\n\
+         chain hostport_dnat { }\n\
+         chain prerouting { type nat hook prerouting priority -100; policy accept; fib daddr type local jump hostport_dnat; }\n\
+         chain output { type nat hook output priority -100; policy accept; fib daddr type local jump hostport_dnat; }\n\
+         chain postrouting { type nat hook postrouting priority 100; policy accept; ip saddr 10.240.0.0/24 ip daddr != 10.240.0.0/24 masquerade; ip daddr 10.240.0.0/24 fib saddr type local masquerade; }\n\
+         }\n",
+    ) + &port_rules("add", server_ip, ports);
+    nft(host_ns, &rules)?;
+    // Host-local clients reach the container only if 127.0.0.1 may be routed out.
+    run("ip", &["netns", "exec", host_ns, "sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1"])?;
+    Ok(())
+}
+
+/// DNAT rules for `ports`, appended (`add`) or put in front (`insert`).
+pub fn port_rules(verb: &str, server_ip: &str, ports: &[u16]) -> String {
+    let mut rules = String::new();
+    for port in ports {
+        for proto in ["tcp", "udp"] {
+            rules.push_str(&format!(
+                "{verb} rule inet netavark hostport_dnat {proto} dport {port} dnat ip to {server_ip}:{port}\n"
+            ));
+        }
+    }
+    rules
+}
+
+pub fn nft(host_ns: &str, rules: &str) -> anyhow::Result<()> {
+    let path = std::env::temp_dir().join(format!("netbpf-bench-{host_ns}.nft"));
+    std::fs::write(&path, rules)?;
+    run("ip", &["netns", "exec", host_ns, "nft", "-f", path.to_str().expect("utf-8")])?;
+    let _ = std::fs::remove_file(path);
+    Ok(())
+}

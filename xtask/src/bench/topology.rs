@@ -1,0 +1,126 @@
+//! The benchmark topology, one set of namespaces per contender, never the root namespace:
+//!
+//! ```text
+//! client (outside) ──uplink veth 198.18.0.0/24── host ──bridge 10.240.0.0/24── server, peer
+//! ```
+//!
+//! Every object carries the contender's prefix and is removed on drop.
+
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{Context as _, bail};
+
+pub const CLIENT_IP: &str = "198.18.0.1";
+pub const HOST_IP: &str = "198.18.0.2";
+
+/// Runs a command, failing with its output.
+pub fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(program).args(args).output().with_context(|| format!("running {program}"))?;
+    if !out.status.success() {
+        bail!("{program} {}: {}{}", args.join(" "), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A command inside a named namespace, entered with nsenter (which, unlike `ip netns
+/// exec`, leaves /sys alone), optionally pinned to CPU 0.
+pub fn in_ns(ns: &str, pinned: bool, program: &str, args: &[&str]) -> Command {
+    let mut command = Command::new("nsenter");
+    command.arg(format!("--net=/run/netns/{ns}"));
+    if pinned {
+        command.args(["taskset", "-c", "0"]);
+    }
+    command.arg(program).args(args);
+    command
+}
+
+pub struct Topology {
+    pub prefix: String,
+    pub client: String,
+    pub host: String,
+    /// Namespaces made here for hand-wired containers (nftables and ceiling contenders).
+    pub extra_ns: Vec<String>,
+    pub children: Vec<Child>,
+}
+
+impl Topology {
+    /// The client and host namespaces with the uplink between them.
+    pub fn new(prefix: &str) -> anyhow::Result<Self> {
+        let topo = Self {
+            prefix: prefix.to_owned(),
+            client: format!("{prefix}-client"),
+            host: format!("{prefix}-host"),
+            extra_ns: vec![],
+            children: vec![],
+        };
+        for ns in [&topo.client, &topo.host] {
+            run("ip", &["netns", "add", ns])?;
+            run("ip", &["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        run("ip", &["-n", &topo.host, "link", "add", "up0", "type", "veth", "peer", "name", "up0", "netns", &topo.client])?;
+        run("ip", &["-n", &topo.host, "addr", "add", &format!("{HOST_IP}/24"), "dev", "up0"])?;
+        run("ip", &["-n", &topo.client, "addr", "add", &format!("{CLIENT_IP}/24"), "dev", "up0"])?;
+        for ns in [&topo.client, &topo.host] {
+            run("ip", &["-n", ns, "link", "set", "up0", "up"])?;
+        }
+        run("ip", &["-n", &topo.host, "route", "add", "default", "via", CLIENT_IP])?;
+        run("ip", &["netns", "exec", &topo.host, "sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        Ok(topo)
+    }
+
+    /// A container by hand: a namespace on a Linux bridge in the host (for the contenders
+    /// that are not netbpf). Returns its address.
+    pub fn plain_container(&mut self, name: &str, index: u8) -> anyhow::Result<String> {
+        let ns = format!("{}-{name}", self.prefix);
+        let bridge = "br0";
+        if run("ip", &["-n", &self.host, "link", "show", bridge]).is_err() {
+            run("ip", &["-n", &self.host, "link", "add", bridge, "type", "bridge"])?;
+            run("ip", &["-n", &self.host, "addr", "add", "10.240.0.1/24", "dev", bridge])?;
+            run("ip", &["-n", &self.host, "link", "set", bridge, "up"])?;
+        }
+        run("ip", &["netns", "add", &ns])?;
+        self.extra_ns.push(ns.clone());
+        let veth = format!("vb{index}");
+        run("ip", &["-n", &self.host, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
+        run("ip", &["-n", &self.host, "link", "set", &veth, "master", bridge, "up"])?;
+        let ip = format!("10.240.0.{}", 10 + index);
+        run("ip", &["-n", &ns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+        run("ip", &["-n", &ns, "link", "set", "eth0", "up"])?;
+        run("ip", &["-n", &ns, "link", "set", "lo", "up"])?;
+        run("ip", &["-n", &ns, "route", "add", "default", "via", "10.240.0.1"])?;
+        Ok(ip)
+    }
+
+    /// Keeps a background process (a server, a daemon) until the topology goes.
+    pub fn spawn(&mut self, mut command: Command) -> anyhow::Result<()> {
+        command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        self.children.push(command.spawn().context("spawning a background process")?);
+        Ok(())
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            // SAFETY: kill(2) on our own child; SIGTERM lets daemons clean up.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        }
+        for child in &mut self.children {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+            while child.try_wait().ok().flatten().is_none() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for ns in self.extra_ns.iter().chain([&self.client, &self.host]) {
+            // Kill whatever still runs in the namespace (servers started inside it).
+            if let Ok(pids) = run("ip", &["netns", "pids", ns]) {
+                for pid in pids.split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            }
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
