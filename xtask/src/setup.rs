@@ -168,7 +168,9 @@ pub fn bench() -> anyhow::Result<()> {
         return Ok(());
     }
     if !std::path::Path::new(NON_FREE_SOURCES).exists() {
-        eprintln!("xtask setup: enabling Debian's non-free component (netperf) in {NON_FREE_SOURCES}");
+        eprintln!(
+            "xtask setup: enabling Debian's non-free component (netperf) in {NON_FREE_SOURCES}"
+        );
         std::fs::write(
             NON_FREE_SOURCES,
             "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm\nComponents: non-free\n\
@@ -176,7 +178,11 @@ pub fn bench() -> anyhow::Result<()> {
         )?;
     }
     eprintln!("xtask setup: installing {}", BENCH_PACKAGES.join(" "));
-    sh("apt-get", &["update", "-q"], &[("DEBIAN_FRONTEND", "noninteractive")])?;
+    sh(
+        "apt-get",
+        &["update", "-q"],
+        &[("DEBIAN_FRONTEND", "noninteractive")],
+    )?;
     let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
     args.extend(BENCH_PACKAGES);
     sh("apt-get", &args, &[("DEBIAN_FRONTEND", "noninteractive")])

@@ -47,6 +47,8 @@ pub struct Contender {
     pub server_ip: String,
     /// netbpf only: its binary, state dir and socket (for scaling runs).
     pub netbpf: Option<(PathBuf, PathBuf)>,
+    /// The netserver process: pinned to CPU 0 for pinned runs, free otherwise.
+    pub server_pid: u32,
 }
 
 impl Contender {
@@ -58,7 +60,12 @@ impl Contender {
                 let dir = std::env::temp_dir().join(format!("netbpf-bench-{prefix}"));
                 std::fs::create_dir_all(&dir)?;
                 let socket = dir.join("sock");
-                let mut daemon = in_ns(&topo.host, false, netbpf_bin.to_str().expect("utf-8"), &["daemon"]);
+                let mut daemon = in_ns(
+                    &topo.host,
+                    false,
+                    netbpf_bin.to_str().expect("utf-8"),
+                    &["daemon"],
+                );
                 daemon
                     .arg("--state-dir")
                     .arg(dir.join("state"))
@@ -66,28 +73,73 @@ impl Contender {
                     .arg(&socket)
                     .arg("--bpffs")
                     .arg(dir.join("bpffs"))
-                    .args(["--netns-prefix", &format!("{prefix}-"), "--log-level", "warn"]);
+                    .args([
+                        "--netns-prefix",
+                        &format!("{prefix}-"),
+                        "--log-level",
+                        "warn",
+                    ]);
                 topo.spawn(daemon)?;
                 let cli = |args: &[&str]| -> anyhow::Result<String> {
-                    let out = Command::new(netbpf_bin).args(args).env("NETBPF_SOCKET", &socket).output()?;
-                    anyhow::ensure!(out.status.success(), "netbpf {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+                    let out = Command::new(netbpf_bin)
+                        .args(args)
+                        .env("NETBPF_SOCKET", &socket)
+                        .output()?;
+                    anyhow::ensure!(
+                        out.status.success(),
+                        "netbpf {args:?}: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
                     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
                 };
                 let started = Instant::now();
                 while cli(&["info"]).is_err() {
-                    anyhow::ensure!(started.elapsed().as_secs() < 30, "netbpf daemon did not start");
+                    anyhow::ensure!(
+                        started.elapsed().as_secs() < 30,
+                        "netbpf daemon did not start"
+                    );
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }
                 cli(&["network", "create", "--subnet", "10.240.0.0/24", "bench"])?;
                 let ctrl = format!("{CTRL_PORT}:{CTRL_PORT}");
                 let data = format!("{DATA_PORT}:{DATA_PORT}");
                 let data_udp = format!("{DATA_PORT}:{DATA_PORT}/udp");
-                cli(&["run", "-d", "--name", "srv", "--network", "bench", "-p", &ctrl, "-p", &data, "-p", &data_udp, "--", "netserver", "-D", "-p", &CTRL_PORT.to_string()])?;
-                cli(&["run", "-d", "--name", "peer", "--network", "bench", "--", "sleep", "infinity"])?;
-                let server_ip = serde_json::from_str::<serde_json::Value>(&cli(&["inspect", "srv"])?)?["Networks"]["bench"]["IPAddress"]
+                cli(&[
+                    "run",
+                    "-d",
+                    "--name",
+                    "srv",
+                    "--network",
+                    "bench",
+                    "-p",
+                    &ctrl,
+                    "-p",
+                    &data,
+                    "-p",
+                    &data_udp,
+                    "--",
+                    "netserver",
+                    "-D",
+                    "-p",
+                    &CTRL_PORT.to_string(),
+                ])?;
+                cli(&[
+                    "run",
+                    "-d",
+                    "--name",
+                    "peer",
+                    "--network",
+                    "bench",
+                    "--",
+                    "sleep",
+                    "infinity",
+                ])?;
+                let view = serde_json::from_str::<serde_json::Value>(&cli(&["inspect", "srv"])?)?;
+                let server_ip = view["Networks"]["bench"]["IPAddress"]
                     .as_str()
                     .context("server address")?
                     .to_owned();
+                let server_pid = view["State"]["Pid"].as_u64().context("server pid")? as u32;
                 let netbpf = Some((netbpf_bin.to_owned(), socket));
                 Ok(Self {
                     kind,
@@ -96,6 +148,7 @@ impl Contender {
                     peer_ns: format!("{prefix}-peer"),
                     server_ip,
                     netbpf,
+                    server_pid,
                     topo,
                 })
             }
@@ -103,12 +156,30 @@ impl Contender {
                 let server_ip = topo.plain_container("srv", 1)?;
                 topo.plain_container("peer", 2)?;
                 let server_ns = format!("{prefix}-srv");
-                topo.spawn(in_ns(&server_ns, false, "netserver", &["-D", "-p", &CTRL_PORT.to_string()]))?;
+                topo.spawn(in_ns(
+                    &server_ns,
+                    false,
+                    "netserver",
+                    &["-D", "-p", &CTRL_PORT.to_string()],
+                ))?;
+                // nsenter execs the command: the child is netserver itself.
+                let server_pid = topo.children.last().expect("just spawned").id();
                 let (external_addr, local_addr) = if kind == Kind::Nftables {
                     nft_dnat(&topo.host, &server_ip, &[CTRL_PORT, DATA_PORT])?;
                     (HOST_IP.to_owned(), "127.0.0.1".to_owned())
                 } else {
-                    run("ip", &["-n", &topo.client, "route", "add", "10.240.0.0/24", "via", HOST_IP])?;
+                    run(
+                        "ip",
+                        &[
+                            "-n",
+                            &topo.client,
+                            "route",
+                            "add",
+                            "10.240.0.0/24",
+                            "via",
+                            HOST_IP,
+                        ],
+                    )?;
                     (server_ip.clone(), server_ip.clone())
                 };
                 Ok(Self {
@@ -118,10 +189,32 @@ impl Contender {
                     peer_ns: format!("{prefix}-peer"),
                     server_ip,
                     netbpf: None,
+                    server_pid,
                     topo,
                 })
             }
         }
+    }
+
+    /// Pins the server (and the per-test children it forks from now on) to CPU 0, or frees
+    /// it: "pinned" runs put client, server and the data plane's softirqs on one CPU.
+    pub fn pin_server(&self, pinned: bool) -> anyhow::Result<()> {
+        let cpus = if pinned {
+            "0".to_owned()
+        } else {
+            format!(
+                "0-{}",
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+                    - 1
+            )
+        };
+        run(
+            "taskset",
+            &["-a", "-p", "-c", &cpus, &self.server_pid.to_string()],
+        )
+        .map(drop)
     }
 
     pub fn client_ns(&self) -> &str {
@@ -146,7 +239,17 @@ pub fn nft_dnat(host_ns: &str, server_ip: &str, ports: &[u16]) -> anyhow::Result
     ) + &port_rules("add", server_ip, ports);
     nft(host_ns, &rules)?;
     // Host-local clients reach the container only if 127.0.0.1 may be routed out.
-    run("ip", &["netns", "exec", host_ns, "sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1"])?;
+    run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            host_ns,
+            "sysctl",
+            "-qw",
+            "net.ipv4.conf.all.route_localnet=1",
+        ],
+    )?;
     Ok(())
 }
 
@@ -166,7 +269,17 @@ pub fn port_rules(verb: &str, server_ip: &str, ports: &[u16]) -> String {
 pub fn nft(host_ns: &str, rules: &str) -> anyhow::Result<()> {
     let path = std::env::temp_dir().join(format!("netbpf-bench-{host_ns}.nft"));
     std::fs::write(&path, rules)?;
-    run("ip", &["netns", "exec", host_ns, "nft", "-f", path.to_str().expect("utf-8")])?;
+    run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            host_ns,
+            "nft",
+            "-f",
+            path.to_str().expect("utf-8"),
+        ],
+    )?;
     let _ = std::fs::remove_file(path);
     Ok(())
 }

@@ -55,23 +55,57 @@ struct Netperf<'a> {
     selectors: &'a str,
 }
 
-fn netperf(ns: &str, pinned: bool, host: &str, duration: u32, np: &Netperf) -> anyhow::Result<Vec<f64>> {
+fn netperf(
+    ns: &str,
+    pinned: bool,
+    host: &str,
+    duration: u32,
+    np: &Netperf,
+) -> anyhow::Result<Vec<f64>> {
     let duration = duration.to_string();
     let ctrl = CTRL_PORT.to_string();
     let data = format!(",{DATA_PORT}");
-    let mut args = vec!["-H", host, "-p", &ctrl, "-l", &duration, "-t", np.test, "-P", "0", "--", "-P", &data];
+    let mut args = vec![
+        "-H", host, "-p", &ctrl, "-l", &duration, "-t", np.test, "-P", "0", "--", "-P", &data,
+    ];
     args.extend(np.extra);
     args.extend(["-o", np.selectors]);
-    let out = in_ns(ns, pinned, "netperf", &args).output().context("netperf")?;
+    let out = in_ns(ns, pinned, "netperf", &args)
+        .output()
+        .context("netperf")?;
     let text = String::from_utf8_lossy(&out.stdout);
-    anyhow::ensure!(out.status.success(), "netperf {}: {}{}", np.test, text, String::from_utf8_lossy(&out.stderr));
+    anyhow::ensure!(
+        out.status.success(),
+        "netperf {}: {}{}",
+        np.test,
+        text,
+        String::from_utf8_lossy(&out.stderr)
+    );
     let line = text.lines().last().unwrap_or_default();
-    line.split(',').map(|v| v.trim().parse::<f64>().with_context(|| format!("netperf output {line:?}"))).collect()
+    line.split(',')
+        .map(|v| {
+            v.trim()
+                .parse::<f64>()
+                .with_context(|| format!("netperf output {line:?}"))
+        })
+        .collect()
 }
 
-const RR: Netperf = Netperf { test: "TCP_RR", extra: &[], selectors: "THROUGHPUT,P50_LATENCY,P90_LATENCY,P99_LATENCY" };
-const CRR: Netperf = Netperf { test: "TCP_CRR", extra: &[], selectors: "THROUGHPUT" };
-const STREAM: Netperf = Netperf { test: "TCP_STREAM", extra: &[], selectors: "THROUGHPUT" };
+const RR: Netperf = Netperf {
+    test: "TCP_RR",
+    extra: &[],
+    selectors: "THROUGHPUT,P50_LATENCY,P90_LATENCY,P99_LATENCY",
+};
+const CRR: Netperf = Netperf {
+    test: "TCP_CRR",
+    extra: &[],
+    selectors: "THROUGHPUT",
+};
+const STREAM: Netperf = Netperf {
+    test: "TCP_STREAM",
+    extra: &[],
+    selectors: "THROUGHPUT",
+};
 const UDP: Netperf = Netperf {
     test: "UDP_STREAM",
     // -R 1: UDP_STREAM sets SO_DONTROUTE unless told; the ceiling is a routed path.
@@ -80,7 +114,14 @@ const UDP: Netperf = Netperf {
 };
 
 /// Records netperf's numbers under their names.
-fn record(samples: &mut Vec<Sample>, scenario: &str, pinned: bool, c: &Contender, names: &[&str], values: &[f64]) {
+fn record(
+    samples: &mut Vec<Sample>,
+    scenario: &str,
+    pinned: bool,
+    c: &Contender,
+    names: &[&str],
+    values: &[f64],
+) {
     for (name, value) in names.iter().zip(values) {
         samples.push(Sample {
             scenario: scenario.into(),
@@ -92,28 +133,80 @@ fn record(samples: &mut Vec<Sample>, scenario: &str, pinned: bool, c: &Contender
     }
 }
 
-fn measure(c: &Contender, scenario: &str, pinned: bool, duration: u32, samples: &mut Vec<Sample>) -> anyhow::Result<()> {
+fn measure(
+    c: &Contender,
+    scenario: &str,
+    pinned: bool,
+    duration: u32,
+    samples: &mut Vec<Sample>,
+) -> anyhow::Result<()> {
     let (client, ext) = (c.client_ns(), c.external_addr.as_str());
     match scenario {
         "ext-rr" => {
             let v = netperf(client, pinned, ext, duration, &RR)?;
-            record(samples, scenario, pinned, c, &["trans/s", "p50 us", "p90 us", "p99 us"], &v);
+            record(
+                samples,
+                scenario,
+                pinned,
+                c,
+                &["trans/s", "p50 us", "p90 us", "p99 us"],
+                &v,
+            );
         }
-        "ext-crr" => record(samples, scenario, pinned, c, &["conn/s"], &netperf(client, pinned, ext, duration, &CRR)?),
-        "ext-stream" => record(samples, scenario, pinned, c, &["Mbit/s"], &netperf(client, pinned, ext, duration, &STREAM)?),
+        "ext-crr" => record(
+            samples,
+            scenario,
+            pinned,
+            c,
+            &["conn/s"],
+            &netperf(client, pinned, ext, duration, &CRR)?,
+        ),
+        "ext-stream" => record(
+            samples,
+            scenario,
+            pinned,
+            c,
+            &["Mbit/s"],
+            &netperf(client, pinned, ext, duration, &STREAM)?,
+        ),
         "ext-udp" => {
             let v = netperf(client, pinned, ext, duration, &UDP)?;
             let (sent, received, elapsed) = (v[0], v[1], v[2].max(0.001));
-            let loss = if sent > 0.0 { 100.0 * (1.0 - received / sent) } else { 0.0 };
-            record(samples, scenario, pinned, c, &["received pps", "loss %"], &[received / elapsed, loss]);
+            let loss = if sent > 0.0 {
+                100.0 * (1.0 - received / sent)
+            } else {
+                0.0
+            };
+            record(
+                samples,
+                scenario,
+                pinned,
+                c,
+                &["received pps", "loss %"],
+                &[received / elapsed, loss],
+            );
         }
         "local-rr" => {
             let v = netperf(c.host_ns(), pinned, &c.local_addr, duration, &RR)?;
-            record(samples, scenario, pinned, c, &["trans/s", "p50 us", "p90 us", "p99 us"], &v);
+            record(
+                samples,
+                scenario,
+                pinned,
+                c,
+                &["trans/s", "p50 us", "p90 us", "p99 us"],
+                &v,
+            );
         }
         "c2c-rr" => {
             let v = netperf(&c.peer_ns, pinned, &c.server_ip, duration, &RR)?;
-            record(samples, scenario, pinned, c, &["trans/s", "p50 us", "p90 us", "p99 us"], &v);
+            record(
+                samples,
+                scenario,
+                pinned,
+                c,
+                &["trans/s", "p50 us", "p90 us", "p99 us"],
+                &v,
+            );
         }
         other => anyhow::bail!("unknown scenario {other}"),
     }
@@ -122,7 +215,12 @@ fn measure(c: &Contender, scenario: &str, pinned: bool, duration: u32, samples: 
 
 /// Publishing many ports: how long it takes, what it costs in map memory, and whether the
 /// per-connection cost moves (netbpf maps vs nftables rules).
-fn scale(c: &Contender, sizes: &[u32], duration: u32, samples: &mut Vec<Sample>) -> anyhow::Result<()> {
+fn scale(
+    c: &Contender,
+    sizes: &[u32],
+    duration: u32,
+    samples: &mut Vec<Sample>,
+) -> anyhow::Result<()> {
     for &n in sizes {
         let took = match (c.kind, &c.netbpf) {
             (Kind::Netbpf, Some((bin, socket))) => {
@@ -130,14 +228,40 @@ fn scale(c: &Contender, sizes: &[u32], duration: u32, samples: &mut Vec<Sample>)
                 let range = format!("20000-{}:20000-{}", 20000 + n - 1, 20000 + n - 1);
                 let started = Instant::now();
                 let out = Command::new(bin)
-                    .args(["run", "-d", "--name", &name, "--network", "bench", "-p", &range, "--", "sleep", "infinity"])
+                    .args([
+                        "run",
+                        "-d",
+                        "--name",
+                        &name,
+                        "--network",
+                        "bench",
+                        "-p",
+                        &range,
+                        "--",
+                        "sleep",
+                        "infinity",
+                    ])
                     .env("NETBPF_SOCKET", socket)
                     .output()?;
-                anyhow::ensure!(out.status.success(), "publishing {n} ports: {}", String::from_utf8_lossy(&out.stderr));
+                anyhow::ensure!(
+                    out.status.success(),
+                    "publishing {n} ports: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
                 let took = started.elapsed().as_secs_f64();
                 let crr = netperf(c.client_ns(), true, &c.external_addr, duration, &CRR)?;
-                record(samples, "scale", true, c, &[&format!("conn/s with {n} ports")], &crr);
-                let _ = Command::new(bin).args(["rm", "-f", &name]).env("NETBPF_SOCKET", socket).output();
+                record(
+                    samples,
+                    "scale",
+                    true,
+                    c,
+                    &[&format!("conn/s with {n} ports")],
+                    &crr,
+                );
+                let _ = Command::new(bin)
+                    .args(["rm", "-f", &name])
+                    .env("NETBPF_SOCKET", socket)
+                    .output();
                 took
             }
             (Kind::Nftables, _) => {
@@ -145,10 +269,20 @@ fn scale(c: &Contender, sizes: &[u32], duration: u32, samples: &mut Vec<Sample>)
                 // packet walks past them.
                 let dummy: Vec<u16> = (20000..20000 + n).map(|p| p as u16).collect();
                 let started = Instant::now();
-                contender::nft(c.host_ns(), &contender::port_rules("insert", "10.240.0.99", &dummy))?;
+                contender::nft(
+                    c.host_ns(),
+                    &contender::port_rules("insert", "10.240.0.99", &dummy),
+                )?;
                 let took = started.elapsed().as_secs_f64();
                 let crr = netperf(c.client_ns(), true, &c.external_addr, duration, &CRR)?;
-                record(samples, "scale", true, c, &[&format!("conn/s with {n} ports")], &crr);
+                record(
+                    samples,
+                    "scale",
+                    true,
+                    c,
+                    &[&format!("conn/s with {n} ports")],
+                    &crr,
+                );
                 let restore = format!(
                     "flush chain inet netavark hostport_dnat\n{}",
                     contender::port_rules("add", &c.server_ip, &[CTRL_PORT, DATA_PORT])
@@ -158,13 +292,23 @@ fn scale(c: &Contender, sizes: &[u32], duration: u32, samples: &mut Vec<Sample>)
             }
             _ => continue,
         };
-        record(samples, "scale", true, c, &[&format!("seconds to publish {n} ports")], &[took]);
+        record(
+            samples,
+            "scale",
+            true,
+            c,
+            &[&format!("seconds to publish {n} ports")],
+            &[took],
+        );
     }
     Ok(())
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    anyhow::ensure!(crate::is_root(), "the benchmark builds namespaces: run it as root");
+    anyhow::ensure!(
+        crate::is_root(),
+        "the benchmark builds namespaces: run it as root"
+    );
     if !crate::setup::ready() || !crate::setup::bench_ready() {
         crate::setup::run()?;
         crate::setup::bench()?;
@@ -173,14 +317,31 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let bin = root().join("target/release/netbpf");
     let reps = args.reps.unwrap_or(if args.quick { 1 } else { 5 });
     let duration = args.duration.unwrap_or(if args.quick { 2 } else { 10 });
-    let all = ["ext-rr", "ext-crr", "ext-stream", "ext-udp", "local-rr", "c2c-rr", "scale"];
-    let scenarios: Vec<&str> =
-        all.iter().copied().filter(|s| args.only.is_empty() || args.only.iter().any(|o| o == s)).collect();
-    let sizes: &[u32] = if args.quick { &[1, 100] } else { &[1, 100, 1_000, 10_000] };
+    let all = [
+        "ext-rr",
+        "ext-crr",
+        "ext-stream",
+        "ext-udp",
+        "local-rr",
+        "c2c-rr",
+        "scale",
+    ];
+    let scenarios: Vec<&str> = all
+        .iter()
+        .copied()
+        .filter(|s| args.only.is_empty() || args.only.iter().any(|o| o == s))
+        .collect();
+    let sizes: &[u32] = if args.quick {
+        &[1, 100]
+    } else {
+        &[1, 100, 1_000, 10_000]
+    };
 
     eprintln!("bench: setting up {} contenders", Kind::ALL.len());
-    let contenders: Vec<Contender> =
-        Kind::ALL.iter().map(|k| Contender::new(*k, &bin)).collect::<anyhow::Result<_>>()?;
+    let contenders: Vec<Contender> = Kind::ALL
+        .iter()
+        .map(|k| Contender::new(*k, &bin))
+        .collect::<anyhow::Result<_>>()?;
     // Let servers come up.
     std::thread::sleep(std::time::Duration::from_millis(500));
     let started = Instant::now();
@@ -193,7 +354,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 }
                 // Interleaved: each contender once per repetition, in turn.
                 for c in &contenders {
-                    eprintln!("bench: rep {}/{reps} {scenario} {} {}", rep + 1, if pinned { "pinned" } else { "unpinned" }, c.kind.name());
+                    c.pin_server(pinned)?;
+                    eprintln!(
+                        "bench: rep {}/{reps} {scenario} {} {}",
+                        rep + 1,
+                        if pinned { "pinned" } else { "unpinned" },
+                        c.kind.name()
+                    );
                     measure(c, scenario, pinned, duration, &mut samples)
                         .with_context(|| format!("{scenario} on {}", c.kind.name()))?;
                 }
@@ -202,19 +369,36 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     if scenarios.contains(&"scale") {
         for c in &contenders {
+            c.pin_server(true)?;
             scale(c, sizes, duration.min(5), &mut samples)?;
         }
     }
-    let machine = report::Machine::detect();
+    let machine = report::Machine::detect(contenders[0].host_ns());
     let command = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
-    let out = if args.out.is_absolute() { args.out.clone() } else { root().join(&args.out) };
+    let out = if args.out.is_absolute() {
+        args.out.clone()
+    } else {
+        root().join(&args.out)
+    };
     std::fs::create_dir_all(&out)?;
-    report::write(&out, &samples, &machine, &format!("cargo {command}"), started.elapsed().as_secs())?;
+    report::write(
+        &out,
+        &samples,
+        &machine,
+        &format!("cargo xtask {command}"),
+        started.elapsed().as_secs(),
+    )?;
     eprintln!("bench: wrote {}", out.display());
     drop(contenders);
     Ok(())
 }
 
 pub fn quick_check(out: &Path) -> anyhow::Result<()> {
-    run(Args { quick: true, only: vec![], reps: None, duration: None, out: out.to_owned() })
+    run(Args {
+        quick: true,
+        only: vec![],
+        reps: None,
+        duration: None,
+        out: out.to_owned(),
+    })
 }

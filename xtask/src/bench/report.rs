@@ -17,7 +17,8 @@ pub struct Machine {
 }
 
 impl Machine {
-    pub fn detect() -> Self {
+    /// The machine, and bridge netfilter as the host namespace `ns` has it.
+    pub fn detect(ns: &str) -> Self {
         let read = |p: &str| std::fs::read_to_string(p).map(|s| s.trim().to_owned());
         let cpuinfo = read("/proc/cpuinfo").unwrap_or_default();
         Self {
@@ -27,9 +28,21 @@ impl Machine {
                 .find_map(|l| l.strip_prefix("model name"))
                 .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
                 .unwrap_or_default(),
-            cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-            bridge_nf_call_iptables: read("/proc/sys/net/bridge/bridge-nf-call-iptables")
-                .unwrap_or_else(|_| "module not loaded (off)".into()),
+            cpus: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            bridge_nf_call_iptables: super::topology::run(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    ns,
+                    "cat",
+                    "/proc/sys/net/bridge/bridge-nf-call-iptables",
+                ],
+            )
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|_| "br_netfilter not loaded (off)".into()),
         }
     }
 }
@@ -50,7 +63,12 @@ fn summarize(samples: &[Sample]) -> Vec<Summary> {
     let mut groups: BTreeMap<(String, bool, String, String), Vec<f64>> = BTreeMap::new();
     for s in samples {
         groups
-            .entry((s.scenario.clone(), !s.pinned, s.metric.clone(), s.contender.clone()))
+            .entry((
+                s.scenario.clone(),
+                !s.pinned,
+                s.metric.clone(),
+                s.contender.clone(),
+            ))
             .or_default()
             .push(s.value);
     }
@@ -58,20 +76,46 @@ fn summarize(samples: &[Sample]) -> Vec<Summary> {
         .into_iter()
         .map(|((scenario, unpinned, metric, contender), mut v)| {
             v.sort_by(f64::total_cmp);
-            let median = if v.len() % 2 == 1 { v[v.len() / 2] } else { (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0 };
-            Summary { scenario, pinned: !unpinned, metric, contender, min: v[0], median, max: v[v.len() - 1], n: v.len() }
+            let median = if v.len() % 2 == 1 {
+                v[v.len() / 2]
+            } else {
+                (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+            };
+            Summary {
+                scenario,
+                pinned: !unpinned,
+                metric,
+                contender,
+                min: v[0],
+                median,
+                max: v[v.len() - 1],
+                n: v.len(),
+            }
         })
         .collect()
 }
 
 fn fmt(v: f64) -> String {
-    if v >= 100.0 { format!("{v:.0}") } else { format!("{v:.2}") }
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
 }
 
-pub fn write(out: &Path, samples: &[Sample], machine: &Machine, command: &str, seconds: u64) -> anyhow::Result<()> {
+pub fn write(
+    out: &Path,
+    samples: &[Sample],
+    machine: &Machine,
+    command: &str,
+    seconds: u64,
+) -> anyhow::Result<()> {
     let summary = summarize(samples);
     let json = serde_json::json!({ "command": command, "machine": machine, "seconds": seconds, "samples": samples, "summary": summary });
-    std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&json)?)?;
+    std::fs::write(
+        out.join("results.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
 
     let mut md = String::new();
     writeln!(md, "Command: `{command}` ({seconds} s)\n")?;
@@ -82,18 +126,52 @@ pub fn write(out: &Path, samples: &[Sample], machine: &Machine, command: &str, s
     )?;
     let mut tables: BTreeMap<(String, bool, String), Vec<&Summary>> = BTreeMap::new();
     for s in &summary {
-        tables.entry((s.scenario.clone(), s.pinned, s.metric.clone())).or_default().push(s);
+        tables
+            .entry((s.scenario.clone(), s.pinned, s.metric.clone()))
+            .or_default()
+            .push(s);
     }
     for ((scenario, pinned, metric), rows) in &tables {
-        let netbpf = rows.iter().find(|r| r.contender == "netbpf").map(|r| r.median);
-        let ceiling = rows.iter().find(|r| r.contender == "ceiling").map(|r| r.median);
-        writeln!(md, "### {scenario} — {metric} ({})\n", if *pinned { "pinned to CPU 0" } else { "unpinned" })?;
-        writeln!(md, "| contender | median | min | max | n | netbpf ÷ this | this ÷ ceiling |")?;
+        let netbpf = rows
+            .iter()
+            .find(|r| r.contender == "netbpf")
+            .map(|r| r.median);
+        let ceiling = rows
+            .iter()
+            .find(|r| r.contender == "ceiling")
+            .map(|r| r.median);
+        writeln!(
+            md,
+            "### {scenario} — {metric} ({})\n",
+            if *pinned {
+                "pinned to CPU 0"
+            } else {
+                "unpinned"
+            }
+        )?;
+        writeln!(
+            md,
+            "| contender | median | min | max | n | netbpf ÷ this | this ÷ ceiling |"
+        )?;
         writeln!(md, "|---|---|---|---|---|---|---|")?;
         for r in rows {
-            let vs_netbpf = netbpf.filter(|_| r.median > 0.0).map(|n| format!("{:.2}×", n / r.median)).unwrap_or_default();
-            let vs_ceiling = ceiling.filter(|c| *c > 0.0).map(|c| format!("{:.2}×", r.median / c)).unwrap_or_default();
-            writeln!(md, "| {} | {} | {} | {} | {} | {vs_netbpf} | {vs_ceiling} |", r.contender, fmt(r.median), fmt(r.min), fmt(r.max), r.n)?;
+            let vs_netbpf = netbpf
+                .filter(|_| r.median > 0.0)
+                .map(|n| format!("{:.2}×", n / r.median))
+                .unwrap_or_default();
+            let vs_ceiling = ceiling
+                .filter(|c| *c > 0.0)
+                .map(|c| format!("{:.2}×", r.median / c))
+                .unwrap_or_default();
+            writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {vs_netbpf} | {vs_ceiling} |",
+                r.contender,
+                fmt(r.median),
+                fmt(r.min),
+                fmt(r.max),
+                r.n
+            )?;
         }
         writeln!(md)?;
         plot(out, scenario, *pinned, metric, rows)?;
@@ -103,9 +181,21 @@ pub fn write(out: &Path, samples: &[Sample], machine: &Machine, command: &str, s
 }
 
 /// A bar per contender (the median) with a min–max whisker.
-fn plot(out: &Path, scenario: &str, pinned: bool, metric: &str, rows: &[&Summary]) -> anyhow::Result<()> {
-    let file_metric: String = metric.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
-    let path = out.join(format!("{scenario}-{}-{file_metric}.svg", if pinned { "pinned" } else { "unpinned" }));
+fn plot(
+    out: &Path,
+    scenario: &str,
+    pinned: bool,
+    metric: &str,
+    rows: &[&Summary],
+) -> anyhow::Result<()> {
+    let file_metric: String = metric
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let path = out.join(format!(
+        "{scenario}-{}-{file_metric}.svg",
+        if pinned { "pinned" } else { "unpinned" }
+    ));
     let root = SVGBackend::new(&path, (640, 360)).into_drawing_area();
     root.fill(&WHITE)?;
     let top = rows.iter().map(|r| r.max).fold(0.0, f64::max) * 1.15 + f64::EPSILON;
@@ -119,16 +209,35 @@ fn plot(out: &Path, scenario: &str, pinned: bool, metric: &str, rows: &[&Summary
         .configure_mesh()
         .disable_x_mesh()
         .x_label_formatter(&|x| match x {
-            SegmentValue::CenterOf(i) => rows.get(*i).map(|r| r.contender.clone()).unwrap_or_default(),
+            SegmentValue::CenterOf(i) => rows
+                .get(*i)
+                .map(|r| r.contender.clone())
+                .unwrap_or_default(),
             _ => String::new(),
         })
         .draw()?;
     chart.draw_series(rows.iter().enumerate().map(|(i, r)| {
-        let color = if r.contender == "netbpf" { BLUE.mix(0.7) } else { BLACK.mix(0.3) };
-        Rectangle::new([(SegmentValue::Exact(i), 0.0), (SegmentValue::Exact(i + 1), r.median)], color.filled())
+        let color = if r.contender == "netbpf" {
+            BLUE.mix(0.7)
+        } else {
+            BLACK.mix(0.3)
+        };
+        Rectangle::new(
+            [
+                (SegmentValue::Exact(i), 0.0),
+                (SegmentValue::Exact(i + 1), r.median),
+            ],
+            color.filled(),
+        )
     }))?;
     chart.draw_series(rows.iter().enumerate().map(|(i, r)| {
-        PathElement::new(vec![(SegmentValue::CenterOf(i), r.min), (SegmentValue::CenterOf(i), r.max)], BLACK.stroke_width(2))
+        PathElement::new(
+            vec![
+                (SegmentValue::CenterOf(i), r.min),
+                (SegmentValue::CenterOf(i), r.max),
+            ],
+            BLACK.stroke_width(2),
+        )
     }))?;
     root.present()?;
     Ok(())

@@ -15,9 +15,17 @@ pub const HOST_IP: &str = "198.18.0.2";
 
 /// Runs a command, failing with its output.
 pub fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(program).args(args).output().with_context(|| format!("running {program}"))?;
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))?;
     if !out.status.success() {
-        bail!("{program} {}: {}{}", args.join(" "), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "{program} {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -57,14 +65,67 @@ impl Topology {
             run("ip", &["netns", "add", ns])?;
             run("ip", &["-n", ns, "link", "set", "lo", "up"])?;
         }
-        run("ip", &["-n", &topo.host, "link", "add", "up0", "type", "veth", "peer", "name", "up0", "netns", &topo.client])?;
-        run("ip", &["-n", &topo.host, "addr", "add", &format!("{HOST_IP}/24"), "dev", "up0"])?;
-        run("ip", &["-n", &topo.client, "addr", "add", &format!("{CLIENT_IP}/24"), "dev", "up0"])?;
+        run(
+            "ip",
+            &[
+                "-n",
+                &topo.host,
+                "link",
+                "add",
+                "up0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "up0",
+                "netns",
+                &topo.client,
+            ],
+        )?;
+        run(
+            "ip",
+            &[
+                "-n",
+                &topo.host,
+                "addr",
+                "add",
+                &format!("{HOST_IP}/24"),
+                "dev",
+                "up0",
+            ],
+        )?;
+        run(
+            "ip",
+            &[
+                "-n",
+                &topo.client,
+                "addr",
+                "add",
+                &format!("{CLIENT_IP}/24"),
+                "dev",
+                "up0",
+            ],
+        )?;
         for ns in [&topo.client, &topo.host] {
             run("ip", &["-n", ns, "link", "set", "up0", "up"])?;
         }
-        run("ip", &["-n", &topo.host, "route", "add", "default", "via", CLIENT_IP])?;
-        run("ip", &["netns", "exec", &topo.host, "sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        run(
+            "ip",
+            &[
+                "-n", &topo.host, "route", "add", "default", "via", CLIENT_IP,
+            ],
+        )?;
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &topo.host,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ],
+        )?;
         Ok(topo)
     }
 
@@ -74,27 +135,62 @@ impl Topology {
         let ns = format!("{}-{name}", self.prefix);
         let bridge = "br0";
         if run("ip", &["-n", &self.host, "link", "show", bridge]).is_err() {
-            run("ip", &["-n", &self.host, "link", "add", bridge, "type", "bridge"])?;
-            run("ip", &["-n", &self.host, "addr", "add", "10.240.0.1/24", "dev", bridge])?;
+            run(
+                "ip",
+                &["-n", &self.host, "link", "add", bridge, "type", "bridge"],
+            )?;
+            run(
+                "ip",
+                &[
+                    "-n",
+                    &self.host,
+                    "addr",
+                    "add",
+                    "10.240.0.1/24",
+                    "dev",
+                    bridge,
+                ],
+            )?;
             run("ip", &["-n", &self.host, "link", "set", bridge, "up"])?;
         }
         run("ip", &["netns", "add", &ns])?;
         self.extra_ns.push(ns.clone());
         let veth = format!("vb{index}");
-        run("ip", &["-n", &self.host, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
-        run("ip", &["-n", &self.host, "link", "set", &veth, "master", bridge, "up"])?;
+        run(
+            "ip",
+            &[
+                "-n", &self.host, "link", "add", &veth, "type", "veth", "peer", "name", "eth0",
+                "netns", &ns,
+            ],
+        )?;
+        run(
+            "ip",
+            &[
+                "-n", &self.host, "link", "set", &veth, "master", bridge, "up",
+            ],
+        )?;
         let ip = format!("10.240.0.{}", 10 + index);
-        run("ip", &["-n", &ns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+        run(
+            "ip",
+            &["-n", &ns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"],
+        )?;
         run("ip", &["-n", &ns, "link", "set", "eth0", "up"])?;
         run("ip", &["-n", &ns, "link", "set", "lo", "up"])?;
-        run("ip", &["-n", &ns, "route", "add", "default", "via", "10.240.0.1"])?;
+        run(
+            "ip",
+            &["-n", &ns, "route", "add", "default", "via", "10.240.0.1"],
+        )?;
         Ok(ip)
     }
 
     /// Keeps a background process (a server, a daemon) until the topology goes.
     pub fn spawn(&mut self, mut command: Command) -> anyhow::Result<()> {
-        command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-        self.children.push(command.spawn().context("spawning a background process")?);
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        self.children
+            .push(command.spawn().context("spawning a background process")?);
         Ok(())
     }
 }
@@ -107,7 +203,8 @@ impl Drop for Topology {
         }
         for child in &mut self.children {
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-            while child.try_wait().ok().flatten().is_none() && std::time::Instant::now() < deadline {
+            while child.try_wait().ok().flatten().is_none() && std::time::Instant::now() < deadline
+            {
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
             let _ = child.kill();
