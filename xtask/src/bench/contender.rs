@@ -19,16 +19,28 @@ pub enum Kind {
     Nftables,
     /// No NAT at all: the client routes to the container address (the ceiling).
     Ceiling,
+    /// Docker's real dockerd: iptables DNAT plus docker-proxy (its default).
+    DockerProxy,
+    /// The same dockerd with `--userland-proxy=false`: iptables DNAT only.
+    DockerIptables,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Netbpf, Kind::Nftables, Kind::Ceiling];
+    pub const ALL: [Kind; 5] = [
+        Kind::Netbpf,
+        Kind::Nftables,
+        Kind::Ceiling,
+        Kind::DockerProxy,
+        Kind::DockerIptables,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Kind::Netbpf => "netbpf",
             Kind::Nftables => "nftables",
             Kind::Ceiling => "ceiling",
+            Kind::DockerProxy => "docker-proxy",
+            Kind::DockerIptables => "docker-iptables",
         }
     }
 }
@@ -53,7 +65,8 @@ pub struct Contender {
 
 impl Contender {
     pub fn new(kind: Kind, netbpf_bin: &std::path::Path) -> anyhow::Result<Self> {
-        let prefix = format!("nbb{}{}", std::process::id() % 10_000, &kind.name()[..3]);
+        let index = Kind::ALL.iter().position(|k| *k == kind).expect("listed");
+        let prefix = format!("nbb{}k{index}", std::process::id() % 10_000);
         let mut topo = Topology::new(&prefix)?;
         match kind {
             Kind::Netbpf => {
@@ -152,6 +165,7 @@ impl Contender {
                     topo,
                 })
             }
+            Kind::DockerProxy | Kind::DockerIptables => docker(kind, topo, &prefix),
             Kind::Nftables | Kind::Ceiling => {
                 let server_ip = topo.plain_container("srv", 1)?;
                 topo.plain_container("peer", 2)?;
@@ -281,5 +295,125 @@ pub fn nft(host_ns: &str, rules: &str) -> anyhow::Result<()> {
         ],
     )?;
     let _ = std::fs::remove_file(path);
+    Ok(())
+}
+
+/// Docker's own data plane: dockerd in the host namespace (in a private mount namespace,
+/// so its overlay mounts vanish with it; `ip netns exec` would remount /sys), a netserver
+/// image imported from a local rootfs (busybox and netserver with its libraries).
+fn docker(kind: Kind, mut topo: Topology, prefix: &str) -> anyhow::Result<Contender> {
+    let dir = std::env::temp_dir().join(format!("netbpf-bench-{prefix}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let socket = format!("unix://{}", dir.join("docker.sock").display());
+    let path = |p: &str| dir.join(p).display().to_string();
+    let proxy = format!("--userland-proxy={}", kind == Kind::DockerProxy);
+    let mut dockerd = Command::new("unshare");
+    dockerd.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "nsenter",
+        &format!("--net=/run/netns/{}", topo.host),
+        "--",
+    ]);
+    dockerd.args(["dockerd", "--iptables=true", &proxy, "-H", &socket]);
+    dockerd.args([
+        "--data-root",
+        &path("data"),
+        "--exec-root",
+        &path("exec"),
+        "--pidfile",
+        &path("docker.pid"),
+    ]);
+    topo.spawn(dockerd)?;
+    let docker = |args: &[&str]| run("docker", &[&["-H", socket.as_str()], args].concat());
+    let started = Instant::now();
+    while docker(&["version"]).is_err() {
+        anyhow::ensure!(started.elapsed().as_secs() < 60, "dockerd did not start");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let rootfs = dir.join("rootfs");
+    build_rootfs(&rootfs)?;
+    let tar = Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .args(["-c", "."])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let status = Command::new("docker")
+        .args(["-H", &socket, "import", "-", "netbpf-bench:latest"])
+        .stdin(tar.stdout.context("tar output")?)
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    anyhow::ensure!(status.success(), "docker import failed");
+    let ctrl = format!("{CTRL_PORT}:{CTRL_PORT}");
+    let data = format!("{DATA_PORT}:{DATA_PORT}");
+    let data_udp = format!("{DATA_PORT}:{DATA_PORT}/udp");
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        "srv",
+        "-p",
+        &ctrl,
+        "-p",
+        &data,
+        "-p",
+        &data_udp,
+        "netbpf-bench",
+        "/bin/netserver",
+        "-D",
+        "-p",
+        &CTRL_PORT.to_string(),
+    ])?;
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        "peer",
+        "netbpf-bench",
+        "/bin/sleep",
+        "100000000",
+    ])?;
+    let inspect = |name: &str, format: &str| {
+        docker(&["inspect", "-f", format, name]).map(|s| s.trim().to_owned())
+    };
+    let server_ip = inspect("srv", "{{.NetworkSettings.IPAddress}}")?;
+    let server_pid: u32 = inspect("srv", "{{.State.Pid}}")?.parse()?;
+    let peer_pid = inspect("peer", "{{.State.Pid}}")?;
+    let peer_ns = format!("{prefix}-peer");
+    run("ip", &["netns", "attach", &peer_ns, &peer_pid])?;
+    topo.extra_ns.push(peer_ns.clone());
+    Ok(Contender {
+        kind,
+        external_addr: HOST_IP.into(),
+        local_addr: "127.0.0.1".into(),
+        peer_ns,
+        server_ip,
+        netbpf: None,
+        server_pid,
+        topo,
+    })
+}
+
+/// busybox and netserver with the libraries it links, for `docker import`.
+fn build_rootfs(rootfs: &std::path::Path) -> anyhow::Result<()> {
+    let bin = rootfs.join("bin");
+    std::fs::create_dir_all(&bin)?;
+    std::fs::copy("/bin/busybox", bin.join("busybox")).context("busybox-static is needed")?;
+    for tool in ["sh", "sleep"] {
+        let _ = std::os::unix::fs::symlink("busybox", bin.join(tool));
+    }
+    let netserver = run("which", &["netserver"])?.trim().to_owned();
+    std::fs::copy(&netserver, bin.join("netserver"))?;
+    for lib in run("ldd", &[&netserver])?
+        .split_whitespace()
+        .filter(|w| w.starts_with('/'))
+    {
+        let target = rootfs.join(lib.trim_start_matches('/'));
+        std::fs::create_dir_all(target.parent().expect("a directory"))?;
+        std::fs::copy(lib, &target)?;
+    }
     Ok(())
 }
