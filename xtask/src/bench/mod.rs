@@ -24,7 +24,7 @@ pub struct Args {
     #[arg(long)]
     quick: bool,
     /// Only these scenarios (comma-separated): ext-rr, ext-crr, ext-stream, ext-udp,
-    /// local-rr, c2c-rr, scale.
+    /// local-rr, local-stream, c2c-rr, scale, memory.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Repetitions of every measurement (interleaved across contenders).
@@ -186,6 +186,10 @@ fn measure(
                 &[received / elapsed, loss],
             );
         }
+        "local-stream" => {
+            let v = netperf(c.host_ns(), pinned, &c.local_addr, duration, &STREAM)?;
+            record(samples, scenario, pinned, c, &["Mbit/s"], &v);
+        }
         "local-rr" => {
             let v = netperf(c.host_ns(), pinned, &c.local_addr, duration, &RR)?;
             record(
@@ -258,10 +262,19 @@ fn scale(
                     &[&format!("conn/s with {n} ports")],
                     &crr,
                 );
+                let unpublish_started = Instant::now();
                 let _ = Command::new(bin)
                     .args(["rm", "-f", &name])
                     .env("NETBPF_SOCKET", socket)
                     .output();
+                record(
+                    samples,
+                    "scale",
+                    true,
+                    c,
+                    &[&format!("seconds to unpublish {n} ports")],
+                    &[unpublish_started.elapsed().as_secs_f64()],
+                );
                 took
             }
             (Kind::Nftables, _) => {
@@ -304,6 +317,82 @@ fn scale(
     Ok(())
 }
 
+/// Resident memory (KiB) of every process in `ns` whose command is `comm`.
+fn rss_kib(ns: &str, comm: &str) -> (usize, f64) {
+    let pids = topology::run("ip", &["netns", "pids", ns]).unwrap_or_default();
+    let mut count = 0;
+    let mut total = 0.0;
+    for pid in pids.split_whitespace() {
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        let name = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Name:"))
+            .map(str::trim)
+            .unwrap_or_default();
+        if name == comm {
+            count += 1;
+            total += status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+                .unwrap_or(0.0);
+        }
+    }
+    (count, total)
+}
+
+/// What the data plane costs in memory and processes, with 3 ports published (netperf's
+/// control port, its data port over TCP and UDP).
+fn memory(c: &Contender, samples: &mut Vec<Sample>) -> anyhow::Result<()> {
+    match c.kind {
+        Kind::Netbpf => {
+            let (_, rss) = rss_kib(c.host_ns(), "netbpf");
+            record(samples, "memory", false, c, &["daemon RSS KiB"], &[rss]);
+            if let Some((bin, socket)) = &c.netbpf {
+                let out = Command::new(bin)
+                    .arg("info")
+                    .env("NETBPF_SOCKET", socket)
+                    .output()?;
+                let info: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+                let id = info["map_ids"]["PUBLISHED"]
+                    .as_u64()
+                    .context("PUBLISHED map id")?;
+                let map: serde_json::Value = serde_json::from_str(&topology::run(
+                    "bpftool",
+                    &["-j", "map", "show", "id", &id.to_string()],
+                )?)?;
+                let bytes = map["bytes_memlock"].as_f64().unwrap_or(0.0);
+                let entries = map["max_entries"].as_f64().unwrap_or(1.0);
+                record(
+                    samples,
+                    "memory",
+                    false,
+                    c,
+                    &["map bytes per published port"],
+                    &[bytes / entries],
+                );
+            }
+        }
+        Kind::DockerProxy | Kind::DockerIptables => {
+            let (proxies, rss) = rss_kib(c.host_ns(), "docker-proxy");
+            record(
+                samples,
+                "memory",
+                false,
+                c,
+                &["docker-proxy processes", "docker-proxy RSS KiB"],
+                &[proxies as f64, rss],
+            );
+            let (_, dockerd) = rss_kib(c.host_ns(), "dockerd");
+            record(samples, "memory", false, c, &["daemon RSS KiB"], &[dockerd]);
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(
         crate::is_root(),
@@ -323,8 +412,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "ext-stream",
         "ext-udp",
         "local-rr",
+        "local-stream",
         "c2c-rr",
         "scale",
+        "memory",
     ];
     let scenarios: Vec<&str> = all
         .iter()
@@ -347,7 +438,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut samples = vec![];
     for rep in 0..reps {
-        for scenario in scenarios.iter().filter(|s| **s != "scale") {
+        for scenario in scenarios
+            .iter()
+            .filter(|s| !matches!(**s, "scale" | "memory"))
+        {
             for pinned in [true, false] {
                 if args.quick && !pinned {
                     continue;
@@ -365,6 +459,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                         .with_context(|| format!("{scenario} on {}", c.kind.name()))?;
                 }
             }
+        }
+    }
+    if scenarios.contains(&"memory") {
+        for c in &contenders {
+            memory(c, &mut samples)?;
         }
     }
     if scenarios.contains(&"scale") {
