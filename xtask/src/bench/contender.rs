@@ -72,6 +72,7 @@ impl Contender {
             Kind::Netbpf => {
                 let dir = std::env::temp_dir().join(format!("netbpf-bench-{prefix}"));
                 std::fs::create_dir_all(&dir)?;
+                topo.dirs.push(dir.clone());
                 let socket = dir.join("sock");
                 let mut daemon = in_ns(
                     &topo.host,
@@ -305,6 +306,7 @@ fn docker(kind: Kind, mut topo: Topology, prefix: &str) -> anyhow::Result<Conten
     let dir = std::env::temp_dir().join(format!("netbpf-bench-{prefix}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
+    topo.dirs.push(dir.clone());
     let socket = format!("unix://{}", dir.join("docker.sock").display());
     let path = |p: &str| dir.join(p).display().to_string();
     let proxy = format!("--userland-proxy={}", kind == Kind::DockerProxy);
@@ -385,6 +387,13 @@ fn docker(kind: Kind, mut topo: Topology, prefix: &str) -> anyhow::Result<Conten
     let peer_ns = format!("{prefix}-peer");
     run("ip", &["netns", "attach", &peer_ns, &peer_pid])?;
     topo.extra_ns.push(peer_ns.clone());
+    // Named too, so that whatever dockerd leaves running in it is killed with the topology.
+    let server_ns = format!("{prefix}-srv");
+    run(
+        "ip",
+        &["netns", "attach", &server_ns, &server_pid.to_string()],
+    )?;
+    topo.extra_ns.push(server_ns);
     Ok(Contender {
         kind,
         external_addr: HOST_IP.into(),

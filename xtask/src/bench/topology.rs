@@ -49,6 +49,8 @@ pub struct Topology {
     /// Namespaces made here for hand-wired containers (nftables and ceiling contenders).
     pub extra_ns: Vec<String>,
     pub children: Vec<Child>,
+    /// Scratch directories (state, pins, Docker's data root), removed last.
+    pub dirs: Vec<std::path::PathBuf>,
 }
 
 impl Topology {
@@ -60,6 +62,7 @@ impl Topology {
             host: format!("{prefix}-host"),
             extra_ns: vec![],
             children: vec![],
+            dirs: vec![],
         };
         for ns in [&topo.client, &topo.host] {
             run("ip", &["netns", "add", ns])?;
@@ -218,6 +221,17 @@ impl Drop for Topology {
                 }
             }
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        for dir in &self.dirs {
+            // A bpffs mounted by the daemon under it is gone with the daemon's cleanup;
+            // unmount anything left before deleting.
+            let _ = Command::new("umount")
+                .arg("-R")
+                .arg("-l")
+                .arg(dir)
+                .stderr(Stdio::null())
+                .status();
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }
