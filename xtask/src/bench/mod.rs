@@ -343,9 +343,44 @@ fn rss_kib(ns: &str, comm: &str) -> (usize, f64) {
     (count, total)
 }
 
+/// CPU seconds (user + system) used so far by the processes in `ns` named `comm`.
+fn cpu_seconds(ns: &str, comm: &str) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let pids = topology::run("ip", &["netns", "pids", ns]).unwrap_or_default();
+    pids.split_whitespace()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter(|stat| stat.contains(&format!("({comm})")))
+        .filter_map(|stat| {
+            let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split(' ').collect();
+            Some(fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?)
+        })
+        .sum::<f64>()
+        / ticks
+}
+
 /// What the data plane costs in memory and processes, with 3 ports published (netperf's
 /// control port, its data port over TCP and UDP).
 fn memory(c: &Contender, samples: &mut Vec<Sample>) -> anyhow::Result<()> {
+    let daemon = match c.kind {
+        Kind::Netbpf => "netbpf",
+        Kind::DockerProxy | Kind::DockerIptables => "dockerd",
+        _ => "",
+    };
+    if !daemon.is_empty() {
+        // Idle: nothing is being measured while this sleeps.
+        let before = cpu_seconds(c.host_ns(), daemon);
+        std::thread::sleep(std::time::Duration::from_secs(5));
+        let used = cpu_seconds(c.host_ns(), daemon) - before;
+        record(
+            samples,
+            "memory",
+            false,
+            c,
+            &["idle daemon CPU %"],
+            &[used / 5.0 * 100.0],
+        );
+    }
     match c.kind {
         Kind::Netbpf => {
             let (_, rss) = rss_kib(c.host_ns(), "netbpf");
