@@ -9,7 +9,7 @@ use aya_ebpf::{
     maps::LruHashMap,
     programs::SockAddrContext,
 };
-use netbpf_common::{IpAddrKey, MAX_FLOWS, PublishedKey, SockBackendKey};
+use netbpf_common::{IpAddrKey, MAX_FLOWS, PublishedKey, PublishedTarget, SockBackendKey};
 
 use crate::{
     conntrack::v4,
@@ -32,33 +32,30 @@ fn is_loopback(addr: [u8; 4]) -> bool {
     addr[0] == 127
 }
 
-/// connect4 and sendmsg4: redirect a published host address to its container.
+/// Where a connection to the host address `addr:port` is published, if anywhere; records
+/// `original` (the address as the socket named it) so replies can show it again.
 #[inline(always)]
-pub fn to_backend(ctx: &SockAddrContext) {
-    if !in_our_netns(ctx) {
-        return;
+fn redirect(
+    ctx: &SockAddrContext,
+    addr: [u8; 4],
+    original: IpAddrKey,
+    port: u16,
+    proto: u8,
+) -> Option<PublishedTarget> {
+    if !in_our_netns(ctx) || (!is_loopback(addr) && !nat::is_host_addr(addr)) {
+        return None;
     }
-    // SAFETY: the kernel passes a valid bpf_sock_addr for the duration of the program.
-    let sa = unsafe { &mut *ctx.sock_addr };
-    let addr = sa.user_ip4.to_ne_bytes();
-    if !is_loopback(addr) && !nat::is_host_addr(addr) {
-        return;
-    }
-    let port = u16::from_be(sa.user_port as u16);
-    let proto = sa.protocol as u8;
-    let Some(target) = nat::published(addr, port, proto) else {
-        return;
-    };
+    let target = nat::published(addr, port, proto)?;
     let backend = PublishedKey {
         addr: target.addr,
         port: target.port,
         proto,
         _pad: 0,
     };
-    // SAFETY: as above; the cookie helper reads the context's socket.
+    // SAFETY: the cookie helper only reads the context's socket.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
     let original = PublishedKey {
-        addr: IpAddrKey::from_v4(addr),
+        addr: original,
         port,
         proto,
         _pad: 0,
@@ -72,34 +69,54 @@ pub fn to_backend(ctx: &SockAddrContext) {
         &original,
         0,
     );
-    sa.user_ip4 = u32::from_ne_bytes(v4(&target.addr));
-    sa.user_port = u32::from(target.port.to_be());
+    Some(target)
 }
 
-/// recvmsg4 and getpeername4: show the host address the process used, not the container.
+/// The address this socket used for the container at `backend:port`, if it was redirected.
 #[inline(always)]
-pub fn from_backend(ctx: &SockAddrContext) {
+fn original(ctx: &SockAddrContext, backend: [u8; 4], port: u16, proto: u8) -> Option<PublishedKey> {
     if !in_our_netns(ctx) {
-        return;
+        return None;
     }
-    // SAFETY: as in `to_backend`.
-    let sa = unsafe { &mut *ctx.sock_addr };
     let backend = PublishedKey {
-        addr: IpAddrKey::from_v4(sa.user_ip4.to_ne_bytes()),
-        port: u16::from_be(sa.user_port as u16),
-        proto: sa.protocol as u8,
+        addr: IpAddrKey::from_v4(backend),
+        port,
+        proto,
         _pad: 0,
     };
-    // SAFETY: as above.
+    // SAFETY: the cookie helper only reads the context's socket.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-    // SAFETY: plain data written whole by `to_backend`.
-    if let Some(original) = unsafe {
+    // SAFETY: plain data written whole by `redirect`.
+    unsafe {
         SOCK_ORIGINAL.get(&SockBackendKey {
             cookie,
             backend,
             _pad: 0,
         })
-    } {
+    }
+    .copied()
+}
+
+/// connect4 and sendmsg4: redirect a published host address to its container.
+#[inline(always)]
+pub fn to_backend(ctx: &SockAddrContext) {
+    // SAFETY: the kernel passes a valid bpf_sock_addr for the duration of the program.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    let addr = sa.user_ip4.to_ne_bytes();
+    let port = u16::from_be(sa.user_port as u16);
+    if let Some(target) = redirect(ctx, addr, IpAddrKey::from_v4(addr), port, sa.protocol as u8) {
+        sa.user_ip4 = u32::from_ne_bytes(v4(&target.addr));
+        sa.user_port = u32::from(target.port.to_be());
+    }
+}
+
+/// recvmsg4 and getpeername4: show the host address the process used, not the container.
+#[inline(always)]
+pub fn from_backend(ctx: &SockAddrContext) {
+    // SAFETY: as in `to_backend`.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    let port = u16::from_be(sa.user_port as u16);
+    if let Some(original) = original(ctx, sa.user_ip4.to_ne_bytes(), port, sa.protocol as u8) {
         sa.user_ip4 = u32::from_ne_bytes(v4(&original.addr));
         sa.user_port = u32::from(original.port.to_be());
     }
@@ -110,30 +127,36 @@ pub fn from_backend(ctx: &SockAddrContext) {
 /// not published (yet).
 #[inline(always)]
 fn v4_of_v6(words: [u32; 4]) -> Option<[u8; 4]> {
-    let bytes = |w: u32| w.to_ne_bytes();
-    let (a, b, c, d) = (
-        bytes(words[0]),
-        bytes(words[1]),
-        bytes(words[2]),
-        bytes(words[3]),
-    );
-    let zero_head = a == [0; 4] && b == [0; 4];
-    if zero_head && c == [0, 0, 0xff, 0xff] {
-        return Some(d);
+    let key = key_of_words(words);
+    let o = key.octets;
+    if o[..10] != [0; 10] {
+        return None;
     }
-    if zero_head && c == [0; 4] && d == [0, 0, 0, 1] {
-        return Some([127, 0, 0, 1]);
+    match (o[10], o[11]) {
+        (0xff, 0xff) => Some(v4(&key)),
+        (0, 0) if o[12..] == [0, 0, 0, 1] => Some([127, 0, 0, 1]),
+        _ => None,
     }
-    None
+}
+
+/// `bpf_sock_addr.user_ip6` words (network order) as a key address, and back.
+#[inline(always)]
+fn key_of_words(words: [u32; 4]) -> IpAddrKey {
+    let mut octets = [0u8; 16];
+    for (i, w) in words.iter().enumerate() {
+        octets[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    IpAddrKey::from_v6(octets)
 }
 
 #[inline(always)]
-fn v6_words_of(addr: [u8; 4]) -> [u32; 4] {
+fn words_of(key: &IpAddrKey) -> [u32; 4] {
+    let o = key.octets;
     [
-        0,
-        0,
-        u32::from_ne_bytes([0, 0, 0xff, 0xff]),
-        u32::from_ne_bytes(addr),
+        u32::from_ne_bytes([o[0], o[1], o[2], o[3]]),
+        u32::from_ne_bytes([o[4], o[5], o[6], o[7]]),
+        u32::from_ne_bytes([o[8], o[9], o[10], o[11]]),
+        u32::from_ne_bytes([o[12], o[13], o[14], o[15]]),
     ]
 }
 
@@ -141,89 +164,30 @@ fn v6_words_of(addr: [u8; 4]) -> [u32; 4] {
 /// ports too (a dual-stack socket then talks IPv4 to the container).
 #[inline(always)]
 pub fn to_backend6(ctx: &SockAddrContext) {
-    if !in_our_netns(ctx) {
-        return;
-    }
     // SAFETY: the kernel passes a valid bpf_sock_addr for the duration of the program.
     let sa = unsafe { &mut *ctx.sock_addr };
-    let words = sa.user_ip6;
-    let Some(addr) = v4_of_v6(words) else {
+    let Some(addr) = v4_of_v6(sa.user_ip6) else {
         return;
     };
-    if !is_loopback(addr) && !nat::is_host_addr(addr) {
-        return;
-    }
     let port = u16::from_be(sa.user_port as u16);
-    let proto = sa.protocol as u8;
-    let Some(target) = nat::published(addr, port, proto) else {
-        return;
-    };
-    let backend = PublishedKey {
-        addr: target.addr,
-        port: target.port,
-        proto,
-        _pad: 0,
-    };
-    // SAFETY: as above; the cookie helper reads the context's socket.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-    let mut original_addr = [0u8; 16];
-    for (i, w) in words.iter().enumerate() {
-        original_addr[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+    let asked = key_of_words(sa.user_ip6);
+    if let Some(target) = redirect(ctx, addr, asked, port, sa.protocol as u8) {
+        sa.user_ip6 = words_of(&target.addr);
+        sa.user_port = u32::from(target.port.to_be());
     }
-    let original = PublishedKey {
-        addr: IpAddrKey::from_v6(original_addr),
-        port,
-        proto,
-        _pad: 0,
-    };
-    let _ = SOCK_ORIGINAL.insert(
-        &SockBackendKey {
-            cookie,
-            backend,
-            _pad: 0,
-        },
-        &original,
-        0,
-    );
-    sa.user_ip6 = v6_words_of(v4(&target.addr));
-    sa.user_port = u32::from(target.port.to_be());
 }
 
 /// recvmsg6 and getpeername6: show the address the process used.
 #[inline(always)]
 pub fn from_backend6(ctx: &SockAddrContext) {
-    if !in_our_netns(ctx) {
-        return;
-    }
     // SAFETY: as in `to_backend6`.
     let sa = unsafe { &mut *ctx.sock_addr };
-    let words = sa.user_ip6;
-    let Some(addr) = v4_of_v6(words) else {
+    let Some(addr) = v4_of_v6(sa.user_ip6) else {
         return;
     };
-    let backend = PublishedKey {
-        addr: IpAddrKey::from_v4(addr),
-        port: u16::from_be(sa.user_port as u16),
-        proto: sa.protocol as u8,
-        _pad: 0,
-    };
-    // SAFETY: as above.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-    // SAFETY: plain data written whole by `to_backend6`.
-    if let Some(original) = unsafe {
-        SOCK_ORIGINAL.get(&SockBackendKey {
-            cookie,
-            backend,
-            _pad: 0,
-        })
-    } {
-        let o = original.addr.octets;
-        sa.user_ip6 = [
-            u32::from_ne_bytes([o[0], o[1], o[2], o[3]]),
-            u32::from_ne_bytes([o[4], o[5], o[6], o[7]]),
-            u32::from_ne_bytes([o[8], o[9], o[10], o[11]]),
-            u32::from_ne_bytes([o[12], o[13], o[14], o[15]]),
-        ];
+    let port = u16::from_be(sa.user_port as u16);
+    if let Some(original) = original(ctx, addr, port, sa.protocol as u8) {
+        sa.user_ip6 = words_of(&original.addr);
         sa.user_port = u32::from(original.port.to_be());
     }
 }

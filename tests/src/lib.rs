@@ -651,3 +651,42 @@ pub fn skb_ctx(ifindex: u32) -> [u8; 48] {
     ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
     ctx
 }
+
+/// Runs a TC program once on `frame` as if it came in on `ifindex`; returns the verdict
+/// and the frame as the program left it.
+pub fn run_tc(
+    program: &aya::programs::SchedClassifier,
+    frame: &[u8],
+    ifindex: u32,
+) -> (u32, Vec<u8>) {
+    use aya::TestRun as _;
+    let mut out = vec![0u8; frame.len() + 256];
+    let ctx = skb_ctx(ifindex);
+    let options = aya::TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ctx_in: Some(&ctx),
+        ..Default::default()
+    };
+    let result = program
+        .test_run(options)
+        .unwrap_or_else(|e| panic!("test run failed: {e:?}"));
+    out.truncate(result.data_size_out as usize);
+    (result.return_value, out)
+}
+
+/// Runs an XDP program once on `frame`; returns the verdict and the resulting frame.
+pub fn run_xdp(program: &aya::programs::Xdp, frame: &[u8]) -> (u32, Vec<u8>) {
+    use aya::TestRun as _;
+    let mut out = vec![0u8; frame.len() + 256];
+    let options = aya::TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ..Default::default()
+    };
+    let result = program
+        .test_run(options)
+        .unwrap_or_else(|e| panic!("test run failed: {e:?}"));
+    out.truncate(result.data_size_out as usize);
+    (result.return_value, out)
+}

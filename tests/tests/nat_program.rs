@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use aya::{
-    Ebpf, EbpfLoader, TestRun as _, TestRunOptions,
+    Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, lpm_trie::Key},
     programs::{SchedClassifier, Xdp},
 };
@@ -17,7 +17,7 @@ use netbpf_common::{
 use netbpf_tests::{
     ProgramSandbox,
     packet::{self, Seen, TCP_SYN},
-    skb_ctx,
+    run_tc, run_xdp,
 };
 
 const TC_ACT_OK: u32 = 0;
@@ -49,32 +49,12 @@ impl Programs {
             .unwrap()
             .try_into()
             .unwrap();
-        let mut out = vec![0u8; frame.len() + 256];
-        let result = program
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ..Default::default()
-            })
-            .unwrap_or_else(|e| panic!("uplink_xdp: test run failed: {e:?}"));
-        out.truncate(result.data_size_out as usize);
-        (result.return_value, out)
+        run_xdp(program, frame)
     }
 
     fn run(&self, program: &str, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
         let program: &SchedClassifier = self.ebpf.program(program).unwrap().try_into().unwrap();
-        let mut out = vec![0u8; frame.len() + 256];
-        let ctx = skb_ctx(ifindex);
-        let result = program
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                ..Default::default()
-            })
-            .unwrap_or_else(|e| panic!("{program:?}: test run failed: {e:?}"));
-        out.truncate(result.data_size_out as usize);
-        (result.return_value, out)
+        run_tc(program, frame, ifindex)
     }
 }
 

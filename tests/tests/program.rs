@@ -5,7 +5,7 @@
 use std::net::Ipv4Addr;
 
 use aya::{
-    EbpfLoader, TestRun as _, TestRunOptions,
+    EbpfLoader,
     maps::{HashMap, LpmTrie, PerCpuHashMap, PerCpuValues, lpm_trie::Key},
     programs::SchedClassifier,
 };
@@ -13,7 +13,7 @@ use netbpf_common::{
     DropReason, EndpointCounters, EndpointIface, EndpointKey, EndpointTarget, IFACE_FLAG_INTERNAL,
     IpAddrKey, SubnetInfo, SubnetKey, names,
 };
-use netbpf_tests::{ProgramSandbox, skb_ctx};
+use netbpf_tests::{ProgramSandbox, run_tc};
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
@@ -154,20 +154,7 @@ fn run_cases(bpffs: &std::path::Path, sender: u32, peer: u32) {
     let zeroes = || PerCpuValues::try_from(vec![EndpointCounters::default(); cpus]).unwrap();
     counters.insert(sender, zeroes(), 0).unwrap();
 
-    let run = |what: &str, frame: &[u8], ifindex: u32| -> (u32, Vec<u8>) {
-        let mut out = vec![0u8; frame.len() + 256];
-        let ctx = skb_ctx(ifindex);
-        let result = program
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                ..Default::default()
-            })
-            .unwrap_or_else(|e| panic!("{what}: test run failed: {e:?}"));
-        out.truncate(result.data_size_out as usize);
-        (result.return_value, out)
-    };
+    let run = |_what: &str, frame: &[u8], ifindex: u32| run_tc(program, frame, ifindex);
     let total = |counters: &PerCpuHashMap<_, u32, EndpointCounters>| {
         let mut sum = EndpointCounters::default();
         for c in counters.get(&sender, 0).unwrap().iter() {

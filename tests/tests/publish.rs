@@ -75,6 +75,18 @@ fn http_container(host: &TestHost, name: &str, network: &str, publish: &[&str]) 
     }
 }
 
+/// HTTP status code of a curl from the outside namespace.
+fn outside_http(host: &TestHost, url: &str) -> String {
+    let args = curl_args(url);
+    http_code(host.outside("curl", &args.iter().map(String::as_str).collect::<Vec<_>>()))
+}
+
+/// HTTP status code of a curl from a host process.
+fn host_http(host: &TestHost, url: &str) -> String {
+    let args = curl_args(url);
+    http_code(host.on_host("curl", &args.iter().map(String::as_str).collect::<Vec<_>>()))
+}
+
 fn http_code(mut command: std::process::Command) -> String {
     String::from_utf8_lossy(&command.output().unwrap().stdout).into_owned()
 }
@@ -88,15 +100,7 @@ fn published_ports_reach_containers_from_outside_the_host_and_containers() {
     let url = format!("http://{HOST_UPLINK_IP}:5050/");
 
     // 1. From outside: the server sees the real client address.
-    let code = http_code(
-        host.outside(
-            "curl",
-            &curl_args(&url)
-                .iter()
-                .map(String::as_str)
-                .collect::<Vec<_>>(),
-        ),
-    );
+    let code = outside_http(&host, &url);
     assert_eq!(code, "200", "outside client");
     assert!(
         host.ok(&["logs", "srv"])
@@ -110,9 +114,7 @@ fn published_ports_reach_containers_from_outside_the_host_and_containers() {
         "http://[::1]:5050/".to_owned(),
         url.clone(),
     ] {
-        let args = curl_args(&url);
-        let code =
-            http_code(host.on_host("curl", &args.iter().map(String::as_str).collect::<Vec<_>>()));
+        let code = host_http(&host, &url);
         assert_eq!(code, "200", "host client to {url}");
     }
 
@@ -164,31 +166,12 @@ fn a_port_bound_to_localhost_is_reachable_only_from_the_host() {
     host.ok(&["network", "create", "--subnet", "10.93.0.0/24", "web"]);
     http_container(&host, "private", "web", &["127.0.0.1:8080:80"]);
     assert_eq!(host.ok(&["port", "private"]), "80/tcp -> 127.0.0.1:8080\n");
-    let code = http_code(
-        host.on_host(
-            "curl",
-            &curl_args("http://127.0.0.1:8080/")
-                .iter()
-                .map(String::as_str)
-                .collect::<Vec<_>>(),
-        ),
-    );
+    let code = host_http(&host, "http://127.0.0.1:8080/");
     assert_eq!(code, "200");
     // moby#45610: a client outside must not reach a localhost-only port, neither through
     // the host's address nor by routing 127.0.0.1 at it.
     let url = format!("http://{HOST_UPLINK_IP}:8080/");
-    assert_ne!(
-        http_code(
-            host.outside(
-                "curl",
-                &curl_args(&url)
-                    .iter()
-                    .map(String::as_str)
-                    .collect::<Vec<_>>()
-            )
-        ),
-        "200"
-    );
+    assert_ne!(outside_http(&host, &url), "200");
     must(
         "ip",
         &[
@@ -201,18 +184,7 @@ fn a_port_bound_to_localhost_is_reachable_only_from_the_host() {
             HOST_UPLINK_IP,
         ],
     );
-    assert_ne!(
-        http_code(
-            host.outside(
-                "curl",
-                &curl_args("http://127.1.0.1:8080/")
-                    .iter()
-                    .map(String::as_str)
-                    .collect::<Vec<_>>()
-            )
-        ),
-        "200"
-    );
+    assert_ne!(outside_http(&host, "http://127.1.0.1:8080/"), "200");
     assert!(
         !host.ok(&["logs", "private"]).contains(OUTSIDE_IP),
         "the outside client got through"
@@ -394,18 +366,7 @@ fn ranges_random_ports_and_conflicts() {
     let from_range: u16 = lines[4].rsplit(':').next().unwrap().parse().unwrap();
     assert!((7000..=7010).contains(&from_range), "{ports}");
     let url = format!("http://{HOST_UPLINK_IP}:{random}/");
-    assert_eq!(
-        http_code(
-            host.outside(
-                "curl",
-                &curl_args(&url)
-                    .iter()
-                    .map(String::as_str)
-                    .collect::<Vec<_>>()
-            )
-        ),
-        "200"
-    );
+    assert_eq!(outside_http(&host, &url), "200");
 
     // Conflicts: already published, and taken by a host process.
     let err = host.fails(&[
@@ -465,18 +426,7 @@ fn ranges_random_ports_and_conflicts() {
     host.ok(&["stop", "-t", "1", "srv"]);
     assert!(host.ok(&["port", "srv"]).is_empty());
     let url = format!("http://{HOST_UPLINK_IP}:9000/");
-    assert_ne!(
-        http_code(
-            host.outside(
-                "curl",
-                &curl_args(&url)
-                    .iter()
-                    .map(String::as_str)
-                    .collect::<Vec<_>>()
-            )
-        ),
-        "200"
-    );
+    assert_ne!(outside_http(&host, &url), "200");
     host.ok(&["start", "srv"]);
     assert!(
         host.ok(&["port", "srv"])
@@ -628,15 +578,7 @@ fn the_xdp_stage_translates_published_ports_from_outside() {
     std::thread::sleep(Duration::from_millis(300));
 
     let url = format!("http://{HOST_UPLINK_IP}:5050/");
-    let code = http_code(
-        host.outside(
-            "curl",
-            &curl_args(&url)
-                .iter()
-                .map(String::as_str)
-                .collect::<Vec<_>>(),
-        ),
-    );
+    let code = outside_http(&host, &url);
     assert_eq!(code, "200");
     assert!(
         host.ok(&["logs", "srv"])
@@ -656,31 +598,9 @@ fn the_xdp_stage_translates_published_ports_from_outside() {
     );
     // A restart keeps the XDP stage (the new program swapped into the pinned links).
     host.kill_daemon();
-    assert_eq!(
-        http_code(
-            host.outside(
-                "curl",
-                &curl_args(&url)
-                    .iter()
-                    .map(String::as_str)
-                    .collect::<Vec<_>>()
-            )
-        ),
-        "200"
-    );
+    assert_eq!(outside_http(&host, &url), "200");
     host.start_daemon(&["--xdp", "native"]);
-    assert_eq!(
-        http_code(
-            host.outside(
-                "curl",
-                &curl_args(&url)
-                    .iter()
-                    .map(String::as_str)
-                    .collect::<Vec<_>>()
-            )
-        ),
-        "200"
-    );
+    assert_eq!(outside_http(&host, &url), "200");
 }
 
 #[test]
@@ -710,16 +630,7 @@ fn attach_publishes_ports_of_a_namespace_made_elsewhere() {
     assert_eq!(host.ok(&["port", "legacy"]), "80/tcp -> 0.0.0.0:6060\n");
     let url = format!("http://{HOST_UPLINK_IP}:6060/");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while http_code(
-        host.outside(
-            "curl",
-            &curl_args(&url)
-                .iter()
-                .map(String::as_str)
-                .collect::<Vec<_>>(),
-        ),
-    ) != "200"
-    {
+    while outside_http(&host, &url) != "200" {
         assert!(
             Instant::now() < deadline,
             "attached server not reachable through its published port"
@@ -727,16 +638,5 @@ fn attach_publishes_ports_of_a_namespace_made_elsewhere() {
         std::thread::sleep(Duration::from_millis(200));
     }
     host.ok(&["rm", "legacy"]);
-    assert_ne!(
-        http_code(
-            host.outside(
-                "curl",
-                &curl_args(&url)
-                    .iter()
-                    .map(String::as_str)
-                    .collect::<Vec<_>>()
-            )
-        ),
-        "200"
-    );
+    assert_ne!(outside_http(&host, &url), "200");
 }

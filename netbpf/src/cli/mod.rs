@@ -208,7 +208,6 @@ pub enum Format {
 /// Runs a client command; returns the process exit code.
 pub async fn run_client(socket: PathBuf, command: Command) -> Result<i32, ClientError> {
     let client = Client::new(&socket);
-    let none = None::<&()>;
     match command {
         Command::Daemon(_) => unreachable!("handled by main"),
         Command::Network(cmd) => return network(&client, cmd).await,
@@ -265,36 +264,22 @@ pub async fn run_client(socket: PathBuf, command: Command) -> Result<i32, Client
                 .await?;
         }
         Command::Stop { time, names } => {
-            for name in names {
-                client
-                    .call::<()>(
-                        Method::POST,
-                        &format!("/containers/{name}/stop?timeout={time}"),
-                        none,
-                    )
-                    .await?;
-                println!("{name}");
-            }
+            per_name(&client, Method::POST, names, |n| {
+                format!("/containers/{n}/stop?timeout={time}")
+            })
+            .await?;
         }
         Command::Start { names } => {
-            for name in names {
-                client
-                    .call::<ContainerView>(Method::POST, &format!("/containers/{name}/start"), none)
-                    .await?;
-                println!("{name}");
-            }
+            per_name(&client, Method::POST, names, |n| {
+                format!("/containers/{n}/start")
+            })
+            .await?;
         }
         Command::Rm { force, names } => {
-            for name in names {
-                client
-                    .call::<()>(
-                        Method::DELETE,
-                        &format!("/containers/{name}?force={force}"),
-                        none,
-                    )
-                    .await?;
-                println!("{name}");
-            }
+            per_name(&client, Method::DELETE, names, |n| {
+                format!("/containers/{n}?force={force}")
+            })
+            .await?;
         }
         Command::Stats { format } => {
             let stats: Vec<EndpointStats> = client.get("/stats").await?;
@@ -316,6 +301,23 @@ pub async fn run_client(socket: PathBuf, command: Command) -> Result<i32, Client
         }
     }
     Ok(0)
+}
+
+/// One request per name, printing each name as it succeeds (Docker's multi-name verbs);
+/// stops at the first error.
+async fn per_name(
+    client: &Client,
+    method: Method,
+    names: Vec<String>,
+    path: impl Fn(&str) -> String,
+) -> Result<(), ClientError> {
+    for name in names {
+        client
+            .call::<serde_json::Value>(method.clone(), &path(&name), None::<&()>)
+            .await?;
+        println!("{name}");
+    }
+    Ok(())
 }
 
 async fn network(client: &Client, cmd: NetworkCommand) -> Result<i32, ClientError> {
@@ -356,12 +358,7 @@ async fn network(client: &Client, cmd: NetworkCommand) -> Result<i32, ClientErro
             output::json(&views);
         }
         NetworkCommand::Rm { names } => {
-            for name in names {
-                client
-                    .call::<()>(Method::DELETE, &format!("/networks/{name}"), none)
-                    .await?;
-                println!("{name}");
-            }
+            per_name(client, Method::DELETE, names, |n| format!("/networks/{n}")).await?;
         }
         NetworkCommand::Connect {
             ip,
