@@ -23,9 +23,10 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Performance comparison against nftables DNAT and the no-NAT ceiling (as root).
+    /// Performance comparison against Docker (docker-proxy, iptables DNAT), nftables DNAT
+    /// and the no-NAT ceiling (as root).
     Bench(bench::Args),
-    /// Every check and test: fmt, clippy, unit tests, integration tests (as root).
+    /// Every check and test: fmt, clippy, unit tests, integration tests, a quick bench (as root).
     Test {
         /// Passed to the integration test harness (e.g. a test name filter).
         #[arg(last = true)]

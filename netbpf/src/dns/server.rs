@@ -238,10 +238,6 @@ impl DnsServers {
         *self.table.write().unwrap_or_else(|p| p.into_inner()) = table;
     }
 
-    pub fn is_running(&self, container_id: &str) -> bool {
-        self.running.contains_key(container_id)
-    }
-
     /// Opens 127.0.0.11:DNS_SERVER_PORT (UDP and TCP) inside `ns` and serves it; the
     /// `steering` links (already attached to the namespace's `lo`) map port 53 onto it.
     pub fn start(
