@@ -42,11 +42,13 @@ pub fn is_host_addr(addr: [u8; 4]) -> bool {
     unsafe { HOST_ADDRS.get(&IpAddrKey::from_v4(addr)) }.is_some()
 }
 
-/// The published port for `addr:port`: bound to exactly that address, or to all of them.
+/// The published port for `addr:port`: bound to all addresses, or to exactly that one. The
+/// controller never lets both exist for one port (as Docker, it refuses the overlap), so
+/// the order only decides cost: all-addresses, the common `-p`, takes one lookup.
 #[inline(always)]
 pub fn published(addr: [u8; 4], port: u16, proto: u8) -> Option<PublishedTarget> {
     let mut key = PublishedKey {
-        addr: IpAddrKey::from_v4(addr),
+        addr: IpAddrKey::from_v4([0; 4]),
         port,
         proto,
         _pad: 0,
@@ -55,7 +57,7 @@ pub fn published(addr: [u8; 4], port: u16, proto: u8) -> Option<PublishedTarget>
     if let Some(target) = unsafe { PUBLISHED.get(&key) } {
         return Some(*target);
     }
-    key.addr = IpAddrKey::from_v4([0; 4]);
+    key.addr = IpAddrKey::from_v4(addr);
     // SAFETY: as above.
     unsafe { PUBLISHED.get(&key) }.copied()
 }
@@ -66,7 +68,13 @@ pub fn published(addr: [u8; 4], port: u16, proto: u8) -> Option<PublishedTarget>
 pub fn dnat(ctx: &TcContext, flow: &Ipv4Flow, target: &PublishedTarget) -> i32 {
     let backend = v4(&target.addr);
     let reply = conntrack::key(backend, target.port, flow.src, flow.sport, flow.proto);
-    if !conntrack::insert(&reply, flow.dst, flow.dport, NAT_REWRITE_SRC, false) {
+    if !conntrack::record(
+        &reply,
+        flow.dst,
+        flow.dport,
+        NAT_REWRITE_SRC,
+        flow.tcp_flags,
+    ) {
         return TC_ACT_SHOT as i32;
     }
     if !csum::rewrite(ctx, flow, Side::Dst, backend, target.port) {

@@ -69,6 +69,8 @@ struct Datagram {
     ip: *mut Ipv4Hdr,
     l4_offset: usize,
     proto: u8,
+    /// TCP flags byte (0 for UDP).
+    tcp_flags: u8,
 }
 
 #[inline(always)]
@@ -90,23 +92,27 @@ fn parse(ctx: &XdpContext) -> Option<Datagram> {
     }
     let proto = hdr.proto;
     let l4_offset = EthHdr::LEN + ihl;
-    match proto {
+    let tcp_flags = match proto {
         IPPROTO_TCP => {
-            let data_offset = ptr_at::<[u8; 20]>(ctx, l4_offset)?;
+            let tcp = ptr_at::<[u8; 20]>(ctx, l4_offset)?;
             // SAFETY: bounds checked by ptr_at.
-            if usize::from(unsafe { (*data_offset)[12] } >> 4) * 4 < 20 {
+            let tcp = unsafe { &*tcp };
+            if usize::from(tcp[12] >> 4) * 4 < 20 {
                 return None;
             }
+            tcp[13]
         }
         IPPROTO_UDP => {
             ptr_at::<[u8; 8]>(ctx, l4_offset)?;
+            0
         }
         _ => return None,
-    }
+    };
     Some(Datagram {
         ip,
         l4_offset,
         proto,
+        tcp_flags,
     })
 }
 
@@ -147,7 +153,7 @@ fn translate(
 ) -> u32 {
     let backend = v4(&target.addr);
     let reply = conntrack::key(backend, target.port, src, sport, d.proto);
-    if !conntrack::insert(&reply, dst, dport, NAT_REWRITE_SRC, false) {
+    if !conntrack::record(&reply, dst, dport, NAT_REWRITE_SRC, d.tcp_flags) {
         return XDP_ABORTED;
     }
     let csum_offset = d.l4_offset + if d.proto == IPPROTO_UDP { 6 } else { 16 };

@@ -9,12 +9,16 @@ use super::topology::{HOST_IP, Topology, in_ns, run};
 /// netperf's control port and the data port every test is told to use, both published.
 pub const CTRL_PORT: u16 = 12865;
 pub const DATA_PORT: u16 = 12866;
+/// The published UDP port of the sink container the per-packet run sends to.
+pub const SINK_PORT: u16 = 9;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Kind {
     /// netbpf: XDP/TC/cgroup programs.
     Netbpf,
+    /// netbpf with `--xdp native` on the veth uplink: published ports handled at XDP.
+    NetbpfXdp,
     /// nftables DNAT + masquerade, as netavark 2.x writes them.
     Nftables,
     /// No NAT at all: the client routes to the container address (the ceiling).
@@ -26,8 +30,9 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Netbpf,
+        Kind::NetbpfXdp,
         Kind::Nftables,
         Kind::Ceiling,
         Kind::DockerProxy,
@@ -37,10 +42,23 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Netbpf => "netbpf",
+            Kind::NetbpfXdp => "netbpf-xdp",
             Kind::Nftables => "nftables",
             Kind::Ceiling => "ceiling",
             Kind::DockerProxy => "docker-proxy",
             Kind::DockerIptables => "docker-iptables",
+        }
+    }
+
+    /// Whether this contender takes part in `scenario`. The XDP stage only sees what comes
+    /// in on the uplink; docker-proxy carries no external traffic Docker's DNAT rules do
+    /// not already take (the per-packet run would measure docker-iptables twice).
+    pub fn runs(self, scenario: &str) -> bool {
+        match self {
+            Kind::NetbpfXdp => matches!(scenario, "ext-rr" | "ext-crr" | "ext-udp" | "xdp-pps"),
+            Kind::DockerProxy => scenario != "xdp-pps",
+            Kind::Netbpf => scenario != "xdp-pps",
+            _ => true,
         }
     }
 }
@@ -61,6 +79,11 @@ pub struct Contender {
     pub netbpf: Option<(PathBuf, PathBuf)>,
     /// The netserver process: pinned to CPU 0 for pinned runs, free otherwise.
     pub server_pid: u32,
+    /// The sink container (nothing listens in it) for the per-packet run: its namespace and
+    /// address, and the pinned XDP link of its interface if netbpf made one.
+    pub sink_ns: String,
+    pub sink_ip: String,
+    pub sink_xdp_link: Option<PathBuf>,
 }
 
 impl Contender {
@@ -69,7 +92,7 @@ impl Contender {
         let prefix = format!("nbb{}k{index}", std::process::id() % 10_000);
         let mut topo = Topology::new(&prefix)?;
         match kind {
-            Kind::Netbpf => {
+            Kind::Netbpf | Kind::NetbpfXdp => {
                 let dir = std::env::temp_dir().join(format!("netbpf-bench-{prefix}"));
                 std::fs::create_dir_all(&dir)?;
                 topo.dirs.push(dir.clone());
@@ -92,6 +115,12 @@ impl Contender {
                         &format!("{prefix}-"),
                         "--log-level",
                         "warn",
+                        "--xdp",
+                        if kind == Kind::NetbpfXdp {
+                            "native"
+                        } else {
+                            "auto"
+                        },
                     ]);
                 topo.spawn(daemon)?;
                 let cli = |args: &[&str]| -> anyhow::Result<String> {
@@ -106,6 +135,23 @@ impl Contender {
                     );
                     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
                 };
+                if kind == Kind::NetbpfXdp {
+                    // A veth hands XDP the checksum a local sender left partial; a frame
+                    // redirected at XDP loses the note that it still needs finishing. Real
+                    // uplinks (NICs) deliver complete checksums, as the client does with
+                    // its offload off.
+                    run(
+                        "nsenter",
+                        &[
+                            &format!("--net=/run/netns/{}", topo.client),
+                            "ethtool",
+                            "-K",
+                            "up0",
+                            "tx",
+                            "off",
+                        ],
+                    )?;
+                }
                 let started = Instant::now();
                 while cli(&["info"]).is_err() {
                     anyhow::ensure!(
@@ -148,12 +194,34 @@ impl Contender {
                     "sleep",
                     "infinity",
                 ])?;
-                let view = serde_json::from_str::<serde_json::Value>(&cli(&["inspect", "srv"])?)?;
+                let sink = format!("{SINK_PORT}:{SINK_PORT}/udp");
+                cli(&[
+                    "run",
+                    "-d",
+                    "--name",
+                    "sink",
+                    "--network",
+                    "bench",
+                    "-p",
+                    &sink,
+                    "--",
+                    "sleep",
+                    "infinity",
+                ])?;
+                let inspect = |name: &str| -> anyhow::Result<serde_json::Value> {
+                    Ok(serde_json::from_str(&cli(&["inspect", name])?)?)
+                };
+                let view = inspect("srv")?;
                 let server_ip = view["Networks"]["bench"]["IPAddress"]
                     .as_str()
                     .context("server address")?
                     .to_owned();
                 let server_pid = view["State"]["Pid"].as_u64().context("server pid")? as u32;
+                let sink = &inspect("sink")?["Networks"]["bench"];
+                let sink_ip = sink["IPAddress"].as_str().context("sink address")?.into();
+                let sink_veth = sink["HostInterface"].as_str().context("sink veth")?;
+                let sink_xdp_link = Some(dir.join("bpffs/xdp-links").join(sink_veth))
+                    .filter(|_| kind == Kind::NetbpfXdp);
                 let netbpf = Some((netbpf_bin.to_owned(), socket));
                 Ok(Self {
                     kind,
@@ -163,6 +231,9 @@ impl Contender {
                     server_ip,
                     netbpf,
                     server_pid,
+                    sink_ns: format!("{prefix}-sink"),
+                    sink_ip,
+                    sink_xdp_link,
                     topo,
                 })
             }
@@ -170,6 +241,7 @@ impl Contender {
             Kind::Nftables | Kind::Ceiling => {
                 let server_ip = topo.plain_container("srv", 1)?;
                 topo.plain_container("peer", 2)?;
+                let sink_ip = topo.plain_container("sink", 3)?;
                 let server_ns = format!("{prefix}-srv");
                 topo.spawn(in_ns(
                     &server_ns,
@@ -181,6 +253,7 @@ impl Contender {
                 let server_pid = topo.children.last().expect("just spawned").id();
                 let (external_addr, local_addr) = if kind == Kind::Nftables {
                     nft_dnat(&topo.host, &server_ip, &[CTRL_PORT, DATA_PORT])?;
+                    nft(&topo.host, &port_rules("add", &sink_ip, &[SINK_PORT]))?;
                     (HOST_IP.to_owned(), "127.0.0.1".to_owned())
                 } else {
                     run(
@@ -205,6 +278,9 @@ impl Contender {
                     server_ip,
                     netbpf: None,
                     server_pid,
+                    sink_ns: format!("{prefix}-sink"),
+                    sink_ip,
+                    sink_xdp_link: None,
                     topo,
                 })
             }
@@ -369,24 +445,29 @@ fn docker(kind: Kind, mut topo: Topology, prefix: &str) -> anyhow::Result<Conten
         "-p",
         &CTRL_PORT.to_string(),
     ])?;
-    docker(&[
-        "run",
-        "-d",
-        "--name",
-        "peer",
-        "netbpf-bench",
-        "/bin/sleep",
-        "100000000",
-    ])?;
+    for (name, publish) in [("peer", None), ("sink", Some(SINK_PORT))] {
+        let publish = publish.map(|p| format!("{p}:{p}/udp"));
+        let mut args = vec!["run", "-d", "--name", name];
+        if let Some(publish) = &publish {
+            args.extend(["-p", publish]);
+        }
+        args.extend(["netbpf-bench", "/bin/sleep", "100000000"]);
+        docker(&args)?;
+    }
     let inspect = |name: &str, format: &str| {
         docker(&["inspect", "-f", format, name]).map(|s| s.trim().to_owned())
     };
     let server_ip = inspect("srv", "{{.NetworkSettings.IPAddress}}")?;
     let server_pid: u32 = inspect("srv", "{{.State.Pid}}")?.parse()?;
-    let peer_pid = inspect("peer", "{{.State.Pid}}")?;
-    let peer_ns = format!("{prefix}-peer");
-    run("ip", &["netns", "attach", &peer_ns, &peer_pid])?;
-    topo.extra_ns.push(peer_ns.clone());
+    let sink_ip = inspect("sink", "{{.NetworkSettings.IPAddress}}")?;
+    for name in ["peer", "sink"] {
+        let ns = format!("{prefix}-{name}");
+        run(
+            "ip",
+            &["netns", "attach", &ns, &inspect(name, "{{.State.Pid}}")?],
+        )?;
+        topo.extra_ns.push(ns);
+    }
     // Named too, so that whatever dockerd leaves running in it is killed with the topology.
     let server_ns = format!("{prefix}-srv");
     run(
@@ -398,10 +479,13 @@ fn docker(kind: Kind, mut topo: Topology, prefix: &str) -> anyhow::Result<Conten
         kind,
         external_addr: HOST_IP.into(),
         local_addr: "127.0.0.1".into(),
-        peer_ns,
+        peer_ns: format!("{prefix}-peer"),
         server_ip,
         netbpf: None,
         server_pid,
+        sink_ns: format!("{prefix}-sink"),
+        sink_ip,
+        sink_xdp_link: None,
         topo,
     })
 }

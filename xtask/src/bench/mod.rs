@@ -2,6 +2,8 @@
 //! same topology, interleaved across repetitions, reported as min/median/max and ratios.
 
 mod contender;
+mod pps;
+mod profile;
 mod report;
 mod topology;
 
@@ -24,7 +26,7 @@ pub struct Args {
     #[arg(long)]
     quick: bool,
     /// Only these scenarios (comma-separated): ext-rr, ext-crr, ext-stream, ext-udp,
-    /// local-rr, local-stream, c2c-rr, scale, memory.
+    /// local-rr, local-stream, c2c-rr, xdp-pps, scale, memory.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Repetitions of every measurement (interleaved across contenders).
@@ -33,6 +35,10 @@ pub struct Args {
     /// Seconds per measurement.
     #[arg(long)]
     duration: Option<u32>,
+    /// Also profile every pinned measurement (perf on CPU 0 and BPF run-time statistics)
+    /// into OUT/profiles.
+    #[arg(long)]
+    profile: bool,
     /// Where results.json, results.md and the plots go.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
@@ -101,6 +107,13 @@ const CRR: Netperf = Netperf {
     extra: &[],
     selectors: "THROUGHPUT",
 };
+/// Connections with their latency: every connection's first packet takes the new-flow path
+/// (a PUBLISHED lookup for netbpf, a walk of the DNAT rules for the others).
+const CRR_LATENCY: Netperf = Netperf {
+    test: "TCP_CRR",
+    extra: &[],
+    selectors: "THROUGHPUT,P99_LATENCY",
+};
 const STREAM: Netperf = Netperf {
     test: "TCP_STREAM",
     extra: &[],
@@ -138,6 +151,7 @@ fn measure(
     scenario: &str,
     pinned: bool,
     duration: u32,
+    generator: Option<&mut pps::Generator>,
     samples: &mut Vec<Sample>,
 ) -> anyhow::Result<()> {
     let (client, ext) = (c.client_ns(), c.external_addr.as_str());
@@ -212,6 +226,18 @@ fn measure(
                 &v,
             );
         }
+        "xdp-pps" => {
+            let generator = generator.context("the traffic generator is loaded")?;
+            let (pps, delivered) = generator.measure(c, duration)?;
+            record(
+                samples,
+                scenario,
+                true,
+                c,
+                &["delivered pps", "delivered %"],
+                &[pps, delivered],
+            );
+        }
         other => anyhow::bail!("unknown scenario {other}"),
     }
     Ok(())
@@ -253,15 +279,7 @@ fn scale(
                     String::from_utf8_lossy(&out.stderr)
                 );
                 let took = started.elapsed().as_secs_f64();
-                let crr = netperf(c.client_ns(), true, &c.external_addr, duration, &CRR)?;
-                record(
-                    samples,
-                    "scale",
-                    true,
-                    c,
-                    &[&format!("conn/s with {n} ports")],
-                    &crr,
-                );
+                scale_crr(c, n, duration, samples)?;
                 let unpublish_started = Instant::now();
                 let _ = Command::new(bin)
                     .args(["rm", "-f", &name])
@@ -287,15 +305,7 @@ fn scale(
                     &contender::port_rules("insert", "10.240.0.99", &dummy),
                 )?;
                 let took = started.elapsed().as_secs_f64();
-                let crr = netperf(c.client_ns(), true, &c.external_addr, duration, &CRR)?;
-                record(
-                    samples,
-                    "scale",
-                    true,
-                    c,
-                    &[&format!("conn/s with {n} ports")],
-                    &crr,
-                );
+                scale_crr(c, n, duration, samples)?;
                 let restore = format!(
                     "flush chain inet netavark hostport_dnat\n{}",
                     contender::port_rules("add", &c.server_ip, &[CTRL_PORT, DATA_PORT])
@@ -314,6 +324,33 @@ fn scale(
             &[took],
         );
     }
+    Ok(())
+}
+
+fn scale_crr(
+    c: &Contender,
+    n: u32,
+    duration: u32,
+    samples: &mut Vec<Sample>,
+) -> anyhow::Result<()> {
+    let v = netperf(
+        c.client_ns(),
+        true,
+        &c.external_addr,
+        duration,
+        &CRR_LATENCY,
+    )?;
+    record(
+        samples,
+        "scale",
+        true,
+        c,
+        &[
+            &format!("conn/s with {n} ports"),
+            &format!("p99 connection us with {n} ports"),
+        ],
+        &v,
+    );
     Ok(())
 }
 
@@ -361,7 +398,7 @@ fn cpu_seconds(ns: &str, comm: &str) -> f64 {
 
 /// What the data plane costs in memory and processes, with 3 ports published (netperf's
 /// control port, its data port over TCP and UDP).
-fn memory(c: &Contender, samples: &mut Vec<Sample>) -> anyhow::Result<()> {
+fn memory(c: &Contender, idle_seconds: u32, samples: &mut Vec<Sample>) -> anyhow::Result<()> {
     let daemon = match c.kind {
         Kind::Netbpf => "netbpf",
         Kind::DockerProxy | Kind::DockerIptables => "dockerd",
@@ -370,7 +407,7 @@ fn memory(c: &Contender, samples: &mut Vec<Sample>) -> anyhow::Result<()> {
     if !daemon.is_empty() {
         // Idle: nothing is being measured while this sleeps.
         let before = cpu_seconds(c.host_ns(), daemon);
-        std::thread::sleep(std::time::Duration::from_secs(5));
+        std::thread::sleep(std::time::Duration::from_secs(idle_seconds.into()));
         let used = cpu_seconds(c.host_ns(), daemon) - before;
         record(
             samples,
@@ -378,7 +415,7 @@ fn memory(c: &Contender, samples: &mut Vec<Sample>) -> anyhow::Result<()> {
             false,
             c,
             &["idle daemon CPU %"],
-            &[used / 5.0 * 100.0],
+            &[used / f64::from(idle_seconds) * 100.0],
         );
     }
     match c.kind {
@@ -449,6 +486,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "local-rr",
         "local-stream",
         "c2c-rr",
+        "xdp-pps",
         "scale",
         "memory",
     ];
@@ -464,12 +502,29 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
 
     eprintln!("bench: setting up {} contenders", Kind::ALL.len());
+    let setup_started = Instant::now();
     let contenders: Vec<Contender> = Kind::ALL
         .iter()
         .map(|k| Contender::new(*k, &bin))
         .collect::<anyhow::Result<_>>()?;
+    let mut generator = if scenarios.contains(&"xdp-pps") {
+        Some(pps::Generator::load(&pps::build_object()?)?)
+    } else {
+        None
+    };
     // Let servers come up.
     std::thread::sleep(std::time::Duration::from_millis(500));
+    let out = if args.out.is_absolute() {
+        args.out.clone()
+    } else {
+        root().join(&args.out)
+    };
+    std::fs::create_dir_all(&out)?;
+    let profiler = if args.profile {
+        Some(profile::Profiler::new(&out)?)
+    } else {
+        None
+    };
     let started = Instant::now();
     let mut samples = vec![];
     for rep in 0..reps {
@@ -478,43 +533,56 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .filter(|s| !matches!(**s, "scale" | "memory"))
         {
             for pinned in [true, false] {
-                if args.quick && !pinned {
+                // The generator pins the whole path to CPU 0 itself.
+                if (args.quick || *scenario == "xdp-pps") && !pinned {
                     continue;
                 }
                 // Interleaved: each contender once per repetition, in turn.
-                for c in &contenders {
+                for c in contenders.iter().filter(|c| c.kind.runs(scenario)) {
                     c.pin_server(pinned)?;
                     eprintln!(
-                        "bench: rep {}/{reps} {scenario} {} {}",
+                        "bench: [{:>4}s] rep {}/{reps} {scenario} {} {}",
+                        setup_started.elapsed().as_secs(),
                         rep + 1,
                         if pinned { "pinned" } else { "unpinned" },
                         c.kind.name()
                     );
-                    measure(c, scenario, pinned, duration, &mut samples)
-                        .with_context(|| format!("{scenario} on {}", c.kind.name()))?;
+                    let profiling = match &profiler {
+                        Some(p) if pinned => Some(p.start(
+                            &format!("{scenario}-{}-rep{}", c.kind.name(), rep + 1),
+                            duration,
+                        )?),
+                        _ => None,
+                    };
+                    measure(
+                        c,
+                        scenario,
+                        pinned,
+                        duration,
+                        generator.as_mut(),
+                        &mut samples,
+                    )
+                    .with_context(|| format!("{scenario} on {}", c.kind.name()))?;
+                    if let Some(running) = profiling {
+                        running.finish()?;
+                    }
                 }
             }
         }
     }
     if scenarios.contains(&"memory") {
-        for c in &contenders {
-            memory(c, &mut samples)?;
+        for c in contenders.iter().filter(|c| c.kind.runs("memory")) {
+            memory(c, if args.quick { 2 } else { 5 }, &mut samples)?;
         }
     }
     if scenarios.contains(&"scale") {
-        for c in &contenders {
+        for c in contenders.iter().filter(|c| c.kind.runs("scale")) {
             c.pin_server(true)?;
             scale(c, sizes, duration.min(5), &mut samples)?;
         }
     }
     let machine = report::Machine::detect(contenders[0].host_ns());
     let command = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
-    let out = if args.out.is_absolute() {
-        args.out.clone()
-    } else {
-        root().join(&args.out)
-    };
-    std::fs::create_dir_all(&out)?;
     report::write(
         &out,
         &samples,
@@ -522,7 +590,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         &format!("cargo xtask {command}"),
         started.elapsed().as_secs(),
     )?;
-    eprintln!("bench: wrote {}", out.display());
+    eprintln!(
+        "bench: [{:>4}s] wrote {}",
+        setup_started.elapsed().as_secs(),
+        out.display()
+    );
     drop(contenders);
     Ok(())
 }
@@ -533,6 +605,7 @@ pub fn quick_check(out: &Path) -> anyhow::Result<()> {
         only: vec![],
         reps: None,
         duration: None,
+        profile: false,
         out: out.to_owned(),
     })
 }

@@ -132,10 +132,14 @@ pub fn write(
             .push(s);
     }
     for ((scenario, pinned, metric), rows) in &tables {
-        let netbpf = rows
-            .iter()
-            .find(|r| r.contender == "netbpf")
-            .map(|r| r.median);
+        // Ratios against each netbpf variant that took part.
+        let references: Vec<(&str, f64)> = ["netbpf", "netbpf-xdp"]
+            .into_iter()
+            .filter_map(|name| {
+                let row = rows.iter().find(|r| r.contender == name)?;
+                Some((name, row.median))
+            })
+            .collect();
         let ceiling = rows
             .iter()
             .find(|r| r.contender == "ceiling")
@@ -149,23 +153,37 @@ pub fn write(
                 "unpinned"
             }
         )?;
+        let ratio_heads: String = references
+            .iter()
+            .map(|(name, _)| format!(" {name} ÷ this |"))
+            .collect();
         writeln!(
             md,
-            "| contender | median | min | max | n | netbpf ÷ this | this ÷ ceiling |"
+            "| contender | median | min | max | n |{ratio_heads} this ÷ ceiling |"
         )?;
-        writeln!(md, "|---|---|---|---|---|---|---|")?;
+        writeln!(
+            md,
+            "|---|---|---|---|---|{}---|",
+            "---|".repeat(references.len())
+        )?;
         for r in rows {
-            let vs_netbpf = netbpf
-                .filter(|_| r.median > 0.0)
-                .map(|n| format!("{:.2}×", n / r.median))
-                .unwrap_or_default();
+            let ratios: String = references
+                .iter()
+                .map(|(_, reference)| {
+                    if r.median > 0.0 {
+                        format!(" {:.2}× |", reference / r.median)
+                    } else {
+                        " |".to_owned()
+                    }
+                })
+                .collect();
             let vs_ceiling = ceiling
                 .filter(|c| *c > 0.0)
                 .map(|c| format!("{:.2}×", r.median / c))
                 .unwrap_or_default();
             writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {vs_netbpf} | {vs_ceiling} |",
+                "| {} | {} | {} | {} | {} |{ratios} {vs_ceiling} |",
                 r.contender,
                 fmt(r.median),
                 fmt(r.min),
@@ -217,7 +235,7 @@ fn plot(
         })
         .draw()?;
     chart.draw_series(rows.iter().enumerate().map(|(i, r)| {
-        let color = if r.contender == "netbpf" {
+        let color = if r.contender.starts_with("netbpf") {
             BLUE.mix(0.7)
         } else {
             BLACK.mix(0.3)
