@@ -30,13 +30,14 @@ use crate::{
     dns::{self, server::DnsServers, table::Table},
     endpoint,
     ipam::{self, Pool, format_mac},
+    macvlan,
     netlink::Netlink,
     netns,
     network::{self, DEFAULT_BRIDGE, DEFAULT_NETWORK},
     publish::{self, PortSpec, Proto, PublishedPort},
     state::{
         AttachedTo, ContainerRecord, EndpointRecord, NetworkMode, NetworkRecord, NetworkRequest,
-        State, Status, Store, now_rfc3339, random_id,
+        ParentRecord, State, Status, Store, now_rfc3339, random_id,
     },
 };
 
@@ -251,7 +252,7 @@ impl Controller {
             let Ok(ns) = self.open_netns(&c) else {
                 continue;
             };
-            for ep in &c.endpoints {
+            for ep in c.endpoints.iter().filter(|ep| ep.has_veth()) {
                 if self.xdp_active() {
                     if let Err(error) = self.attach_container_xdp(&ns, ep) {
                         tracing::warn!(%error, veth = ep.host_veth, "container XDP");
@@ -447,14 +448,7 @@ impl Controller {
                 req.name
             )));
         }
-        match req.driver.as_deref().unwrap_or("bridge") {
-            "bridge" => {}
-            other => {
-                return Err(ApiError::bad_request(format!(
-                    "driver {other:?} is not supported: use bridge"
-                )));
-            }
-        }
+        let driver = req.driver.as_deref().unwrap_or("bridge");
         let subnet: Option<Ipv4Net> = parse_opt("subnet", req.subnet.as_deref())?;
         let gateway: Option<Ipv4Addr> = parse_opt("gateway", req.gateway.as_deref())?;
         let ip_range: Option<Ipv4Net> = parse_opt("ip range", req.ip_range.as_deref())?;
@@ -462,6 +456,29 @@ impl Controller {
             return Err(ApiError::bad_request(
                 "--gateway and --ip-range need --subnet",
             ));
+        }
+        match driver {
+            "bridge" if req.options.is_empty() => {}
+            "bridge" => {
+                return Err(ApiError::bad_request("bridge networks take no -o options"));
+            }
+            "macvlan" | "ipvlan" => {
+                let parent = macvlan::parse_options(driver, &req.options)?;
+                let subnet = subnet.ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "a {driver} network needs --subnet: the parent's LAN, where its containers get addresses"
+                    ))
+                })?;
+                let pool = Pool::new(subnet, gateway, ip_range)
+                    .map_err(|e| ApiError::bad_request(e.to_string()))?;
+                self.create_direct_network(&req.name, driver, pool, parent, req.internal)?;
+                return self.network_inspect(&req.name);
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "driver {other:?} is not supported: use bridge, macvlan or ipvlan"
+                )));
+            }
         }
         let subnet = match subnet {
             Some(subnet) => subnet,
@@ -502,17 +519,7 @@ impl Controller {
     ) -> Result<()> {
         let pool = Pool::new(subnet, gateway, ip_range)
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        if let Some(other) = self
-            .state
-            .networks
-            .values()
-            .find(|n| ipam::overlaps(n.subnet, pool.subnet))
-        {
-            return Err(ApiError::conflict(format!(
-                "subnet {} overlaps network {} ({})",
-                pool.subnet, other.name, other.subnet
-            )));
-        }
+        self.check_no_overlap(&pool)?;
         let host = network::host_subnets(&self.bridge_names()).map_err(internal)?;
         if let Some(route) = host.iter().find(|r| ipam::overlaps(**r, pool.subnet)) {
             return Err(ApiError::conflict(format!(
@@ -531,6 +538,7 @@ impl Controller {
             index: self.state.next_network_index,
             bridge,
             created: now_rfc3339(),
+            parent: None,
         };
         let undo = |record: &NetworkRecord, dp: &mut Datapath| {
             dp.remove_subnet(record.subnet);
@@ -556,6 +564,62 @@ impl Controller {
         }
         let _ = self.refresh_host_addrs();
         tracing::info!(network = name, subnet = %record.subnet, bridge = record.bridge, "network created");
+        Ok(())
+    }
+
+    fn check_no_overlap(&self, pool: &Pool) -> Result<()> {
+        match self
+            .state
+            .networks
+            .values()
+            .find(|n| ipam::overlaps(n.subnet, pool.subnet))
+        {
+            Some(other) => Err(ApiError::conflict(format!(
+                "subnet {} overlaps network {} ({})",
+                pool.subnet, other.name, other.subnet
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// A macvlan or ipvlan network: checks (or makes) the parent and records the network.
+    /// Its subnet is the parent's LAN, which the host may well route itself, so unlike a
+    /// bridge subnet it is only checked against other networks.
+    fn create_direct_network(
+        &mut self,
+        name: &str,
+        driver: &str,
+        pool: Pool,
+        parent: ParentRecord,
+        is_internal: bool,
+    ) -> Result<()> {
+        self.check_no_overlap(&pool)?;
+        let parent = macvlan::ensure_parent(&parent)?;
+        if let Err(e) = macvlan::check_kernel_support(driver, &parent) {
+            macvlan::remove_parent(&parent);
+            return Err(e);
+        }
+        let record = NetworkRecord {
+            id: random_id(),
+            name: name.to_owned(),
+            driver: driver.to_owned(),
+            subnet: pool.subnet,
+            gateway: pool.gateway,
+            ip_range: pool.range,
+            internal: is_internal,
+            index: self.state.next_network_index,
+            bridge: String::new(),
+            created: now_rfc3339(),
+            parent: Some(parent.clone()),
+        };
+        self.state.next_network_index += 1;
+        self.state.networks.insert(name.to_owned(), record.clone());
+        if let Err(e) = self.save() {
+            self.state.networks.remove(name);
+            macvlan::remove_parent(&parent);
+            return Err(e);
+        }
+        tracing::info!(network = name, driver, subnet = %record.subnet, parent = parent.name, "network created");
         Ok(())
     }
 
@@ -595,8 +659,13 @@ impl Controller {
         }
         self.state.networks.remove(&record.name);
         self.save()?;
-        self.datapath.remove_subnet(record.subnet);
-        network::delete_bridge(&record);
+        match &record.parent {
+            Some(parent) => macvlan::remove_parent(parent),
+            None => {
+                self.datapath.remove_subnet(record.subnet);
+                network::delete_bridge(&record);
+            }
+        }
         tracing::info!(network = record.name, "network removed");
         Ok(())
     }
@@ -677,6 +746,12 @@ impl Controller {
             )));
         }
         for ep in c.endpoints.iter().filter(|ep| ep.network == net.name) {
+            if !ep.has_veth()
+                && c.is_running()
+                && let Ok(ns) = self.open_netns(&c)
+            {
+                macvlan::unwire(&ns, &ep.ifname);
+            }
             self.remove_endpoint(ep);
         }
         let record = self.state.containers.get_mut(&c.name).expect("exists");
@@ -718,6 +793,20 @@ impl Controller {
             .map(|i| format!("eth{i}"))
             .find(|n| !c.endpoints.iter().any(|ep| &ep.ifname == n))
             .expect("unbounded");
+        if let Some(parent) = &net.parent {
+            let ep = EndpointRecord {
+                network: net.name.clone(),
+                host_veth: String::new(),
+                id,
+                ip,
+                mac: ipam::mac_for(ip),
+                ifname,
+                host_ifindex: 0,
+            };
+            let mac = macvlan::wire(ns, net, parent, &ep).map_err(internal)?;
+            tracing::info!(container = c.name, network = net.name, %ip, parent = parent.name, "endpoint up");
+            return Ok(EndpointRecord { mac, ..ep });
+        }
         let ep = EndpointRecord {
             network: net.name.clone(),
             host_veth: endpoint::host_veth_name(&id),
@@ -763,7 +852,11 @@ impl Controller {
     }
 
     /// Takes an endpoint out of the maps, then deletes its veth; never fails half-way.
+    /// (A macvlan or ipvlan interface goes with its namespace.)
     fn remove_endpoint(&mut self, ep: &EndpointRecord) {
+        if !ep.has_veth() {
+            return;
+        }
         if let Some(net) = self.state.networks.get(&ep.network) {
             self.datapath.remove_endpoint(net.index, ep.ip);
         }
@@ -1076,7 +1169,7 @@ impl Controller {
         }
         let Some(ep) = self.publishing_endpoint(endpoints) else {
             return Err(ApiError::bad_request(format!(
-                "container {} has no network that can publish ports (internal networks cannot)",
+                "container {} has no network that can publish ports (internal, macvlan and ipvlan networks cannot)",
                 c.name
             )));
         };
@@ -1119,6 +1212,7 @@ impl Controller {
     fn publishing_endpoint(&self, endpoints: &[EndpointRecord]) -> Option<EndpointRecord> {
         endpoints
             .iter()
+            .filter(|ep| ep.has_veth())
             .find(|ep| {
                 self.state
                     .networks
@@ -1486,6 +1580,8 @@ impl Controller {
             .containers
             .values()
             .flat_map(|c| c.endpoints.iter().map(move |ep| (c, ep)))
+            // macvlan and ipvlan endpoints are outside the fast path: nothing counts them.
+            .filter(|(_, ep)| ep.has_veth())
             .map(|(c, ep)| EndpointStats {
                 container: c.name.clone(),
                 network: ep.network.clone(),
@@ -1519,8 +1615,18 @@ impl Controller {
     /// live containers re-adopted (the new program swapped into their pinned links), dead
     /// ones released, and leftovers no record explains removed.
     fn reconcile(&mut self) -> anyhow::Result<()> {
-        for net in self.state.networks.values() {
-            network::ensure_bridge(net)?;
+        for net in self.state.networks.values_mut() {
+            match &net.parent {
+                None => {
+                    network::ensure_bridge(net)?;
+                }
+                Some(parent) => match macvlan::ensure_parent(parent) {
+                    Ok(parent) => net.parent = Some(parent),
+                    Err(error) => {
+                        tracing::warn!(%error, network = net.name, "parent interface unusable")
+                    }
+                },
+            }
         }
         let containers: Vec<ContainerRecord> = self.state.containers.values().cloned().collect();
         for c in containers {
@@ -1549,6 +1655,10 @@ impl Controller {
             }
             let mut kept = vec![];
             for ep in &c.endpoints {
+                if !ep.has_veth() {
+                    kept.push(ep.clone());
+                    continue;
+                }
                 let link = Netlink::run(None, |nl| nl.link_by_name(&ep.host_veth))?;
                 let net = self.state.networks.get(&ep.network).cloned();
                 match (link, net) {
@@ -1681,12 +1791,18 @@ impl Controller {
 
     fn desired(&self) -> Desired {
         let mut desired = Desired::default();
-        for net in self.state.networks.values() {
+        for net in self.state.networks.values().filter(|n| n.is_bridge()) {
             desired
                 .subnets
                 .insert(net.subnet, network::subnet_info(net));
         }
-        for ep in self.state.containers.values().flat_map(|c| &c.endpoints) {
+        for ep in self
+            .state
+            .containers
+            .values()
+            .flat_map(|c| &c.endpoints)
+            .filter(|ep| ep.has_veth())
+        {
             let Some(net) = self.state.networks.get(&ep.network) else {
                 continue;
             };
@@ -1732,7 +1848,10 @@ impl Controller {
             }
         }
         for net in self.state.networks.values() {
-            network::delete_bridge(net);
+            match &net.parent {
+                Some(parent) => macvlan::remove_parent(parent),
+                None => network::delete_bridge(net),
+            }
         }
         if let Err(error) = self.save() {
             tracing::error!(%error, "saving state at shutdown");

@@ -53,21 +53,46 @@ fn wire_inner(
     Netlink::run(Some(ns), |nl| {
         let container_end = nl.link(&peer)?;
         nl.rename_with_mac(container_end.index, &endpoint.ifname, endpoint.mac)?;
-        nl.add_address(
+        configure(
+            nl,
             container_end.index,
-            IpAddr::V4(endpoint.ip),
-            network.subnet.prefix_len(),
-        )?;
-        nl.set_up(container_end.index)?;
-        nl.set_up(nl.link("lo")?.index)?;
-        // Like Docker: the first non-internal network gives the default route; internal
-        // networks never do, since nothing outside them is reachable.
-        if !network.internal && nl.default_route_link()?.is_none() {
-            nl.add_default_route(network.gateway)?;
-        }
-        Ok(())
+            network,
+            endpoint,
+            DefaultRoute::ViaGateway,
+        )
     })?;
     Ok(host_index)
+}
+
+/// How a container's default route leaves, when its interface gives one.
+pub enum DefaultRoute {
+    ViaGateway,
+    /// Straight out of the interface (ipvlan L3 modes, which answer no ARP).
+    OutOfInterface,
+}
+
+/// The container side of any endpoint, once its interface is in the namespace and named:
+/// the address, the interface and `lo` up, and the default route. Runs in the container's
+/// namespace.
+pub fn configure(
+    nl: &Netlink,
+    index: u32,
+    network: &NetworkRecord,
+    endpoint: &EndpointRecord,
+    route: DefaultRoute,
+) -> Result<(), NetlinkError> {
+    nl.add_address(index, IpAddr::V4(endpoint.ip), network.subnet.prefix_len())?;
+    nl.set_up(index)?;
+    nl.set_up(nl.link("lo")?.index)?;
+    // Like Docker: the first non-internal network gives the default route; internal
+    // networks never do, since nothing outside them is reachable.
+    if !network.internal && nl.default_route_link()?.is_none() {
+        match route {
+            DefaultRoute::ViaGateway => nl.add_default_route(network.gateway)?,
+            DefaultRoute::OutOfInterface => nl.add_default_route_dev(index)?,
+        }
+    }
+    Ok(())
 }
 
 /// Deletes the host end of an endpoint's veth pair (and so the container end).

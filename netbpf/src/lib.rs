@@ -28,6 +28,7 @@ pub mod datapath;
 pub mod dns;
 pub mod endpoint;
 pub mod ipam;
+pub mod macvlan;
 pub mod netlink;
 pub mod netns;
 pub mod network;

@@ -12,9 +12,10 @@ use std::{
 use futures::TryStreamExt as _;
 use ipnet::{IpNet, Ipv4Net};
 use rtnetlink::{
-    Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    Handle, LinkBridge, LinkIpVlan, LinkMacVlan, LinkUnspec, LinkVeth, LinkVlan,
+    RouteMessageBuilder,
     packet_route::{
-        link::{LinkAttribute, LinkFlags, LinkMessage},
+        link::{IpVlanMode, LinkAttribute, LinkFlags, LinkMessage, MacVlanMode},
         route::{RouteAddress, RouteAttribute},
     },
 };
@@ -32,6 +33,16 @@ pub enum NetlinkError {
     Netns(#[from] NetnsError),
 }
 
+/// The hint of a kernel error for a feature the kernel was built without.
+const UNSUPPORTED: &str = "not supported by this kernel";
+
+impl NetlinkError {
+    /// Whether the kernel lacks what was asked for (e.g. an interface type not built in).
+    pub fn is_unsupported(&self) -> bool {
+        matches!(self, NetlinkError::Kernel { hint, .. } if hint == UNSUPPORTED)
+    }
+}
+
 /// What the daemon needs to know about one interface.
 #[derive(Debug, Clone)]
 pub struct Link {
@@ -42,6 +53,15 @@ pub struct Link {
     pub up: bool,
     /// Whether it is a veth (the XDP stage is not used on veth uplinks by default).
     pub is_veth: bool,
+}
+
+/// The kinds of interface that sit on a parent.
+#[derive(Debug, Clone, Copy)]
+pub enum SubLink {
+    MacVlan(MacVlanMode),
+    IpVlan(IpVlanMode),
+    /// An 802.1Q sub-interface with this VLAN id.
+    Vlan(u16),
 }
 
 /// An IPv4 route of the main table, as far as overlap checks need it.
@@ -140,6 +160,33 @@ impl Netlink {
         )
     }
 
+    /// Creates an interface on top of `parent` (a macvlan, ipvlan or VLAN sub-interface),
+    /// down.
+    pub fn create_sublink(
+        &self,
+        name: &str,
+        parent: u32,
+        kind: SubLink,
+    ) -> Result<(), NetlinkError> {
+        let (what, msg) = match kind {
+            SubLink::MacVlan(mode) => ("macvlan", LinkMacVlan::new(name, parent, mode).build()),
+            SubLink::IpVlan(mode) => ("ipvlan", LinkIpVlan::new(name, parent, mode).build()),
+            SubLink::Vlan(id) => ("VLAN", LinkVlan::new(name, parent, id).build()),
+        };
+        self.block(
+            || format!("creating {what} interface {name} on interface {parent}"),
+            self.handle.link().add(msg).execute(),
+        )
+    }
+
+    /// Renames an interface (it must be down).
+    pub fn rename(&self, index: u32, name: &str) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(index)
+            .name(name.to_owned())
+            .build();
+        self.set(|| format!("renaming interface {index} to {name}"), msg)
+    }
+
     fn set(&self, op: impl FnOnce() -> String, msg: LinkMessage) -> Result<(), NetlinkError> {
         self.block(op, self.handle.link().set(msg).execute())
     }
@@ -208,6 +255,18 @@ impl Netlink {
             .build();
         self.block(
             || format!("adding default route via {gateway}"),
+            self.handle.route().add(msg).execute(),
+        )
+    }
+
+    /// A default route straight out of an interface, for ipvlan's L3 modes (which answer
+    /// no ARP, so a gateway could never be resolved).
+    pub fn add_default_route_dev(&self, index: u32) -> Result<(), NetlinkError> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .output_interface(index)
+            .build();
+        self.block(
+            || format!("adding default route out of interface {index}"),
             self.handle.route().add(msg).execute(),
         )
     }
@@ -352,6 +411,7 @@ fn kernel_error(op: String, e: rtnetlink::Error) -> NetlinkError {
         Some(libc::ENODEV) => "no such interface".to_owned(),
         Some(libc::EPERM) => "permission denied (the daemon must run as root)".to_owned(),
         Some(libc::EADDRNOTAVAIL) => "address not available".to_owned(),
+        Some(libc::EOPNOTSUPP) => UNSUPPORTED.to_owned(),
         Some(code) => std::io::Error::from_raw_os_error(code).to_string(),
         None => e.to_string(),
     };

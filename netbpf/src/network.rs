@@ -155,9 +155,15 @@ pub fn view<'a>(
         },
         internal: network.internal,
         containers: endpoints,
-        options: BTreeMap::from([(
-            "com.docker.network.bridge.name".to_owned(),
-            network.bridge.clone(),
-        )]),
+        options: match &network.parent {
+            Some(parent) => BTreeMap::from([
+                ("parent".to_owned(), parent.name.clone()),
+                (format!("{}_mode", network.driver), parent.mode.clone()),
+            ]),
+            None => BTreeMap::from([(
+                "com.docker.network.bridge.name".to_owned(),
+                network.bridge.clone(),
+            )]),
+        },
     }
 }

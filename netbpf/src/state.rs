@@ -67,9 +67,30 @@ pub struct NetworkRecord {
     pub internal: bool,
     /// Key of this network in the BPF maps.
     pub index: u32,
-    /// Name of the Linux bridge device.
+    /// Name of the Linux bridge device (empty for macvlan and ipvlan networks).
     pub bridge: String,
     pub created: String,
+    /// macvlan and ipvlan networks: the interface their containers sit on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentRecord>,
+}
+
+impl NetworkRecord {
+    /// Whether containers join through a veth on a bridge, where the BPF fast path runs.
+    pub fn is_bridge(&self) -> bool {
+        self.parent.is_none()
+    }
+}
+
+/// The parent interface of a macvlan or ipvlan network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentRecord {
+    /// `eth1`, or `eth1.60` for a VLAN sub-interface.
+    pub name: String,
+    /// The VLAN sub-interface was made with the network and goes with it.
+    pub created_vlan: bool,
+    /// `macvlan_mode` (bridge, private, vepa, passthru) or `ipvlan_mode` (l2, l3, l3s).
+    pub mode: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,10 +135,18 @@ pub struct EndpointRecord {
     pub mac: [u8; 6],
     /// Name inside the container (`eth0`, `eth1`, ...).
     pub ifname: String,
-    /// Name of the host-side veth, plugged into the bridge.
+    /// Name of the host-side veth, plugged into the bridge (empty on macvlan and ipvlan
+    /// networks, whose interfaces have no host side).
     pub host_veth: String,
     /// Its ifindex: the key of its entries in the BPF maps.
     pub host_ifindex: u32,
+}
+
+impl EndpointRecord {
+    /// Whether the endpoint has a host veth (and so the fast path and its map entries).
+    pub fn has_veth(&self) -> bool {
+        !self.host_veth.is_empty()
+    }
 }
 
 /// Where the namespace of an attached (not daemon-started) container comes from.
@@ -289,6 +318,7 @@ mod tests {
                 index: 3,
                 bridge: "br-x".into(),
                 created: now_rfc3339(),
+                parent: None,
             },
         );
         store.save(&state).unwrap();

@@ -534,6 +534,95 @@ impl Drop for TestHost {
     }
 }
 
+/// A shared L2 segment between test hosts, like the switch their second NICs plug into: a
+/// bridge in a namespace of its own, with one veth into each host. The bridge does no VLAN
+/// filtering (the default), so tagged frames cross it as a switch trunk port would carry them. Removed on
+/// drop (taking the host ends with it).
+pub struct Underlay {
+    pub ns: String,
+    ports: AtomicU32,
+}
+
+impl Underlay {
+    #[expect(
+        clippy::new_without_default,
+        reason = "making a namespace is no default"
+    )]
+    pub fn new() -> Self {
+        let ns = format!(
+            "nbt{}x{}-ul",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        must("ip", &["netns", "add", &ns]);
+        must("ip", &["-n", &ns, "link", "add", "sw", "type", "bridge"]);
+        must("ip", &["-n", &ns, "link", "set", "sw", "up"]);
+        Self {
+            ns,
+            ports: AtomicU32::new(0),
+        }
+    }
+
+    /// Gives `host` an interface `ifname` on this segment, up, with no address.
+    pub fn plug(&self, host: &TestHost, ifname: &str) {
+        let port = format!("p{}", self.ports.fetch_add(1, Ordering::SeqCst));
+        must(
+            "ip",
+            &[
+                "-n",
+                &self.ns,
+                "link",
+                "add",
+                &port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                ifname,
+                "netns",
+                &host.host_ns,
+            ],
+        );
+        must(
+            "ip",
+            &["-n", &self.ns, "link", "set", &port, "master", "sw", "up"],
+        );
+        must("ip", &["-n", &host.host_ns, "link", "set", ifname, "up"]);
+    }
+}
+
+impl Drop for Underlay {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+/// Whether this kernel can make an interface of `kind` (`vlan`, `ipvlan`, `macvlan`), tried
+/// on a veth in a scratch namespace. Tests use it to decide which behaviour is right here:
+/// the feature working, or netbpf refusing it with a clear error.
+pub fn kernel_has_link_kind(kind: &str) -> bool {
+    let ns = format!(
+        "nbt{}x{}-probe",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    );
+    must("ip", &["netns", "add", &ns]);
+    must(
+        "ip",
+        &[
+            "-n", &ns, "link", "add", "p0", "type", "veth", "peer", "name", "p1",
+        ],
+    );
+    let extra: &[&str] = if kind == "vlan" { &["id", "5"] } else { &[] };
+    let mut args = vec![
+        "-n", &ns, "link", "add", "link", "p0", "name", "probe", "type", kind,
+    ];
+    args.extend(extra);
+    let ok = cmd("ip", &args).status.success();
+    must("ip", &["netns", "del", &ns]);
+    ok
+}
+
 /// Where the unified (v2) cgroup hierarchy is mounted on this machine.
 pub fn cgroup2_root() -> PathBuf {
     const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;

@@ -71,6 +71,9 @@ pub struct NetworkCreate {
     pub ip_range: Option<String>,
     #[serde(default)]
     pub internal: bool,
+    /// Driver options (`-o KEY=VALUE`): `parent`, `macvlan_mode`, `ipvlan_mode`.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

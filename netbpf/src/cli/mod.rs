@@ -102,10 +102,15 @@ pub enum Command {
 
 #[derive(Subcommand, Debug)]
 pub enum NetworkCommand {
-    /// Create a bridge network.
+    /// Create a network: bridge (the default), macvlan or ipvlan.
     Create {
         #[arg(short, long, default_value = "bridge")]
         driver: String,
+        /// Driver option KEY=VALUE: parent=IFACE or IFACE.VLAN (macvlan, ipvlan; a missing
+        /// VLAN sub-interface is created), macvlan_mode=bridge|private|vepa|passthru,
+        /// ipvlan_mode=l2|l3|l3s.
+        #[arg(short = 'o', long = "opt", value_parser = parse_key_value)]
+        opt: Vec<(String, String)>,
         #[arg(long)]
         subnet: Option<String>,
         #[arg(long)]
@@ -206,6 +211,14 @@ pub enum Format {
 }
 
 /// Runs a client command; returns the process exit code.
+/// `KEY=VALUE`, as `-o` takes it.
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("{text:?} is not KEY=VALUE")),
+    }
+}
+
 pub async fn run_client(socket: PathBuf, command: Command) -> Result<i32, ClientError> {
     let client = Client::new(&socket);
     match command {
@@ -325,6 +338,7 @@ async fn network(client: &Client, cmd: NetworkCommand) -> Result<i32, ClientErro
     match cmd {
         NetworkCommand::Create {
             driver,
+            opt,
             subnet,
             gateway,
             ip_range,
@@ -338,6 +352,7 @@ async fn network(client: &Client, cmd: NetworkCommand) -> Result<i32, ClientErro
                 gateway,
                 ip_range,
                 internal,
+                options: opt.into_iter().collect(),
             };
             let view: NetworkView = client.call(Method::POST, "/networks", Some(&req)).await?;
             println!("{}", view.id);
