@@ -152,8 +152,8 @@ pub fn run() -> anyhow::Result<()> {
 }
 
 /// What `cargo xtask bench` needs on top: netperf (Debian non-free), Docker's real data
-/// plane (docker.io: dockerd, docker-proxy), a busybox for images.
-const BENCH_PACKAGES: &[&str] = &["netperf", "docker.io", "busybox-static"];
+/// plane (docker.io: dockerd, docker-proxy), a busybox for images, perf for `--profile`.
+const BENCH_PACKAGES: &[&str] = &["netperf", "docker.io", "busybox-static", "linux-perf"];
 const NON_FREE_SOURCES: &str = "/etc/apt/sources.list.d/netbpf-bench-non-free.sources";
 
 pub fn bench_ready() -> bool {
