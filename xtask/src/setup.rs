@@ -28,6 +28,10 @@ const PACKAGES: &[&str] = &[
     "python3",
     // A small upstream DNS server for the embedded DNS tests.
     "dnsmasq-base",
+    // protoc, for etcd-client's generated gRPC code.
+    "protobuf-compiler",
+    // The cluster store the overlay tests run (as Flannel and Calico use it).
+    "etcd-server",
 ];
 
 fn output(program: &str, args: &[&str]) -> String {
