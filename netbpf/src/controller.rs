@@ -34,6 +34,10 @@ use crate::{
     netlink::Netlink,
     netns,
     network::{self, DEFAULT_BRIDGE, DEFAULT_NETWORK},
+    overlay::{
+        self, ClusterView, OverlaySpec,
+        store::{Cluster, StoreError},
+    },
     publish::{self, PortSpec, Proto, PublishedPort},
     state::{
         AttachedTo, ContainerRecord, EndpointRecord, NetworkMode, NetworkRecord, NetworkRequest,
@@ -118,6 +122,10 @@ pub struct Controller {
     /// The host's resolvers, from its /etc/resolv.conf at start.
     host_upstreams: Vec<std::net::SocketAddr>,
     tracked_flows: usize,
+    /// The cluster store session, with `--cluster-store`.
+    cluster: Option<Cluster>,
+    /// Overlay networks and every host's blocks, as the cluster store last said.
+    cluster_view: ClusterView,
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
@@ -162,6 +170,8 @@ impl Controller {
                 &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
             ),
             tracked_flows: 0,
+            cluster: None,
+            cluster_view: ClusterView::default(),
         };
         ctl.reconcile()?;
         ctl.start_nat()?;
@@ -442,7 +452,9 @@ impl Controller {
                 req.name
             )));
         }
-        if self.state.networks.contains_key(&req.name) {
+        if self.state.networks.contains_key(&req.name)
+            || self.cluster_view.networks.contains_key(&req.name)
+        {
             return Err(ApiError::conflict(format!(
                 "network with name {} already exists",
                 req.name
@@ -462,6 +474,7 @@ impl Controller {
             "bridge" => {
                 return Err(ApiError::bad_request("bridge networks take no -o options"));
             }
+            "overlay" => return self.create_overlay_network(&req, subnet, gateway, ip_range),
             "macvlan" | "ipvlan" => {
                 let parent = macvlan::parse_options(driver, &req.options)?;
                 let subnet = subnet.ok_or_else(|| {
@@ -476,7 +489,7 @@ impl Controller {
             }
             other => {
                 return Err(ApiError::bad_request(format!(
-                    "driver {other:?} is not supported: use bridge, macvlan or ipvlan"
+                    "driver {other:?} is not supported: use bridge, macvlan, ipvlan or overlay"
                 )));
             }
         }
@@ -567,6 +580,114 @@ impl Controller {
         Ok(())
     }
 
+    /// Overlay networks across hosts: defined in the cluster store, where every daemon sees
+    /// them and leases a block of the subnet for its own containers.
+    pub fn set_cluster(&mut self, cluster: Cluster) {
+        self.cluster = Some(cluster);
+    }
+
+    /// A new view of the cluster store: overlay networks and which host holds which block.
+    pub fn apply_cluster(&mut self, view: ClusterView) {
+        for (name, blocks) in &view.blocks {
+            let before: Vec<_> = self
+                .cluster_view
+                .blocks
+                .get(name)
+                .map(|b| b.iter().map(|l| (l.block, l.vtep)).collect())
+                .unwrap_or_default();
+            for lease in blocks {
+                if !before.contains(&(lease.block, lease.vtep)) {
+                    tracing::info!(network = name, block = %lease.block, vtep = %lease.vtep, "overlay peer joined");
+                }
+            }
+            for (block, vtep) in before {
+                if !blocks.iter().any(|l| (l.block, l.vtep) == (block, vtep)) {
+                    tracing::info!(network = name, %block, %vtep, "overlay peer left");
+                }
+            }
+        }
+        self.cluster_view = view;
+    }
+
+    fn create_overlay_network(
+        &mut self,
+        req: &NetworkCreate,
+        subnet: Option<Ipv4Net>,
+        gateway: Option<Ipv4Addr>,
+        ip_range: Option<Ipv4Net>,
+    ) -> Result<NetworkView> {
+        let cluster = self.cluster.clone().ok_or_else(|| {
+            ApiError::bad_request(
+                "overlay networks need a cluster store: start the daemon with --cluster-store etcd://HOST:PORT",
+            )
+        })?;
+        if gateway.is_some() || ip_range.is_some() {
+            return Err(ApiError::bad_request(
+                "--gateway and --ip-range do not apply to overlay networks: each host's block has its own gateway",
+            ));
+        }
+        let subnet = subnet.ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "an overlay network needs --subnet: every host leases a /{} of it",
+                overlay::BLOCK_PREFIX_LEN
+            ))
+        })?;
+        if subnet.prefix_len() > overlay::BLOCK_PREFIX_LEN {
+            return Err(ApiError::bad_request(format!(
+                "subnet {subnet} is smaller than one host's block (/{})",
+                overlay::BLOCK_PREFIX_LEN
+            )));
+        }
+        let (vni, port) = overlay::parse_options(&req.options).map_err(ApiError::bad_request)?;
+        if self.cluster_view.networks.contains_key(&req.name) {
+            return Err(ApiError::conflict(format!(
+                "network with name {} already exists in the cluster store",
+                req.name
+            )));
+        }
+        let pool =
+            Pool::new(subnet, None, None).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        self.check_no_overlap(&pool)?;
+        if let Some(other) = self
+            .cluster_view
+            .networks
+            .values()
+            .find(|n| ipam::overlaps(n.subnet, subnet))
+        {
+            return Err(ApiError::conflict(format!(
+                "subnet {subnet} overlaps overlay network {} ({})",
+                other.name, other.subnet
+            )));
+        }
+        let used: BTreeSet<u32> = self.cluster_view.networks.values().map(|n| n.vni).collect();
+        let vni = match vni {
+            Some(vni) if used.contains(&vni) => {
+                return Err(ApiError::conflict(format!(
+                    "vni {vni} is already used by another overlay network"
+                )));
+            }
+            Some(vni) => vni,
+            // Docker's overlay driver starts its VXLAN ids at 4096 too.
+            None => (4096..).find(|v| !used.contains(v)).expect("unbounded"),
+        };
+        let spec = OverlaySpec {
+            id: random_id(),
+            name: req.name.clone(),
+            subnet,
+            vni,
+            port,
+            created: now_rfc3339(),
+        };
+        cluster.create_network(spec.clone()).map_err(|e| match e {
+            StoreError::Exists(_) => ApiError::conflict(e.to_string()),
+            _ => ApiError::internal(e),
+        })?;
+        self.cluster_view
+            .networks
+            .insert(spec.name.clone(), spec.clone());
+        Ok(overlay_view(&spec, &[]))
+    }
+
     fn check_no_overlap(&self, pool: &Pool) -> Result<()> {
         match self
             .state
@@ -628,15 +749,41 @@ impl Controller {
             .networks
             .values()
             .map(|n| network::view(n, self.state.containers.values()))
+            .chain(self.cluster_view.networks.values().map(|spec| {
+                overlay_view(
+                    spec,
+                    self.cluster_view
+                        .blocks
+                        .get(&spec.name)
+                        .map(Vec::as_slice)
+                        .unwrap_or_default(),
+                )
+            }))
             .collect()
     }
 
     pub fn network_inspect(&self, name: &str) -> Result<NetworkView> {
+        if let Some(spec) = self.cluster_view.networks.get(name) {
+            let blocks = self.cluster_view.blocks.get(name);
+            return Ok(overlay_view(
+                spec,
+                blocks.map(Vec::as_slice).unwrap_or_default(),
+            ));
+        }
         let record = self.network(name)?;
         Ok(network::view(record, self.state.containers.values()))
     }
 
     pub fn network_remove(&mut self, name: &str) -> Result<()> {
+        if self.cluster_view.networks.contains_key(name) {
+            let cluster = self.cluster.clone().ok_or_else(|| {
+                ApiError::bad_request("overlay networks are removed through the cluster store")
+            })?;
+            cluster.remove_network(name).map_err(ApiError::internal)?;
+            self.cluster_view.networks.remove(name);
+            self.cluster_view.blocks.remove(name);
+            return Ok(());
+        }
         let record = self.network(name)?.clone();
         if record.name == DEFAULT_NETWORK {
             return Err(ApiError::conflict(
@@ -1857,6 +2004,40 @@ impl Controller {
             tracing::error!(%error, "saving state at shutdown");
         }
         datapath::remove_pins(&self.config.bpffs);
+    }
+}
+
+/// An overlay network as `network inspect` shows it, with every host's block as a peer.
+fn overlay_view(spec: &OverlaySpec, blocks: &[overlay::BlockLease]) -> NetworkView {
+    NetworkView {
+        name: spec.name.clone(),
+        id: spec.id.clone(),
+        created: spec.created.clone(),
+        scope: "global".into(),
+        driver: "overlay".into(),
+        enable_ipv6: false,
+        ipam: crate::api::IpamView {
+            driver: "default".into(),
+            config: vec![crate::api::IpamConfigView {
+                subnet: spec.subnet.to_string(),
+                gateway: String::new(),
+                ip_range: None,
+            }],
+        },
+        internal: false,
+        containers: BTreeMap::new(),
+        options: BTreeMap::from([
+            ("vni".to_owned(), spec.vni.to_string()),
+            ("port".to_owned(), spec.port.to_string()),
+        ]),
+        peers: blocks
+            .iter()
+            .map(|b| crate::api::PeerView {
+                name: b.host.clone(),
+                ip: b.vtep.to_string(),
+                block: b.block.to_string(),
+            })
+            .collect(),
     }
 }
 

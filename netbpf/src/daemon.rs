@@ -23,6 +23,7 @@ use crate::{
     controller::{Config, Controller, WaitFor, XdpChoice},
     datapath,
     netlink::Netlink,
+    overlay,
 };
 
 #[derive(clap::Args, Debug, Clone)]
@@ -51,6 +52,12 @@ pub struct DaemonArgs {
     /// resolv.conf and hosts in /etc/netns) so `ip netns exec` works; empty: do not.
     #[arg(long, default_value = "netbpf-")]
     pub netns_prefix: String,
+    /// The cluster store for overlay networks: etcd://HOST:PORT.
+    #[arg(long)]
+    pub cluster_store: Option<String>,
+    /// This host's tunnel endpoint on the underlay (default: the uplink's address).
+    #[arg(long)]
+    pub vtep_addr: Option<std::net::Ipv4Addr>,
     /// tracing filter, e.g. `info`, `netbpf=debug`.
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -154,6 +161,49 @@ fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
 
 /// Containers, bridges and routing live in this namespace; forwarding must be on for
 /// traffic between networks and to the uplink.
+/// Starts the cluster store session and the task that hands its views to the controller,
+/// in the order they come.
+fn start_cluster(
+    url: &str,
+    vtep: Option<std::net::Ipv4Addr>,
+    uplink: Option<&str>,
+    ctl: &Arc<Mutex<Controller>>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let endpoint = overlay::parse_store_url(url).map_err(|e| anyhow::anyhow!(e))?;
+    let vtep = match (vtep, uplink) {
+        (Some(vtep), _) => vtep,
+        (None, Some(uplink)) => {
+            let uplink = uplink.to_owned();
+            Netlink::run(None, move |nl| nl.addresses_of(nl.link(&uplink)?.index))?
+                .into_iter()
+                .next()
+                .context("the uplink has no IPv4 address for the overlay: give --vtep-addr")?
+        }
+        (None, None) => bail!("--cluster-store needs an underlay address: give --vtep-addr"),
+    };
+    let (views_tx, mut views) = mpsc::unbounded_channel();
+    let me = overlay::store::Identity {
+        host: vtep.to_string(),
+        vtep,
+    };
+    let cluster = overlay::store::Cluster::start(endpoint, me, views_tx);
+    ctl.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .set_cluster(cluster);
+    let ctl = ctl.clone();
+    Ok(tokio::spawn(async move {
+        while let Some(view) = views.recv().await {
+            let ctl = ctl.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                ctl.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .apply_cluster(view)
+            })
+            .await;
+        }
+    }))
+}
+
 fn enable_forwarding() -> anyhow::Result<()> {
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling net.ipv4.ip_forward")
 }
@@ -216,6 +266,15 @@ pub async fn run(socket: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
         }
     };
     let ctl = Arc::new(Mutex::new(ctl));
+    let cluster_loop = match &args.cluster_store {
+        Some(url) => Some(start_cluster(
+            url,
+            args.vtep_addr,
+            config.uplink.as_deref(),
+            &ctl,
+        )?),
+        None => None,
+    };
     let expiry_loop = {
         let ctl = ctl.clone();
         tokio::spawn(async move {
@@ -261,6 +320,9 @@ pub async fn run(socket: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
     stop_all(&ctl).await;
     exit_loop.abort();
     expiry_loop.abort();
+    if let Some(cluster_loop) = cluster_loop {
+        cluster_loop.abort();
+    }
     let ctl2 = ctl.clone();
     tokio::task::spawn_blocking(move || ctl2.lock().unwrap_or_else(|p| p.into_inner()).teardown())
         .await?;

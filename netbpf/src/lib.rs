@@ -32,5 +32,6 @@ pub mod macvlan;
 pub mod netlink;
 pub mod netns;
 pub mod network;
+pub mod overlay;
 pub mod publish;
 pub mod state;

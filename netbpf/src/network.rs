@@ -165,5 +165,6 @@ pub fn view<'a>(
                 network.bridge.clone(),
             )]),
         },
+        peers: vec![],
     }
 }

@@ -28,8 +28,9 @@ const PACKAGES: &[&str] = &[
     "python3",
     // A small upstream DNS server for the embedded DNS tests.
     "dnsmasq-base",
-    // protoc, for etcd-client's generated gRPC code.
+    // protoc and its well-known types, for etcd-client's generated gRPC code.
     "protobuf-compiler",
+    "libprotobuf-dev",
     // The cluster store the overlay tests run (as Flannel and Calico use it).
     "etcd-server",
 ];

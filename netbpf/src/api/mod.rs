@@ -163,6 +163,20 @@ pub struct NetworkView {
     pub internal: bool,
     pub containers: BTreeMap<String, NetworkEndpointView>,
     pub options: BTreeMap<String, String>,
+    /// Overlay networks: every host with a block of the subnet (Docker shows `Peers` too).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<PeerView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PeerView {
+    pub name: String,
+    /// Its VTEP (underlay) address.
+    #[serde(rename = "IP")]
+    pub ip: String,
+    /// Its block of the overlay subnet.
+    pub block: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -1,0 +1,146 @@
+//! Overlay networks across hosts. An overlay network is defined once in the cluster store
+//! (etcd, as Flannel and Calico use it) and seen by every host's daemon. Each daemon leases
+//! a block of the network's subnet for its own containers, under an etcd lease it keeps
+//! alive, with its VTEP (underlay) address; every daemon watches the others' blocks, so a
+//! host whose daemon dies drops out when its lease expires.
+//!
+//! Keys (all JSON values):
+//!
+//! ```text
+//! /netbpf/v1/networks/<name>              → OverlaySpec
+//! /netbpf/v1/blocks/<name>/<addr>-<len>   → BlockLease (attached to the owner's etcd lease)
+//! ```
+
+pub mod store;
+
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+/// The UDP port of RFC 7348; Flannel's VXLAN backend uses 8472.
+pub const DEFAULT_VXLAN_PORT: u16 = 4789;
+/// Prefix length of the block each host leases (Flannel's default `SubnetLen`).
+pub const BLOCK_PREFIX_LEN: u8 = 24;
+/// Lifetime of a host's registrations without keep-alives.
+pub const LEASE_TTL_SECS: i64 = 10;
+
+pub const NETWORKS_PREFIX: &str = "/netbpf/v1/networks/";
+pub const BLOCKS_PREFIX: &str = "/netbpf/v1/blocks/";
+
+/// An overlay network, as defined in the cluster store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlaySpec {
+    pub id: String,
+    pub name: String,
+    pub subnet: Ipv4Net,
+    /// VXLAN network identifier.
+    pub vni: u32,
+    /// VXLAN UDP destination port.
+    pub port: u16,
+    pub created: String,
+}
+
+/// One host's block of an overlay network and where to tunnel to reach it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockLease {
+    pub network: String,
+    pub block: Ipv4Net,
+    /// The owner's name for people (its VTEP address unless told otherwise).
+    pub host: String,
+    /// Underlay address of the owner's tunnel endpoint.
+    pub vtep: Ipv4Addr,
+}
+
+/// What the cluster store holds, as last read.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterView {
+    pub networks: BTreeMap<String, OverlaySpec>,
+    /// By network name.
+    pub blocks: BTreeMap<String, Vec<BlockLease>>,
+}
+
+pub fn network_key(name: &str) -> String {
+    format!("{NETWORKS_PREFIX}{name}")
+}
+
+pub fn block_key(network: &str, block: Ipv4Net) -> String {
+    format!(
+        "{BLOCKS_PREFIX}{network}/{}-{}",
+        block.network(),
+        block.prefix_len()
+    )
+}
+
+/// Parses `etcd://HOST:PORT` (or `http://HOST:PORT`) into the endpoint etcd-client takes.
+pub fn parse_store_url(url: &str) -> Result<String, String> {
+    let rest = url
+        .strip_prefix("etcd://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| format!("cluster store {url:?}: use etcd://HOST:PORT"))?;
+    if rest.is_empty() || rest.contains('/') || !rest.contains(':') {
+        return Err(format!("cluster store {url:?}: use etcd://HOST:PORT"));
+    }
+    Ok(format!("http://{rest}"))
+}
+
+/// The overlay options of `network create -d overlay -o KEY=VALUE`: `vni` and `port`.
+pub fn parse_options(options: &BTreeMap<String, String>) -> Result<(Option<u32>, u16), String> {
+    let mut vni = None;
+    let mut port = DEFAULT_VXLAN_PORT;
+    for (key, value) in options {
+        match key.as_str() {
+            "vni" => {
+                let v: u32 = value
+                    .parse()
+                    .ok()
+                    .filter(|v| (1..1 << 24).contains(v))
+                    .ok_or_else(|| format!("invalid vni {value:?}: use 1 to 16777215"))?;
+                vni = Some(v);
+            }
+            "port" => {
+                port = value.parse().ok().filter(|p| *p != 0).ok_or_else(|| {
+                    format!("invalid port {value:?}: use 4789, 8472 or another UDP port")
+                })?;
+            }
+            other => {
+                return Err(format!(
+                    "unknown option {other:?} for an overlay network: use vni and port"
+                ));
+            }
+        }
+    }
+    Ok((vni, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_urls_and_options() {
+        assert_eq!(
+            parse_store_url("etcd://10.0.0.1:2379").unwrap(),
+            "http://10.0.0.1:2379"
+        );
+        assert!(parse_store_url("10.0.0.1:2379").is_err());
+        assert!(parse_store_url("etcd://10.0.0.1").is_err());
+        let opts = |p: &[(&str, &str)]| -> BTreeMap<String, String> {
+            p.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(parse_options(&opts(&[])).unwrap(), (None, 4789));
+        assert_eq!(
+            parse_options(&opts(&[("vni", "42"), ("port", "8472")])).unwrap(),
+            (Some(42), 8472)
+        );
+        assert!(parse_options(&opts(&[("vni", "0")])).is_err());
+        assert!(parse_options(&opts(&[("vni", "16777216")])).is_err());
+        assert!(parse_options(&opts(&[("parent", "eth1")])).is_err());
+        assert_eq!(
+            block_key("ovl", "10.200.3.0/24".parse().unwrap()),
+            "/netbpf/v1/blocks/ovl/10.200.3.0-24"
+        );
+    }
+}

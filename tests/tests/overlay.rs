@@ -1,0 +1,199 @@
+//! Overlay networks across hosts: membership in a real etcd. Hosts are namespaces whose
+//! `eth1` share an underlay segment with the etcd server.
+
+use std::time::{Duration, Instant};
+
+use netbpf_tests::{Etcd, TestHost, Underlay, must};
+
+/// A host on the underlay at `10.0.0.<n>`, its daemon using `etcd` as cluster store.
+fn host_on(underlay: &Underlay, etcd: &Etcd, n: u8) -> TestHost {
+    let mut host = TestHost::bare();
+    underlay.plug(&host, "eth1");
+    let vtep = format!("10.0.0.{n}");
+    must(
+        "ip",
+        &[
+            "-n",
+            &host.host_ns,
+            "addr",
+            "add",
+            &format!("{vtep}/24"),
+            "dev",
+            "eth1",
+        ],
+    );
+    host.start_daemon(&["--cluster-store", &etcd.url(), "--vtep-addr", &vtep]);
+    host
+}
+
+/// The blocks of `network` as `host` sees them: (block, VTEP) pairs, sorted.
+fn peers(host: &TestHost, network: &str) -> Vec<(String, String)> {
+    let run = host.netbpf(&["network", "inspect", network]);
+    if run.code != 0 {
+        return vec![];
+    }
+    let view: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let mut peers: Vec<(String, String)> = view[0]["Peers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|p| {
+                    (
+                        p["Block"].as_str().unwrap().to_owned(),
+                        p["IP"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    peers.sort();
+    peers
+}
+
+/// Polls until `done` holds, for up to `secs`.
+fn eventually(secs: u64, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn an_overlay_network_is_defined_once_and_every_host_leases_a_block_until_it_dies() {
+    let underlay = Underlay::new();
+    let mut etcd = Etcd::start(&underlay, "10.0.0.1");
+    let a = host_on(&underlay, &etcd, 11);
+    let mut b = host_on(&underlay, &etcd, 12);
+    let c = host_on(&underlay, &etcd, 13);
+
+    a.ok(&[
+        "network",
+        "create",
+        "-d",
+        "overlay",
+        "--subnet",
+        "10.200.0.0/16",
+        "-o",
+        "vni=42",
+        "ovl",
+    ]);
+    // Defined once, visible everywhere, with the same id and options.
+    let id = a.json(&["network", "inspect", "ovl"])[0]["Id"].clone();
+    for host in [&b, &c] {
+        eventually(10, "the network to reach every host", || {
+            host.netbpf(&["network", "inspect", "ovl"]).code == 0
+        });
+        let view = host.json(&["network", "inspect", "ovl"]);
+        assert_eq!(view[0]["Id"], id, "{view}");
+        assert_eq!(view[0]["Driver"], "overlay");
+        assert_eq!(view[0]["Scope"], "global");
+        assert_eq!(view[0]["Options"]["vni"], "42");
+        assert_eq!(view[0]["Options"]["port"], "4789");
+    }
+    // Every host holds a distinct /24 of the subnet, and all agree on who holds which.
+    eventually(10, "three blocks", || peers(&a, "ovl").len() == 3);
+    let seen = peers(&a, "ovl");
+    for host in [&b, &c] {
+        eventually(10, "every host to agree", || peers(host, "ovl") == seen);
+    }
+    let vteps: Vec<&str> = seen.iter().map(|(_, v)| v.as_str()).collect();
+    assert_eq!(vteps.len(), 3);
+    for vtep in ["10.0.0.11", "10.0.0.12", "10.0.0.13"] {
+        assert!(vteps.contains(&vtep), "{seen:?}");
+    }
+    let blocks: std::collections::BTreeSet<&str> = seen.iter().map(|(b, _)| b.as_str()).collect();
+    assert_eq!(blocks.len(), 3, "blocks collide: {seen:?}");
+    assert!(
+        blocks
+            .iter()
+            .all(|b| b.starts_with("10.200.") && b.ends_with("/24"))
+    );
+
+    // The name is taken cluster-wide, and so is the VNI.
+    assert!(
+        c.fails(&[
+            "network",
+            "create",
+            "-d",
+            "overlay",
+            "--subnet",
+            "10.201.0.0/16",
+            "ovl"
+        ])
+        .contains("already exists")
+    );
+    assert!(
+        c.fails(&[
+            "network",
+            "create",
+            "-d",
+            "overlay",
+            "--subnet",
+            "10.201.0.0/16",
+            "-o",
+            "vni=42",
+            "ovl2"
+        ])
+        .contains("vni 42")
+    );
+
+    // etcd down: the hosts keep their view (and their data plane); a change is refused
+    // with a clear error; when etcd is back, everything converges again.
+    etcd.stop();
+    let err = a.fails(&[
+        "network",
+        "create",
+        "-d",
+        "overlay",
+        "--subnet",
+        "10.202.0.0/16",
+        "ovl3",
+    ]);
+    assert!(err.contains("unreachable"), "{err}");
+    assert_eq!(peers(&a, "ovl"), seen, "the view was lost with etcd");
+    etcd.resume();
+    eventually(20, "the daemons to come back to etcd", || {
+        a.netbpf(&[
+            "network",
+            "create",
+            "-d",
+            "overlay",
+            "--subnet",
+            "10.202.0.0/16",
+            "ovl3",
+        ])
+        .code
+            == 0
+    });
+    eventually(20, "every host to hold a block of the new network", || {
+        peers(&b, "ovl3").len() == 3
+    });
+    // The old registrations live on until their lease runs out; the new ones ask for the
+    // same blocks, so the set is the same once that settles.
+    eventually(30, "the same blocks after the outage", || {
+        peers(&a, "ovl") == seen
+    });
+
+    // A host whose daemon dies drops out when its lease expires.
+    b.kill_daemon();
+    eventually(30, "the dead host's block to expire", || {
+        !peers(&a, "ovl").iter().any(|(_, v)| v == "10.0.0.12")
+    });
+    assert_eq!(peers(&c, "ovl").len(), 2);
+}
+
+#[test]
+fn overlay_networks_need_a_cluster_store_and_sane_options() {
+    let host = TestHost::new();
+    let err = host.fails(&[
+        "network",
+        "create",
+        "-d",
+        "overlay",
+        "--subnet",
+        "10.200.0.0/16",
+        "o",
+    ]);
+    assert!(err.contains("--cluster-store"), "{err}");
+}
