@@ -41,7 +41,7 @@ use crate::{
     publish::{self, PortSpec, Proto, PublishedPort},
     state::{
         AttachedTo, ContainerRecord, EndpointRecord, NetworkMode, NetworkRecord, NetworkRequest,
-        ParentRecord, State, Status, Store, now_rfc3339, random_id,
+        OverlayRecord, ParentRecord, State, Status, Store, now_rfc3339, random_id,
     },
 };
 
@@ -552,6 +552,7 @@ impl Controller {
             bridge,
             created: now_rfc3339(),
             parent: None,
+            overlay: None,
         };
         let undo = |record: &NetworkRecord, dp: &mut Datapath| {
             dp.remove_subnet(record.subnet);
@@ -607,6 +608,76 @@ impl Controller {
             }
         }
         self.cluster_view = view;
+        self.sync_overlay_networks();
+    }
+
+    /// Gives every overlay network this host holds a block of a local bridge network on
+    /// that block, where its containers join as on any bridge; drops the local part of
+    /// overlay networks that left the store, once no container uses it.
+    fn sync_overlay_networks(&mut self) {
+        let Some(vtep) = self.cluster.as_ref().map(|c| c.vtep) else {
+            return;
+        };
+        let view = self.cluster_view.clone();
+        for (name, spec) in &view.networks {
+            let Some(mine) = view
+                .blocks
+                .get(name)
+                .and_then(|b| b.iter().find(|l| l.vtep == vtep))
+            else {
+                continue;
+            };
+            match self.state.networks.get(name) {
+                Some(local) if local.overlay.is_some() => {
+                    if local.subnet != mine.block {
+                        tracing::warn!(network = name, local = %local.subnet, leased = %mine.block, "overlay block changed; keeping the local one");
+                    }
+                }
+                Some(_) => {
+                    tracing::warn!(
+                        network = name,
+                        "a local network has this overlay's name: not joining the overlay"
+                    );
+                }
+                None => {
+                    let bridge = network::bridge_name(&spec.id);
+                    if let Err(error) =
+                        self.create_network(name, bridge, mine.block, None, None, false)
+                    {
+                        tracing::warn!(%error, network = name, "cannot join overlay network");
+                        continue;
+                    }
+                    let record = self.state.networks.get_mut(name).expect("just made");
+                    record.id = spec.id.clone();
+                    record.driver = "overlay".into();
+                    record.overlay = Some(OverlayRecord {
+                        subnet: spec.subnet,
+                        vni: spec.vni,
+                        port: spec.port,
+                    });
+                    if let Err(error) = self.save() {
+                        tracing::warn!(%error, network = name, "saving the overlay network");
+                    }
+                    tracing::info!(network = name, block = %mine.block, "joined overlay network");
+                }
+            }
+        }
+        let gone: Vec<String> = self
+            .state
+            .networks
+            .values()
+            .filter(|n| n.overlay.is_some() && !view.networks.contains_key(&n.name))
+            .map(|n| n.name.clone())
+            .collect();
+        for name in gone {
+            if let Err(error) = self.remove_local_network(&name) {
+                tracing::warn!(
+                    error = error.message,
+                    network = name,
+                    "overlay network left the store but stays here"
+                );
+            }
+        }
     }
 
     fn create_overlay_network(
@@ -732,6 +803,7 @@ impl Controller {
             bridge: String::new(),
             created: now_rfc3339(),
             parent: Some(parent.clone()),
+            overlay: None,
         };
         self.state.next_network_index += 1;
         self.state.networks.insert(name.to_owned(), record.clone());
@@ -748,6 +820,7 @@ impl Controller {
         self.state
             .networks
             .values()
+            .filter(|n| n.overlay.is_none())
             .map(|n| network::view(n, self.state.containers.values()))
             .chain(self.cluster_view.networks.values().map(|spec| {
                 overlay_view(
@@ -765,10 +838,15 @@ impl Controller {
     pub fn network_inspect(&self, name: &str) -> Result<NetworkView> {
         if let Some(spec) = self.cluster_view.networks.get(name) {
             let blocks = self.cluster_view.blocks.get(name);
-            return Ok(overlay_view(
-                spec,
-                blocks.map(Vec::as_slice).unwrap_or_default(),
-            ));
+            let mut view = overlay_view(spec, blocks.map(Vec::as_slice).unwrap_or_default());
+            // This host's containers on it, and its block.
+            if let Some(local) = self.state.networks.get(name) {
+                let local_view = network::view(local, self.state.containers.values());
+                view.containers = local_view.containers;
+                view.options
+                    .insert("block".into(), local.subnet.to_string());
+            }
+            return Ok(view);
         }
         let record = self.network(name)?;
         Ok(network::view(record, self.state.containers.values()))
@@ -779,31 +857,46 @@ impl Controller {
             let cluster = self.cluster.clone().ok_or_else(|| {
                 ApiError::bad_request("overlay networks are removed through the cluster store")
             })?;
+            if self.state.networks.contains_key(name) {
+                self.check_unused(name)?;
+            }
             cluster.remove_network(name).map_err(ApiError::internal)?;
             self.cluster_view.networks.remove(name);
             self.cluster_view.blocks.remove(name);
+            if self.state.networks.contains_key(name) {
+                self.remove_local_network(name)?;
+            }
             return Ok(());
         }
+        self.remove_local_network(name)
+    }
+
+    fn check_unused(&self, name: &str) -> Result<()> {
+        let users: Vec<&str> = self
+            .state
+            .containers
+            .values()
+            .filter(|c| c.networks.iter().any(|r| r.network == name))
+            .map(|c| c.name.as_str())
+            .collect();
+        if users.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::conflict(format!(
+                "network {name} has containers attached: {} (disconnect or remove them first)",
+                users.join(", ")
+            )))
+        }
+    }
+
+    fn remove_local_network(&mut self, name: &str) -> Result<()> {
         let record = self.network(name)?.clone();
         if record.name == DEFAULT_NETWORK {
             return Err(ApiError::conflict(
                 "bridge is the default network and cannot be removed",
             ));
         }
-        let users: Vec<&str> = self
-            .state
-            .containers
-            .values()
-            .filter(|c| c.networks.iter().any(|r| r.network == record.name))
-            .map(|c| c.name.as_str())
-            .collect();
-        if !users.is_empty() {
-            return Err(ApiError::conflict(format!(
-                "network {} has containers attached: {} (disconnect or remove them first)",
-                record.name,
-                users.join(", ")
-            )));
-        }
+        self.check_unused(&record.name)?;
         self.state.networks.remove(&record.name);
         self.save()?;
         match &record.parent {

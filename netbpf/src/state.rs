@@ -73,6 +73,18 @@ pub struct NetworkRecord {
     /// macvlan and ipvlan networks: the interface their containers sit on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<ParentRecord>,
+    /// This host's part of an overlay network: `subnet` is then the host's block of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay: Option<OverlayRecord>,
+}
+
+/// The overlay network a local bridge network is this host's block of.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlayRecord {
+    /// The whole overlay subnet, across hosts.
+    pub subnet: Ipv4Net,
+    pub vni: u32,
+    pub port: u16,
 }
 
 impl NetworkRecord {
@@ -319,6 +331,7 @@ mod tests {
                 bridge: "br-x".into(),
                 created: now_rfc3339(),
                 parent: None,
+                overlay: None,
             },
         );
         store.save(&state).unwrap();

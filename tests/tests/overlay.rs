@@ -110,6 +110,53 @@ fn an_overlay_network_is_defined_once_and_every_host_leases_a_block_until_it_die
             .all(|b| b.starts_with("10.200.") && b.ends_with("/24"))
     );
 
+    // Each host's containers join its own block, through a local bridge on that block.
+    a.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "x",
+        "--network",
+        "ovl",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    c.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "y",
+        "--network",
+        "ovl",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    for (host, container, vtep) in [(&a, "x", "10.0.0.11"), (&c, "y", "10.0.0.13")] {
+        let block: ipnet::Ipv4Net = seen
+            .iter()
+            .find(|(_, v)| v == vtep)
+            .unwrap()
+            .0
+            .parse()
+            .unwrap();
+        let ip: std::net::Ipv4Addr = host.ip_of(container, "ovl").parse().unwrap();
+        assert!(
+            block.contains(&ip),
+            "{container} got {ip} outside its host's block {block}"
+        );
+        let view = host.json(&["network", "inspect", "ovl"]);
+        assert_eq!(view[0]["Options"]["block"], block.to_string(), "{view}");
+        assert_eq!(
+            view[0]["Containers"].as_object().unwrap().len(),
+            1,
+            "{view}"
+        );
+    }
+    // Removing it while a host's containers use it is refused.
+    assert!(a.fails(&["network", "rm", "ovl"]).contains("x"));
+
     // The name is taken cluster-wide, and so is the VNI.
     assert!(
         c.fails(&[

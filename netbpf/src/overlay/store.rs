@@ -49,6 +49,8 @@ enum Request {
 pub struct Cluster {
     requests: mpsc::UnboundedSender<Request>,
     pub endpoint: String,
+    /// This host's tunnel endpoint: the blocks registered with it are this host's.
+    pub vtep: Ipv4Addr,
 }
 
 impl Cluster {
@@ -60,8 +62,13 @@ impl Cluster {
         views: mpsc::UnboundedSender<ClusterView>,
     ) -> Self {
         let (requests, rx) = mpsc::unbounded_channel();
+        let vtep = me.vtep;
         tokio::spawn(run(endpoint.clone(), me, views, rx));
-        Self { requests, endpoint }
+        Self {
+            requests,
+            endpoint,
+            vtep,
+        }
     }
 
     fn ask(
