@@ -88,6 +88,46 @@ pub struct SubnetInfo {
     pub gateway: IpAddrKey,
 }
 
+/// Key of the overlay route trie: a remote host's block of an overlay network. The network
+/// is always matched in full (its 32 bits count in the prefix length), then the address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct OverlayRouteKey {
+    /// The local network (this host's block of the overlay) the sender is on.
+    pub network: u32,
+    pub addr: IpAddrKey,
+}
+
+/// Where packets for a remote block go: VXLAN to the host holding it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct OverlayRoute {
+    pub remote_vtep: IpAddrKey,
+    pub local_vtep: IpAddrKey,
+    /// The underlay interface the outer packet leaves by (`bpf_redirect_neigh`).
+    pub underlay_ifindex: u32,
+    pub vni: u32,
+    /// VXLAN UDP destination port.
+    pub port: u16,
+    /// Inner destination MAC: the remote end's (a kernel VXLAN peer accepts only frames
+    /// for its own device address).
+    pub inner_dst_mac: [u8; 6],
+}
+
+/// Per VNI: the local network decapsulated packets are delivered on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct OverlayLocal {
+    pub network: u32,
+    pub port: u16,
+    /// The local gateway's MAC, the source containers see on delivered frames.
+    pub gateway_mac: [u8; 6],
+}
+
+/// Bytes VXLAN adds in front of the inner IPv4 packet: outer IPv4 (20), UDP (8), VXLAN (8)
+/// and the inner Ethernet header (14). Container MTUs on overlays leave room for them.
+pub const VXLAN_OVERHEAD: u32 = 50;
+
 /// Per-endpoint counters, one copy per CPU (no atomics on the BPF target).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -267,6 +307,9 @@ pub mod names {
     pub const PROG_CONTAINER_XDP_PASS: &str = "container_xdp_pass";
     pub const XDP_REDIRECTS: &str = "XDP_REDIRECTS";
     pub const PROG_UPLINK_EGRESS: &str = "uplink_egress";
+    pub const OVERLAY_ROUTES: &str = "OVERLAY_ROUTES";
+    pub const OVERLAY_VNIS: &str = "OVERLAY_VNIS";
+    pub const PROG_OVERLAY_INGRESS: &str = "overlay_ingress";
     pub const PROG_CONNECT4: &str = "connect4";
     pub const PROG_SENDMSG4: &str = "sendmsg4";
     pub const PROG_RECVMSG4: &str = "recvmsg4";
@@ -281,6 +324,8 @@ pub const MAX_ENDPOINTS: u32 = 65_536;
 pub const MAX_SUBNETS: u32 = 4_096;
 pub const MAX_PUBLISHED: u32 = 65_536;
 pub const MAX_HOST_ADDRS: u32 = 1_024;
+pub const MAX_OVERLAY_ROUTES: u32 = 16_384;
+pub const MAX_OVERLAY_VNIS: u32 = 1_024;
 /// Tracked flows; the map is LRU, so a full table evicts the oldest flows, never wedges.
 pub const MAX_FLOWS: u32 = 262_144;
 
@@ -294,6 +339,9 @@ const _: () = assert!(core::mem::size_of::<PublishedKey>() == 20);
 const _: () = assert!(core::mem::size_of::<PublishedTarget>() == 32);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<SockBackendKey>() == 32);
+const _: () = assert!(core::mem::size_of::<OverlayRouteKey>() == 20);
+const _: () = assert!(core::mem::size_of::<OverlayRoute>() == 48);
+const _: () = assert!(core::mem::size_of::<OverlayLocal>() == 12);
 const _: () = assert!(core::mem::size_of::<NatEntry>() == 32);
 const _: () = assert!(core::mem::size_of::<NatConfig>() == 32);
 const _: () = assert!(core::mem::size_of::<EndpointCounters>() == 32 + 8 * DropReason::COUNT);
@@ -308,6 +356,9 @@ mod pod {
     unsafe impl aya::Pod for super::EndpointIface {}
     unsafe impl aya::Pod for super::SubnetKey {}
     unsafe impl aya::Pod for super::SubnetInfo {}
+    unsafe impl aya::Pod for super::OverlayRouteKey {}
+    unsafe impl aya::Pod for super::OverlayRoute {}
+    unsafe impl aya::Pod for super::OverlayLocal {}
     unsafe impl aya::Pod for super::EndpointCounters {}
     unsafe impl aya::Pod for super::PublishedKey {}
     unsafe impl aya::Pod for super::PublishedTarget {}

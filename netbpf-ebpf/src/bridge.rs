@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use netbpf_common::{
     DropReason, EndpointCounters, EndpointIface, EndpointKey, EndpointTarget, IFACE_FLAG_INTERNAL,
-    IpAddrKey, MAX_ENDPOINTS, MAX_SUBNETS, SubnetInfo, SubnetKey,
+    IpAddrKey, MAX_ENDPOINTS, MAX_SUBNETS, OverlayRoute, SubnetInfo, SubnetKey,
 };
 use network_types::{
     eth::{EthHdr, EtherType},
@@ -40,6 +40,8 @@ pub enum Verdict {
     Redirect(EndpointTarget),
     /// Hand it to the Linux bridge unchanged.
     Pass,
+    /// To another host's block of the sender's overlay network: VXLAN to it.
+    Encap(OverlayRoute),
     Drop(DropReason),
 }
 
@@ -91,8 +93,18 @@ pub fn decide(ctx: &TcContext, ifindex: u32, iface: &EndpointIface) -> Verdict {
         Some(owner) if owner.gateway == dst && !internal => Verdict::Pass,
         Some(_) => Verdict::Drop(DropReason::Isolation),
         None if internal => Verdict::Drop(DropReason::Internal),
-        None => Verdict::Pass,
+        None => match crate::overlay::route(iface.network, dst) {
+            Some(route) => Verdict::Encap(route),
+            None => Verdict::Pass,
+        },
     }
+}
+
+/// The endpoint at `key`, if there is one.
+#[inline(always)]
+pub fn endpoint(key: &EndpointKey) -> Option<EndpointTarget> {
+    // SAFETY: entries are plain data replaced whole by the controller.
+    unsafe { ENDPOINTS.get(key).copied() }
 }
 
 /// Looks up which network the veth `ifindex` belongs to; `None` for foreign interfaces.

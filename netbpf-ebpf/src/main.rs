@@ -7,6 +7,7 @@ mod conntrack;
 mod csum;
 mod dns_steer;
 mod nat;
+mod overlay;
 mod parse;
 mod sock;
 mod xdp;
@@ -57,6 +58,18 @@ pub fn from_container(ctx: TcContext) -> i32 {
             }
             action
         }
+        Verdict::Encap(route) => {
+            let action = overlay::encap(&ctx, &route);
+            bridge::count(ifindex, |c| {
+                if action == TC_ACT_REDIRECT as i32 {
+                    c.fast_packets += 1;
+                    c.fast_bytes += bytes;
+                } else {
+                    c.drops[DropReason::RedirectFailed as usize] += 1;
+                }
+            });
+            action
+        }
         Verdict::Pass => {
             bridge::count(ifindex, |c| {
                 c.passed_packets += 1;
@@ -69,6 +82,13 @@ pub fn from_container(ctx: TcContext) -> i32 {
             bridge::SHOT
         }
     }
+}
+
+/// Attached (tcx ingress) to the interface holding this host's VTEP address: VXLAN packets
+/// for a local container of one of our overlay networks are decapsulated and delivered.
+#[classifier]
+pub fn overlay_ingress(ctx: TcContext) -> i32 {
+    overlay::decap(&ctx)
 }
 
 /// NAT for packets leaving a container, before the bridge decision: replies of flows that

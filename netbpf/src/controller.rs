@@ -15,7 +15,7 @@ use std::{
 use ipnet::Ipv4Net;
 use netbpf_common::{
     DropReason, EndpointCounters, EndpointIface, EndpointTarget, IFACE_FLAG_INTERNAL, IpAddrKey,
-    NatConfig, PublishedKey, PublishedTarget,
+    NatConfig, OverlayLocal, OverlayRoute, PublishedKey, PublishedTarget,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -678,6 +678,68 @@ impl Controller {
                 );
             }
         }
+        if let Err(error) = self.program_overlay(vtep) {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "programming the overlay data plane"
+            );
+        }
+    }
+
+    /// Writes the overlay maps from the view: per local overlay network, its VNI and a
+    /// route to every other host's block; and decapsulation on the VTEP's interface.
+    fn program_overlay(&mut self, vtep: Ipv4Addr) -> anyhow::Result<()> {
+        use anyhow::Context as _;
+        let underlay = Netlink::run(None, |nl| {
+            for link in nl.links()? {
+                if nl.addresses_of(link.index)?.contains(&vtep) {
+                    return Ok(Some(link));
+                }
+            }
+            Ok(None)
+        })?
+        .with_context(|| format!("no interface holds the VTEP address {vtep}"))?;
+        let mut routes = BTreeMap::new();
+        let mut vnis = BTreeMap::new();
+        for local in self.state.networks.values() {
+            let Some(ov) = &local.overlay else { continue };
+            vnis.insert(
+                ov.vni,
+                OverlayLocal {
+                    network: local.index,
+                    port: ov.port,
+                    gateway_mac: ipam::mac_for(local.gateway),
+                },
+            );
+            for lease in self
+                .cluster_view
+                .blocks
+                .get(&local.name)
+                .into_iter()
+                .flatten()
+            {
+                if lease.vtep == vtep {
+                    continue;
+                }
+                let remote_gateway = Ipv4Addr::from(u32::from(lease.block.network()) + 1);
+                routes.insert(
+                    (local.index, lease.block),
+                    OverlayRoute {
+                        remote_vtep: IpAddrKey::from_v4(lease.vtep.octets()),
+                        local_vtep: IpAddrKey::from_v4(vtep.octets()),
+                        underlay_ifindex: underlay.index,
+                        vni: ov.vni,
+                        port: ov.port,
+                        inner_dst_mac: ipam::mac_for(remote_gateway),
+                    },
+                );
+            }
+        }
+        self.datapath.sync_overlay(&routes, &vnis)?;
+        if !vnis.is_empty() {
+            self.datapath.attach_overlay_ingress(&underlay.name)?;
+        }
+        Ok(())
     }
 
     fn create_overlay_network(
@@ -1058,6 +1120,12 @@ impl Controller {
         };
         let host_ifindex = endpoint::wire(ns, net, &ep).map_err(internal)?;
         let ep = EndpointRecord { host_ifindex, ..ep };
+        if net.overlay.is_some()
+            && let Err(e) = endpoint::set_mtu(ns, &ep, overlay::CONTAINER_MTU)
+        {
+            self.remove_endpoint(&ep);
+            return Err(internal(e));
+        }
         if let Err(e) = self.install_endpoint(net, &ep) {
             self.remove_endpoint(&ep);
             return Err(internal(e));

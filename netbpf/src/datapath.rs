@@ -37,7 +37,8 @@ use ipnet::Ipv4Net;
 use netbpf_common::{
     EndpointCounters, EndpointIface, EndpointKey, EndpointTarget, FlowKey, IpAddrKey,
     NAT_TIMEOUT_TCP_CLOSING_NS, NAT_TIMEOUT_TCP_NS, NAT_TIMEOUT_UDP_NS, NatConfig, NatEntry,
-    PROTO_TCP, PublishedKey, PublishedTarget, SubnetInfo, SubnetKey, names,
+    OverlayLocal, OverlayRoute, OverlayRouteKey, PROTO_TCP, PublishedKey, PublishedTarget,
+    SubnetInfo, SubnetKey, names,
 };
 use serde::Serialize;
 
@@ -100,6 +101,8 @@ pub struct Datapath {
     nat_config: Array<MapData, NatConfig>,
     conntrack: HashMap<MapData, FlowKey, NatEntry>,
     xdp_redirects: PerCpuArray<MapData, u64>,
+    overlay_routes: LpmTrie<MapData, OverlayRouteKey, OverlayRoute>,
+    overlay_vnis: HashMap<MapData, u32, OverlayLocal>,
     links_dir: PathBuf,
     host_links_dir: PathBuf,
     xdp_links_dir: PathBuf,
@@ -109,8 +112,9 @@ pub struct Datapath {
 const XDP_PROGRAMS: [&str; 2] = [names::PROG_UPLINK_XDP, names::PROG_CONTAINER_XDP_PASS];
 
 /// The TC programs, all loaded at start.
-const TC_PROGRAMS: [&str; 5] = [
+const TC_PROGRAMS: [&str; 6] = [
     names::PROG_FROM_CONTAINER,
+    names::PROG_OVERLAY_INGRESS,
     names::PROG_UPLINK_INGRESS,
     names::PROG_UPLINK_EGRESS,
     names::PROG_DNS_LO_INGRESS,
@@ -186,7 +190,11 @@ impl Datapath {
         let nat_config = Array::try_from(take(names::NAT_CONFIG)?)?;
         let conntrack = HashMap::try_from(take(names::CONNTRACK)?)?;
         let xdp_redirects = PerCpuArray::try_from(take(names::XDP_REDIRECTS)?)?;
+        let overlay_routes = LpmTrie::try_from(take(names::OVERLAY_ROUTES)?)?;
+        let overlay_vnis = HashMap::try_from(take(names::OVERLAY_VNIS)?)?;
         Ok(Self {
+            overlay_routes,
+            overlay_vnis,
             ebpf,
             endpoints,
             ifaces,
@@ -285,6 +293,66 @@ impl Datapath {
             TcAttachType::Egress,
             &egress,
         )
+    }
+
+    /// Puts VXLAN decapsulation on the interface that holds this host's VTEP address.
+    pub fn attach_overlay_ingress(&mut self, iface: &str) -> Result<(), DatapathError> {
+        let pin = self.host_links_dir.join(format!("overlay-ingress-{iface}"));
+        self.attach_tc(
+            names::PROG_OVERLAY_INGRESS,
+            iface,
+            TcAttachType::Ingress,
+            &pin,
+        )
+    }
+
+    /// Makes the overlay maps hold exactly these routes (per local network and remote
+    /// block) and VNIs.
+    pub fn sync_overlay(
+        &mut self,
+        routes: &BTreeMap<(u32, Ipv4Net), OverlayRoute>,
+        vnis: &BTreeMap<u32, OverlayLocal>,
+    ) -> Result<(), DatapathError> {
+        let route_key = |network: u32, block: Ipv4Net| {
+            Key::new(
+                32 + IpAddrKey::V4_MAPPED_PREFIX_BITS + u32::from(block.prefix_len()),
+                OverlayRouteKey {
+                    network,
+                    addr: IpAddrKey::from_v4(block.network().octets()),
+                },
+            )
+        };
+        let wanted: Vec<_> = routes.keys().map(|(n, b)| route_key(*n, *b)).collect();
+        let stale: Vec<_> = self
+            .overlay_routes
+            .keys()
+            .flatten()
+            .filter(|k| {
+                !wanted
+                    .iter()
+                    .any(|w| w.prefix_len() == k.prefix_len() && w.data() == k.data())
+            })
+            .collect();
+        for key in stale {
+            let _ = self.overlay_routes.remove(&key);
+        }
+        for ((network, block), route) in routes {
+            self.overlay_routes
+                .insert(&route_key(*network, *block), *route, 0)?;
+        }
+        let stale: Vec<u32> = self
+            .overlay_vnis
+            .keys()
+            .flatten()
+            .filter(|vni| !vnis.contains_key(vni))
+            .collect();
+        for vni in stale {
+            let _ = self.overlay_vnis.remove(&vni);
+        }
+        for (vni, local) in vnis {
+            self.overlay_vnis.insert(vni, local, 0)?;
+        }
+        Ok(())
     }
 
     /// Attaches the socket programs to the cgroup whose processes count as "the host". A
@@ -619,6 +687,8 @@ impl Datapath {
             (names::NAT_CONFIG, map_id(&self.nat_config)),
             (names::CONNTRACK, map_id(&self.conntrack)),
             (names::XDP_REDIRECTS, map_id(&self.xdp_redirects)),
+            (names::OVERLAY_ROUTES, map_id(&self.overlay_routes)),
+            (names::OVERLAY_VNIS, map_id(&self.overlay_vnis)),
         ];
         for (name, id) in maps {
             if let Some(id) = id {

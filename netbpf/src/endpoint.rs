@@ -95,6 +95,16 @@ pub fn configure(
     Ok(())
 }
 
+/// Sets the MTU of both ends of an endpoint's veth pair.
+pub fn set_mtu(ns: &File, endpoint: &EndpointRecord, mtu: u32) -> Result<(), NetlinkError> {
+    Netlink::run(None, |nl| {
+        nl.set_mtu(nl.link(&endpoint.host_veth)?.index, mtu)
+    })?;
+    Netlink::run(Some(ns), |nl| {
+        nl.set_mtu(nl.link(&endpoint.ifname)?.index, mtu)
+    })
+}
+
 /// Deletes the host end of an endpoint's veth pair (and so the container end).
 pub fn unwire(host_veth: &str) {
     let result = Netlink::run(None, |nl| match nl.link_by_name(host_veth)? {

@@ -179,6 +179,11 @@ impl Netlink {
         )
     }
 
+    pub fn set_mtu(&self, index: u32, mtu: u32) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(index).mtu(mtu).build();
+        self.set(|| format!("setting MTU {mtu} on interface {index}"), msg)
+    }
+
     /// Renames an interface (it must be down).
     pub fn rename(&self, index: u32, name: &str) -> Result<(), NetlinkError> {
         let msg = LinkUnspec::new_with_index(index)

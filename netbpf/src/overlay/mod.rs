@@ -22,6 +22,9 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_VXLAN_PORT: u16 = 4789;
 /// Prefix length of the block each host leases (Flannel's default `SubnetLen`).
 pub const BLOCK_PREFIX_LEN: u8 = 24;
+/// MTU of container interfaces on overlay networks: a 1500-byte underlay less the 50 bytes
+/// VXLAN adds, so that no encapsulated packet needs fragmenting.
+pub const CONTAINER_MTU: u32 = 1450;
 /// Lifetime of a host's registrations without keep-alives.
 pub const LEASE_TTL_SECS: i64 = 10;
 
