@@ -323,19 +323,7 @@ impl Datapath {
             )
         };
         let wanted: Vec<_> = routes.keys().map(|(n, b)| route_key(*n, *b)).collect();
-        let stale: Vec<_> = self
-            .overlay_routes
-            .keys()
-            .flatten()
-            .filter(|k| {
-                !wanted
-                    .iter()
-                    .any(|w| w.prefix_len() == k.prefix_len() && w.data() == k.data())
-            })
-            .collect();
-        for key in stale {
-            let _ = self.overlay_routes.remove(&key);
-        }
+        remove_other_keys(&mut self.overlay_routes, &wanted);
         for ((network, block), route) in routes {
             self.overlay_routes
                 .insert(&route_key(*network, *block), *route, 0)?;
@@ -650,19 +638,7 @@ impl Datapath {
         }
 
         let wanted: Vec<_> = desired.subnets.keys().map(|s| subnet_key(*s)).collect();
-        let stale: Vec<_> = self
-            .subnets
-            .keys()
-            .flatten()
-            .filter(|k| {
-                !wanted
-                    .iter()
-                    .any(|w| w.prefix_len() == k.prefix_len() && w.data() == k.data())
-            })
-            .collect();
-        for key in stale {
-            let _ = self.subnets.remove(&key);
-        }
+        remove_other_keys(&mut self.subnets, &wanted);
         for (subnet, info) in &desired.subnets {
             self.set_subnet(*subnet, *info)?;
         }
@@ -727,6 +703,25 @@ fn endpoint_key(network: u32, ip: Ipv4Addr) -> EndpointKey {
     EndpointKey {
         network,
         addr: IpAddrKey::from_v4(ip.octets()),
+    }
+}
+
+/// Removes every entry of an LPM trie whose key is not in `wanted`.
+fn remove_other_keys<K: aya::Pod + PartialEq, V: aya::Pod>(
+    trie: &mut LpmTrie<MapData, K, V>,
+    wanted: &[Key<K>],
+) {
+    let stale: Vec<Key<K>> = trie
+        .keys()
+        .flatten()
+        .filter(|k| {
+            !wanted
+                .iter()
+                .any(|w| w.prefix_len() == k.prefix_len() && w.data() == k.data())
+        })
+        .collect();
+    for key in stale {
+        let _ = trie.remove(&key);
     }
 }
 
