@@ -308,3 +308,164 @@ fn containers_on_two_hosts_reach_each_other_through_the_bpf_vxlan_tunnel() {
         assert!(!links.contains("vxlan"), "{links}");
     }
 }
+
+/// `base64` of `text`, as etcd's JSON gateway takes keys and values.
+fn base64(text: &str) -> String {
+    let out = std::process::Command::new("base64")
+        .arg("-w0")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write as _;
+            child.stdin.take().unwrap().write_all(text.as_bytes())?;
+            child.wait_with_output()
+        })
+        .expect("base64");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A host that runs no netbpf at all, only Linux's own VXLAN device (Flannel's data path),
+/// talks to a netbpf container: its block is registered in etcd the way a netbpf host would
+/// register it, and its FDB and routes point at the netbpf host's VTEP.
+#[test]
+fn a_kernel_vxlan_device_and_a_netbpf_container_talk_on_the_wire() {
+    let underlay = Underlay::new();
+    let etcd = Etcd::start(&underlay, "10.0.0.1");
+    let a = host_on(&underlay, &etcd, 41);
+    a.ok(&[
+        "network",
+        "create",
+        "-d",
+        "overlay",
+        "--subnet",
+        "10.220.0.0/16",
+        "-o",
+        "vni=99",
+        "ovl",
+    ]);
+    eventually(10, "host a's block", || peers(&a, "ovl").len() == 1);
+    let a_block: ipnet::Ipv4Net = peers(&a, "ovl")[0].0.parse().unwrap();
+    let a_gateway = std::net::Ipv4Addr::from(u32::from(a_block.network()) + 1);
+    a.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "ovl",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    let web = a.ip_of("web", "ovl");
+
+    // The kernel host: 10.0.0.42 on the underlay, block 10.220.200.0/24, vx0 as its gateway.
+    let kernel = underlay.station("kvx", "10.0.0.42/24");
+    let k_gateway: std::net::Ipv4Addr = "10.220.200.1".parse().unwrap();
+    let fmt_mac = |mac: [u8; 6]| {
+        mac.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    let k_mac = fmt_mac(netbpf::ipam::mac_for(k_gateway));
+    let a_gw_mac = fmt_mac(netbpf::ipam::mac_for(a_gateway));
+    let ip = |args: &[&str]| {
+        let mut all = vec!["-n", kernel.as_str()];
+        all.extend(args);
+        must("ip", &all);
+    };
+    ip(&[
+        "link",
+        "add",
+        "vx0",
+        "address",
+        &k_mac,
+        "type",
+        "vxlan",
+        "id",
+        "99",
+        "dstport",
+        "4789",
+        "local",
+        "10.0.0.42",
+        "dev",
+        "eth0",
+    ]);
+    ip(&["addr", "add", "10.220.200.1/24", "dev", "vx0"]);
+    ip(&["link", "set", "vx0", "up"]);
+    ip(&[
+        "route",
+        "add",
+        &a_block.to_string(),
+        "via",
+        &a_gateway.to_string(),
+        "dev",
+        "vx0",
+        "onlink",
+    ]);
+    ip(&[
+        "neigh",
+        "add",
+        &a_gateway.to_string(),
+        "lladdr",
+        &a_gw_mac,
+        "dev",
+        "vx0",
+        "nud",
+        "permanent",
+    ]);
+    must(
+        "bridge",
+        &[
+            "-n",
+            &kernel,
+            "fdb",
+            "append",
+            &a_gw_mac,
+            "dev",
+            "vx0",
+            "dst",
+            "10.0.0.41",
+        ],
+    );
+    // Its block, registered as a netbpf host would (without a lease: it never dies here).
+    let lease = r#"{"network":"ovl","block":"10.220.200.0/24","host":"kernel","vtep":"10.0.0.42"}"#;
+    let body = format!(
+        r#"{{"key":"{}","value":"{}"}}"#,
+        base64("/netbpf/v1/blocks/ovl/10.220.200.0-24"),
+        base64(lease)
+    );
+    must(
+        "nsenter",
+        &[
+            &format!("--net=/run/netns/{}", etcd.ns),
+            "curl",
+            "-sf",
+            "-X",
+            "POST",
+            "http://10.0.0.1:2379/v3/kv/put",
+            "-d",
+            &body,
+        ],
+    );
+    eventually(10, "host a to see the kernel host", || {
+        peers(&a, "ovl").len() == 2
+    });
+
+    // Both directions, both ends real: netbpf encap to the kernel's decap and back.
+    assert!(
+        a.pings("web", "10.220.200.1"),
+        "netbpf container cannot reach the kernel VXLAN host"
+    );
+    let ping = netbpf_tests::cmd(
+        "ip",
+        &["netns", "exec", &kernel, "ping", "-c", "2", "-W", "1", &web],
+    );
+    assert!(
+        ping.status.success(),
+        "the kernel VXLAN host cannot reach the netbpf container: {}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
+}
