@@ -299,11 +299,57 @@ impl Controller {
         self.tracked_flows = self.datapath.expire_flows(monotonic_ns());
     }
 
-    /// Saves the state and brings the DNS names in line with it.
+    /// Saves the state and brings the DNS names in line with it, here and, for overlay
+    /// networks, in the cluster store.
     fn save(&self) -> Result<()> {
-        self.dns
-            .set_table(Table::from_state(&self.state, &self.host_upstreams));
+        self.refresh_names();
         self.store.save(&self.state).map_err(internal)
+    }
+
+    /// The embedded DNS table: this host's containers, and the names other hosts publish
+    /// for theirs on overlay networks.
+    fn refresh_names(&self) {
+        let mut table = Table::from_state(&self.state, &self.host_upstreams);
+        let Some(cluster) = &self.cluster else {
+            self.dns.set_table(table);
+            return;
+        };
+        for name in self
+            .cluster_view
+            .names
+            .iter()
+            .filter(|n| n.vtep != cluster.vtep)
+        {
+            table.add_remote(&name.network, &name.name, name.ip);
+        }
+        self.dns.set_table(table);
+        let mut mine = vec![];
+        for c in self.state.containers.values().filter(|c| c.is_running()) {
+            for ep in &c.endpoints {
+                let on_overlay = self
+                    .state
+                    .networks
+                    .get(&ep.network)
+                    .is_some_and(|n| n.overlay.is_some());
+                if !on_overlay {
+                    continue;
+                }
+                let aliases = c.aliases_on(&ep.network);
+                for name in [c.name.clone(), c.id[..12].to_owned()]
+                    .into_iter()
+                    .chain(aliases)
+                {
+                    mine.push(overlay::NameRecord {
+                        network: ep.network.clone(),
+                        name,
+                        ip: ep.ip,
+                        vtep: cluster.vtep,
+                    });
+                }
+            }
+        }
+        mine.sort();
+        cluster.publish_names(mine);
     }
 
     /// Writes the container's resolv.conf and hosts; returns (file, mount target) pairs.
@@ -609,6 +655,7 @@ impl Controller {
         }
         self.cluster_view = view;
         self.sync_overlay_networks();
+        self.refresh_names();
     }
 
     /// Gives every overlay network this host holds a block of a local bridge network on

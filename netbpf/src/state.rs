@@ -154,6 +154,17 @@ pub struct EndpointRecord {
     pub host_ifindex: u32,
 }
 
+impl ContainerRecord {
+    /// The `--network-alias` names it asked for on `network`.
+    pub fn aliases_on(&self, network: &str) -> Vec<String> {
+        self.networks
+            .iter()
+            .find(|r| r.network == network)
+            .map(|r| r.aliases.clone())
+            .unwrap_or_default()
+    }
+}
+
 impl EndpointRecord {
     /// Whether the endpoint has a host veth (and so the fast path and its map entries).
     pub fn has_veth(&self) -> bool {

@@ -294,6 +294,9 @@ fn containers_on_two_hosts_reach_each_other_through_the_bpf_vxlan_tunnel() {
         b.pings("cli", &srv),
         "no ping from host b's container to host a's ({srv})"
     );
+    // By name: host a publishes its containers' names in etcd, host b's embedded DNS
+    // answers with them.
+    eventually(10, "host b to resolve srv", || b.pings("cli", "srv"));
     // TCP through the tunnel; the container MTU leaves room for the 50-byte header.
     let link = b.ok(&["exec", "cli", "--", "ip", "-o", "link", "show", "eth0"]);
     assert!(link.contains("mtu 1450"), "{link}");

@@ -74,12 +74,7 @@ impl Table {
                 .filter(|ep| ep.network != DEFAULT_NETWORK)
             {
                 asker.networks.insert(ep.network.clone());
-                let aliases = c
-                    .networks
-                    .iter()
-                    .find(|r| r.network == ep.network)
-                    .map(|r| r.aliases.clone())
-                    .unwrap_or_default();
+                let aliases = c.aliases_on(&ep.network);
                 let entries = table.names.entry(ep.network.clone()).or_default();
                 for name in [c.name.clone(), c.id[..12].to_owned()]
                     .into_iter()
@@ -97,6 +92,18 @@ impl Table {
             }
         }
         table
+    }
+
+    /// Adds a name another host published for a container of its own on `network`.
+    pub fn add_remote(&mut self, network: &str, name: &str, ip: Ipv4Addr) {
+        self.names
+            .entry(network.to_owned())
+            .or_default()
+            .push(Entry {
+                name: normalise(name),
+                ip,
+                container: name.to_owned(),
+            });
     }
 
     pub fn asker(&self, container_id: &str) -> Option<&Asker> {

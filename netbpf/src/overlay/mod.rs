@@ -9,6 +9,8 @@
 //! ```text
 //! /netbpf/v1/networks/<name>              → OverlaySpec
 //! /netbpf/v1/blocks/<name>/<addr>-<len>   → BlockLease (attached to the owner's etcd lease)
+//! /netbpf/v1/names/<name>/<vtep>/<dns name> → NameRecord (likewise): the embedded DNS of
+//!                                            every host answers for containers on all hosts
 //! ```
 
 pub mod store;
@@ -30,6 +32,7 @@ pub const LEASE_TTL_SECS: i64 = 10;
 
 pub const NETWORKS_PREFIX: &str = "/netbpf/v1/networks/";
 pub const BLOCKS_PREFIX: &str = "/netbpf/v1/blocks/";
+pub const NAMES_PREFIX: &str = "/netbpf/v1/names/";
 
 /// An overlay network, as defined in the cluster store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,12 +58,31 @@ pub struct BlockLease {
     pub vtep: Ipv4Addr,
 }
 
+/// A DNS name of a container on an overlay network, as its host publishes it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct NameRecord {
+    pub network: String,
+    /// Container name, short id or alias.
+    pub name: String,
+    pub ip: Ipv4Addr,
+    /// The publishing host's VTEP.
+    pub vtep: Ipv4Addr,
+}
+
+impl NameRecord {
+    pub fn key(&self) -> String {
+        format!("{NAMES_PREFIX}{}/{}/{}", self.network, self.vtep, self.name)
+    }
+}
+
 /// What the cluster store holds, as last read.
 #[derive(Debug, Clone, Default)]
 pub struct ClusterView {
     pub networks: BTreeMap<String, OverlaySpec>,
     /// By network name.
     pub blocks: BTreeMap<String, Vec<BlockLease>>,
+    /// Every host's container names.
+    pub names: Vec<NameRecord>,
 }
 
 pub fn network_key(name: &str) -> String {

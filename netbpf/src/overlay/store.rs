@@ -15,8 +15,8 @@ use ipnet::Ipv4Net;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    BLOCK_PREFIX_LEN, BLOCKS_PREFIX, BlockLease, ClusterView, LEASE_TTL_SECS, NETWORKS_PREFIX,
-    OverlaySpec, block_key, network_key,
+    BLOCK_PREFIX_LEN, BLOCKS_PREFIX, BlockLease, ClusterView, LEASE_TTL_SECS, NAMES_PREFIX,
+    NETWORKS_PREFIX, NameRecord, OverlaySpec, block_key, network_key,
 };
 use crate::ipam;
 
@@ -42,6 +42,8 @@ pub enum StoreError {
 enum Request {
     Create(OverlaySpec, oneshot::Sender<Result<(), StoreError>>),
     Remove(String, oneshot::Sender<Result<(), StoreError>>),
+    /// This host's container names now (the whole set).
+    Names(Vec<NameRecord>),
 }
 
 /// The controller's handle on the session task.
@@ -87,6 +89,12 @@ impl Cluster {
         self.ask(|tx| Request::Create(spec, tx))
     }
 
+    /// Publishes this host's container names on overlay networks (replacing the last set);
+    /// kept, and published again after an outage, until the next call.
+    pub fn publish_names(&self, names: Vec<NameRecord>) {
+        let _ = self.requests.send(Request::Names(names));
+    }
+
     /// Deletes a network's definition and every host's block of it.
     pub fn remove_network(&self, name: &str) -> Result<(), StoreError> {
         self.ask(|tx| Request::Remove(name.to_owned(), tx))
@@ -102,8 +110,10 @@ async fn run(
     // The blocks this host held, kept across sessions so that it asks for the same ones
     // again (its containers keep their addresses) after etcd comes back.
     let mut held: BTreeMap<String, Ipv4Net> = BTreeMap::new();
+    // The names this host wants published; written again under each new session's lease.
+    let mut names: Vec<NameRecord> = vec![];
     loop {
-        let result = session(&endpoint, &me, &views, &mut requests, &mut held).await;
+        let result = session(&endpoint, &me, &views, &mut requests, &mut held, &mut names).await;
         match result {
             Ok(()) => return,
             Err(error) => tracing::warn!(
@@ -115,10 +125,12 @@ async fn run(
         let deadline = tokio::time::Instant::now() + RETRY;
         // Changes asked for while there is no session are refused at once.
         while let Ok(Some(request)) = tokio::time::timeout_at(deadline, requests.recv()).await {
-            let reply = match request {
-                Request::Create(_, reply) | Request::Remove(_, reply) => reply,
-            };
-            let _ = reply.send(Err(StoreError::Unreachable(endpoint.clone())));
+            match request {
+                Request::Create(_, reply) | Request::Remove(_, reply) => {
+                    let _ = reply.send(Err(StoreError::Unreachable(endpoint.clone())));
+                }
+                Request::Names(wanted) => names = wanted,
+            }
         }
     }
 }
@@ -129,6 +141,7 @@ async fn session(
     views: &mpsc::UnboundedSender<ClusterView>,
     requests: &mut mpsc::UnboundedReceiver<Request>,
     held: &mut BTreeMap<String, Ipv4Net>,
+    names: &mut Vec<NameRecord>,
 ) -> anyhow::Result<()> {
     let options = ConnectOptions::new()
         .with_connect_timeout(RETRY)
@@ -137,6 +150,7 @@ async fn session(
     let lease = client.lease_grant(LEASE_TTL_SECS, None).await?.id();
     let (mut keeper, mut keep_alive) = client.lease_keep_alive(lease).await?;
     tracing::info!(store = endpoint, lease, vtep = %me.vtep, "cluster store session started");
+    publish(&mut client, lease, &[], names).await?;
     let mut revision = sync(&mut client, me, lease, held, views).await?;
     let mut watch = client
         .watch(
@@ -173,10 +187,36 @@ async fn session(
                     Request::Remove(name, reply) => {
                         let _ = reply.send(remove(&mut client, &name).await);
                     }
+                    Request::Names(wanted) => {
+                        publish(&mut client, lease, names, &wanted).await?;
+                        *names = wanted;
+                    }
                 }
             }
         }
     }
+}
+
+/// Writes the names in `wanted` under `lease` and deletes those of `before` that are gone.
+async fn publish(
+    client: &mut Client,
+    lease: i64,
+    before: &[NameRecord],
+    wanted: &[NameRecord],
+) -> anyhow::Result<()> {
+    for gone in before.iter().filter(|n| !wanted.contains(n)) {
+        client.delete(gone.key(), None).await?;
+    }
+    for name in wanted.iter().filter(|n| !before.contains(n)) {
+        client
+            .put(
+                name.key(),
+                serde_json::to_vec(name)?,
+                Some(PutOptions::new().with_lease(lease)),
+            )
+            .await?;
+    }
+    Ok(())
 }
 
 fn failed(e: etcd_client::Error) -> StoreError {
@@ -224,6 +264,11 @@ fn view_of(kvs: &[KeyValue]) -> ClusterView {
                     view.networks.insert(spec.name.clone(), spec);
                 }
                 Err(error) => tracing::warn!(key, %error, "ignoring a malformed network"),
+            }
+        } else if key.starts_with(NAMES_PREFIX) {
+            match serde_json::from_slice::<NameRecord>(kv.value()) {
+                Ok(name) => view.names.push(name),
+                Err(error) => tracing::warn!(key, %error, "ignoring a malformed name"),
             }
         } else if key.starts_with(BLOCKS_PREFIX) {
             match serde_json::from_slice::<BlockLease>(kv.value()) {
