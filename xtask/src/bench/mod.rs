@@ -2,6 +2,7 @@
 //! same topology, interleaved across repetitions, reported as min/median/max and ratios.
 
 mod contender;
+mod overlay;
 mod pps;
 mod profile;
 mod report;
@@ -26,7 +27,7 @@ pub struct Args {
     #[arg(long)]
     quick: bool,
     /// Only these scenarios (comma-separated): ext-rr, ext-crr, ext-stream, ext-udp,
-    /// local-rr, local-stream, c2c-rr, xdp-pps, scale, memory.
+    /// local-rr, local-stream, c2c-rr, xdp-pps, overlay, scale, memory.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Repetitions of every measurement (interleaved across contenders).
@@ -487,6 +488,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "local-stream",
         "c2c-rr",
         "xdp-pps",
+        "overlay",
         "scale",
         "memory",
     ];
@@ -507,6 +509,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .iter()
         .map(|k| Contender::new(*k, &bin))
         .collect::<anyhow::Result<_>>()?;
+    let overlay_bench = if scenarios.contains(&"overlay") {
+        Some(overlay::OverlayBench::new(&bin)?)
+    } else {
+        None
+    };
     let mut generator = if scenarios.contains(&"xdp-pps") {
         Some(pps::Generator::load(&pps::build_object()?)?)
     } else {
@@ -530,7 +537,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for rep in 0..reps {
         for scenario in scenarios
             .iter()
-            .filter(|s| !matches!(**s, "scale" | "memory"))
+            .filter(|s| !matches!(**s, "scale" | "memory" | "overlay"))
         {
             for pinned in [true, false] {
                 // The generator pins the whole path to CPU 0 itself.
@@ -569,6 +576,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 }
             }
         }
+        if let Some(bench) = &overlay_bench {
+            for pinned in [true, false] {
+                if args.quick && !pinned {
+                    continue;
+                }
+                overlay::measure(bench, pinned, duration, &mut samples).context("overlay")?;
+            }
+        }
     }
     if scenarios.contains(&"memory") {
         for c in contenders.iter().filter(|c| c.kind.runs("memory")) {
@@ -596,6 +611,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         out.display()
     );
     drop(contenders);
+    drop(overlay_bench);
     Ok(())
 }
 
