@@ -97,44 +97,19 @@ impl Contender {
                 std::fs::create_dir_all(&dir)?;
                 topo.dirs.push(dir.clone());
                 let socket = dir.join("sock");
-                let mut daemon = in_ns(
-                    &topo.host,
-                    false,
-                    netbpf_bin.to_str().expect("utf-8"),
-                    &["daemon"],
-                );
-                daemon
-                    .arg("--state-dir")
-                    .arg(dir.join("state"))
-                    .arg("--socket")
-                    .arg(&socket)
-                    .arg("--bpffs")
-                    .arg(dir.join("bpffs"))
-                    .args([
-                        "--netns-prefix",
-                        &format!("{prefix}-"),
-                        "--log-level",
-                        "warn",
-                        "--xdp",
-                        if kind == Kind::NetbpfXdp {
-                            "native"
-                        } else {
-                            "auto"
-                        },
-                    ]);
-                topo.spawn(daemon)?;
-                let cli = |args: &[&str]| -> anyhow::Result<String> {
-                    let out = Command::new(netbpf_bin)
-                        .args(args)
-                        .env("NETBPF_SOCKET", &socket)
-                        .output()?;
-                    anyhow::ensure!(
-                        out.status.success(),
-                        "netbpf {args:?}: {}",
-                        String::from_utf8_lossy(&out.stderr)
-                    );
-                    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+                let xdp = if kind == Kind::NetbpfXdp {
+                    "native"
+                } else {
+                    "auto"
                 };
+                topo.spawn(netbpf_daemon(
+                    netbpf_bin,
+                    &topo.host,
+                    &dir,
+                    &format!("{prefix}-"),
+                    &["--xdp", xdp],
+                ))?;
+                let cli = |args: &[&str]| netbpf_cli(netbpf_bin, &socket, args);
                 if kind == Kind::NetbpfXdp {
                     // A veth hands XDP the checksum a local sender left partial; a frame
                     // redirected at XDP loses the note that it still needs finishing. Real
@@ -315,6 +290,46 @@ impl Contender {
     pub fn host_ns(&self) -> &str {
         &self.topo.host
     }
+}
+
+/// `netbpf daemon` in namespace `ns`, with its state, socket (`DIR/sock`) and pins under
+/// `dir` and its container namespaces named with `netns_prefix`.
+pub fn netbpf_daemon(
+    bin: &std::path::Path,
+    ns: &str,
+    dir: &std::path::Path,
+    netns_prefix: &str,
+    extra: &[&str],
+) -> Command {
+    let mut daemon = in_ns(ns, false, bin.to_str().expect("utf-8"), &["daemon"]);
+    daemon
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--socket")
+        .arg(dir.join("sock"))
+        .arg("--bpffs")
+        .arg(dir.join("bpffs"))
+        .args(["--netns-prefix", netns_prefix, "--log-level", "warn"])
+        .args(extra);
+    daemon
+}
+
+/// A `netbpf` client command against the daemon at `socket`; its output, or why it failed.
+pub fn netbpf_cli(
+    bin: &std::path::Path,
+    socket: &std::path::Path,
+    args: &[&str],
+) -> anyhow::Result<String> {
+    let out = Command::new(bin)
+        .args(args)
+        .env("NETBPF_SOCKET", socket)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "netbpf {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// DNAT for published ports and masquerade for container egress, in the shape netavark 2.x

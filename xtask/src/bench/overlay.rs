@@ -9,18 +9,14 @@
 //!                          └─ etcd 10.0.0.1 ┘
 //! ```
 
-use std::{
-    path::Path,
-    process::{Child, Command, Stdio},
-    time::Instant,
-};
+use std::{path::Path, process::Command, time::Instant};
 
 use anyhow::Context as _;
 
 use super::{
     Sample,
-    contender::CTRL_PORT,
-    topology::{in_ns, run},
+    contender::{CTRL_PORT, netbpf_cli, netbpf_daemon},
+    topology::{Topology, in_ns, run},
 };
 
 /// One side of the comparison: where the client runs and where the server is.
@@ -31,12 +27,10 @@ pub struct OverlayContender {
     pub server_pid: u32,
 }
 
-/// Everything both contenders run on; removed on drop.
+/// Everything both contenders run on; removed on drop (by the topology's clean-up).
 pub struct OverlayBench {
     prefix: String,
-    namespaces: Vec<String>,
-    children: Vec<Child>,
-    dirs: Vec<std::path::PathBuf>,
+    topo: Topology,
     pub contenders: Vec<OverlayContender>,
 }
 
@@ -60,9 +54,7 @@ impl OverlayBench {
         let prefix = format!("nbo{}", std::process::id() % 10_000);
         let mut bench = Self {
             prefix: prefix.clone(),
-            namespaces: vec![],
-            children: vec![],
-            dirs: vec![],
+            topo: Topology::empty(&prefix),
             contenders: vec![],
         };
         let underlay = bench.namespace("ul")?;
@@ -72,7 +64,7 @@ impl OverlayBench {
         let dir = std::env::temp_dir().join(format!("netbpf-bench-{prefix}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
-        bench.dirs.push(dir.clone());
+        bench.topo.dirs.push(dir.clone());
         let url = "http://10.0.0.1:2379";
         let mut etcd = in_ns(&etcd_ns, false, "etcd", &["--data-dir"]);
         etcd.arg(dir.join("etcd")).args([
@@ -111,7 +103,7 @@ impl OverlayBench {
         let ns = format!("{}-{name}", self.prefix);
         run("ip", &["netns", "add", &ns])?;
         ip(&ns, &["link", "set", "lo", "up"])?;
-        self.namespaces.push(ns.clone());
+        self.topo.extra_ns.push(ns.clone());
         Ok(ns)
     }
 
@@ -119,7 +111,7 @@ impl OverlayBench {
     fn plug(&mut self, name: &str, dev: &str, addr: &str) -> anyhow::Result<String> {
         let ns = self.namespace(name)?;
         let underlay = format!("{}-ul", self.prefix);
-        let port = format!("p{}", self.namespaces.len());
+        let port = format!("p{}", self.topo.extra_ns.len());
         ip(
             &underlay,
             &[
@@ -132,15 +124,9 @@ impl OverlayBench {
         Ok(ns)
     }
 
-    fn spawn(&mut self, mut command: Command) -> anyhow::Result<u32> {
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let child = command.spawn().context("spawning a background process")?;
-        let pid = child.id();
-        self.children.push(child);
-        Ok(pid)
+    fn spawn(&mut self, command: Command) -> anyhow::Result<u32> {
+        self.topo.spawn(command)?;
+        Ok(self.topo.children.last().expect("just spawned").id())
     }
 
     /// Two netbpf hosts on one overlay network, the server on the first.
@@ -149,40 +135,17 @@ impl OverlayBench {
         for (i, vtep) in ["10.0.0.11", "10.0.0.12"].into_iter().enumerate() {
             let ns = self.plug(&format!("nh{i}"), "eth1", vtep)?;
             let state = dir.join(format!("nh{i}"));
-            let socket = state.join("sock");
-            let mut daemon = in_ns(&ns, false, bin.to_str().expect("utf-8"), &["daemon"]);
-            daemon
-                .arg("--state-dir")
-                .arg(state.join("state"))
-                .arg("--socket")
-                .arg(&socket)
-                .arg("--bpffs")
-                .arg(state.join("bpffs"))
-                .args([
-                    "--netns-prefix",
-                    &format!("{}-n{i}-", self.prefix),
-                    "--cluster-store",
-                    "etcd://10.0.0.1:2379",
-                    "--vtep-addr",
-                    vtep,
-                    "--log-level",
-                    "warn",
-                ]);
-            self.spawn(daemon)?;
-            sockets.push(socket);
+            let prefix = format!("{}-n{i}-", self.prefix);
+            let cluster = [
+                "--cluster-store",
+                "etcd://10.0.0.1:2379",
+                "--vtep-addr",
+                vtep,
+            ];
+            self.spawn(netbpf_daemon(bin, &ns, &state, &prefix, &cluster))?;
+            sockets.push(state.join("sock"));
         }
-        let cli = |socket: &Path, args: &[&str]| -> anyhow::Result<String> {
-            let out = Command::new(bin)
-                .args(args)
-                .env("NETBPF_SOCKET", socket)
-                .output()?;
-            anyhow::ensure!(
-                out.status.success(),
-                "netbpf {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        };
+        let cli = |socket: &Path, args: &[&str]| netbpf_cli(bin, socket, args);
         let started = Instant::now();
         while sockets.iter().any(|s| cli(s, &["info"]).is_err()) {
             anyhow::ensure!(
@@ -404,56 +367,6 @@ impl OverlayBench {
             server_pid: pid,
         });
         Ok(())
-    }
-}
-
-impl Drop for OverlayBench {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            // SAFETY: kill(2) on our own child; SIGTERM lets the daemons clean up.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        }
-        for child in &mut self.children {
-            let deadline = Instant::now() + std::time::Duration::from_secs(15);
-            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        for ns in self.namespaces.iter().rev() {
-            if let Ok(pids) = run("ip", &["netns", "pids", ns]) {
-                for pid in pids.split_whitespace() {
-                    let _ = Command::new("kill").args(["-9", pid]).status();
-                }
-            }
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-        // netbpf names its container namespaces with our prefix too.
-        for entry in std::fs::read_dir("/run/netns")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            if entry
-                .file_name()
-                .to_string_lossy()
-                .starts_with(&self.prefix)
-            {
-                let _ = Command::new("ip")
-                    .args(["netns", "del", &entry.file_name().to_string_lossy()])
-                    .status();
-            }
-        }
-        for dir in &self.dirs {
-            let _ = Command::new("umount")
-                .arg("-R")
-                .arg("-l")
-                .arg(dir)
-                .stderr(Stdio::null())
-                .status();
-            let _ = std::fs::remove_dir_all(dir);
-        }
     }
 }
 

@@ -132,6 +132,19 @@ impl Topology {
         Ok(topo)
     }
 
+    /// Only the clean-up: namespaces, processes and directories are added by the caller
+    /// (to `extra_ns`, `children`, `dirs`), and go on drop like a full topology's.
+    pub fn empty(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+            client: String::new(),
+            host: String::new(),
+            extra_ns: vec![],
+            children: vec![],
+            dirs: vec![],
+        }
+    }
+
     /// A container by hand: a namespace on a Linux bridge in the host (for the contenders
     /// that are not netbpf). Returns its address.
     pub fn plain_container(&mut self, name: &str, index: u8) -> anyhow::Result<String> {
@@ -213,7 +226,21 @@ impl Drop for Topology {
             let _ = child.kill();
             let _ = child.wait();
         }
-        for ns in self.extra_ns.iter().chain([&self.client, &self.host]) {
+        // Container namespaces netbpf named with our prefix, in case a daemon could not.
+        let named: Vec<String> = std::fs::read_dir("/run/netns")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&format!("{}-", self.prefix)))
+            .collect();
+        for ns in self
+            .extra_ns
+            .iter()
+            .chain([&self.client, &self.host])
+            .chain(&named)
+            .filter(|ns| !ns.is_empty())
+        {
             // Kill whatever still runs in the namespace (servers started inside it).
             if let Ok(pids) = run("ip", &["netns", "pids", ns]) {
                 for pid in pids.split_whitespace() {
