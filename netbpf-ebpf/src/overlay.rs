@@ -5,7 +5,7 @@
 use aya_ebpf::{
     bindings::{
         BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
-        TC_ACT_OK, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+        TC_ACT_SHOT, TC_ACT_UNSPEC, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
     },
     helpers::generated::{bpf_get_hash_recalc, bpf_redirect_neigh, bpf_skb_adjust_room},
     macros::map,
@@ -111,33 +111,37 @@ pub fn encap(ctx: &TcContext, route: &OverlayRoute) -> i32 {
     unsafe { bpf_redirect_neigh(route.underlay_ifindex, core::ptr::null_mut(), 0, 0) as i32 }
 }
 
+/// tcx's "next program": the VTEP interface may be the uplink, where `uplink_ingress` runs
+/// too, and a packet that is not ours must reach it (`TC_ACT_OK` would end the chain).
+const NEXT: i32 = TC_ACT_UNSPEC;
+
 /// On the underlay: a VXLAN packet for a VNI of ours, to a container of ours, is stripped
 /// and delivered into that container. Everything else goes on unchanged.
 #[inline(always)]
 pub fn decap(ctx: &TcContext) -> i32 {
     const OUTER: usize = EthHdr::LEN + Ipv4Hdr::LEN + 8 + 8;
     if !ensure_linear(ctx, OUTER + EthHdr::LEN + Ipv4Hdr::LEN) {
-        return TC_ACT_OK;
+        return NEXT;
     }
     let Some(outer) = ptr_at::<[u8; OUTER + EthHdr::LEN + Ipv4Hdr::LEN]>(ctx, 0) else {
-        return TC_ACT_OK;
+        return NEXT;
     };
     // SAFETY: bounds checked by ptr_at.
     let p = unsafe { &*outer };
     // IPv4 without options (as every VXLAN sender writes it), UDP, not a fragment.
     if p[12..14] != [0x08, 0x00] || p[14] != 0x45 || p[23] != IPPROTO_UDP {
-        return TC_ACT_OK;
+        return NEXT;
     }
     if u16::from_be_bytes([p[20], p[21]]) & 0x3fff != 0 || p[42] & 0x08 == 0 {
-        return TC_ACT_OK;
+        return NEXT;
     }
     let vni = u32::from_be_bytes([0, p[46], p[47], p[48]]);
     // SAFETY: plain data replaced whole by the controller.
     let Some(local) = (unsafe { OVERLAY_VNIS.get(&vni) }).copied() else {
-        return TC_ACT_OK;
+        return NEXT;
     };
     if u16::from_be_bytes([p[36], p[37]]) != local.port || p[62..64] != [0x08, 0x00] {
-        return TC_ACT_OK;
+        return NEXT;
     }
     let dst = [p[80], p[81], p[82], p[83]];
     let key = EndpointKey {
