@@ -126,6 +126,8 @@ pub struct Controller {
     cluster: Option<Cluster>,
     /// Overlay networks and every host's blocks, as the cluster store last said.
     cluster_view: ClusterView,
+    /// MTU of the VTEP's interface, once known.
+    underlay_mtu: u32,
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
@@ -172,6 +174,7 @@ impl Controller {
             tracked_flows: 0,
             cluster: None,
             cluster_view: ClusterView::default(),
+            underlay_mtu: 1500,
         };
         ctl.reconcile()?;
         ctl.start_nat()?;
@@ -746,6 +749,7 @@ impl Controller {
             Ok(None)
         })?
         .with_context(|| format!("no interface holds the VTEP address {vtep}"))?;
+        self.underlay_mtu = underlay.mtu;
         let mut routes = BTreeMap::new();
         let mut vnis = BTreeMap::new();
         for local in self.state.networks.values() {
@@ -1168,7 +1172,7 @@ impl Controller {
         let host_ifindex = endpoint::wire(ns, net, &ep).map_err(internal)?;
         let ep = EndpointRecord { host_ifindex, ..ep };
         if net.overlay.is_some()
-            && let Err(e) = endpoint::set_mtu(ns, &ep, overlay::CONTAINER_MTU)
+            && let Err(e) = endpoint::set_mtu(ns, &ep, overlay::container_mtu(self.underlay_mtu))
         {
             self.remove_endpoint(&ep);
             return Err(internal(e));

@@ -53,6 +53,7 @@ pub struct Link {
     pub up: bool,
     /// Whether it is a veth (the XDP stage is not used on veth uplinks by default).
     pub is_veth: bool,
+    pub mtu: u32,
 }
 
 /// The kinds of interface that sit on a parent.
@@ -378,6 +379,7 @@ fn link_from_message(msg: LinkMessage) -> Link {
         controller: None,
         up: msg.header.flags.contains(LinkFlags::Up),
         is_veth: false,
+        mtu: 1500,
     };
     for attr in msg.attributes {
         match attr {
@@ -386,6 +388,7 @@ fn link_from_message(msg: LinkMessage) -> Link {
                 link.mac = Some([a[0], a[1], a[2], a[3], a[4], a[5]])
             }
             LinkAttribute::Controller(c) => link.controller = Some(c),
+            LinkAttribute::Mtu(mtu) => link.mtu = mtu,
             LinkAttribute::LinkInfo(infos) => {
                 link.is_veth = infos.iter().any(|i| {
                     matches!(

@@ -24,9 +24,11 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_VXLAN_PORT: u16 = 4789;
 /// Prefix length of the block each host leases (Flannel's default `SubnetLen`).
 pub const BLOCK_PREFIX_LEN: u8 = 24;
-/// MTU of container interfaces on overlay networks: a 1500-byte underlay less the 50 bytes
-/// VXLAN adds, so that no encapsulated packet needs fragmenting.
-pub const CONTAINER_MTU: u32 = 1450;
+/// MTU of container interfaces on overlay networks over an underlay of `underlay_mtu`: less
+/// the 50 bytes VXLAN adds, so that no encapsulated packet needs fragmenting.
+pub fn container_mtu(underlay_mtu: u32) -> u32 {
+    underlay_mtu.saturating_sub(netbpf_common::VXLAN_OVERHEAD)
+}
 /// Lifetime of a host's registrations without keep-alives.
 pub const LEASE_TTL_SECS: i64 = 10;
 
