@@ -79,6 +79,8 @@ pub struct Contender {
     pub netbpf: Option<(PathBuf, PathBuf)>,
     /// The netserver process: pinned to CPU 0 for pinned runs, free otherwise.
     pub server_pid: u32,
+    /// netbpf only: the cgroup its socket hooks serve; host-side clients run in it.
+    pub host_cgroup: Option<PathBuf>,
     /// The sink container (nothing listens in it) for the per-packet run: its namespace and
     /// address, and the pinned XDP link of its interface if netbpf made one.
     pub sink_ns: String,
@@ -102,12 +104,14 @@ impl Contender {
                 } else {
                     "auto"
                 };
+                let cgroup = topo.cgroup()?;
+                let cgroup_arg = cgroup.to_str().expect("utf-8").to_owned();
                 topo.spawn(netbpf_daemon(
                     netbpf_bin,
                     &topo.host,
                     &dir,
                     &format!("{prefix}-"),
-                    &["--xdp", xdp],
+                    &["--xdp", xdp, "--cgroup", &cgroup_arg],
                 ))?;
                 let cli = |args: &[&str]| netbpf_cli(netbpf_bin, &socket, args);
                 if kind == Kind::NetbpfXdp {
@@ -206,6 +210,7 @@ impl Contender {
                     server_ip,
                     netbpf,
                     server_pid,
+                    host_cgroup: Some(cgroup),
                     sink_ns: format!("{prefix}-sink"),
                     sink_ip,
                     sink_xdp_link,
@@ -253,6 +258,7 @@ impl Contender {
                     server_ip,
                     netbpf: None,
                     server_pid,
+                    host_cgroup: None,
                     sink_ns: format!("{prefix}-sink"),
                     sink_ip,
                     sink_xdp_link: None,
@@ -498,6 +504,7 @@ fn docker(kind: Kind, mut topo: Topology, prefix: &str) -> anyhow::Result<Conten
         server_ip,
         netbpf: None,
         server_pid,
+        host_cgroup: None,
         sink_ns: format!("{prefix}-sink"),
         sink_ip,
         sink_xdp_link: None,

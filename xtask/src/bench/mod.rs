@@ -69,6 +69,18 @@ fn netperf(
     duration: u32,
     np: &Netperf,
 ) -> anyhow::Result<Vec<f64>> {
+    netperf_in(ns, None, pinned, host, duration, np)
+}
+
+/// netperf, in `cgroup` when given (a host-side client of netbpf's socket hooks).
+fn netperf_in(
+    ns: &str,
+    cgroup: Option<&Path>,
+    pinned: bool,
+    host: &str,
+    duration: u32,
+    np: &Netperf,
+) -> anyhow::Result<Vec<f64>> {
     let duration = duration.to_string();
     let ctrl = CTRL_PORT.to_string();
     let data = format!(",{DATA_PORT}");
@@ -77,9 +89,11 @@ fn netperf(
     ];
     args.extend(np.extra);
     args.extend(["-o", np.selectors]);
-    let out = in_ns(ns, pinned, "netperf", &args)
-        .output()
-        .context("netperf")?;
+    let mut command = match cgroup {
+        Some(cgroup) => topology::in_ns_cgroup(ns, pinned, cgroup, "netperf", &args),
+        None => in_ns(ns, pinned, "netperf", &args),
+    };
+    let out = command.output().context("netperf")?;
     let text = String::from_utf8_lossy(&out.stdout);
     anyhow::ensure!(
         out.status.success(),
@@ -202,11 +216,20 @@ fn measure(
             );
         }
         "local-stream" => {
-            let v = netperf(c.host_ns(), pinned, &c.local_addr, duration, &STREAM)?;
+            let cgroup = c.host_cgroup.as_deref();
+            let v = netperf_in(
+                c.host_ns(),
+                cgroup,
+                pinned,
+                &c.local_addr,
+                duration,
+                &STREAM,
+            )?;
             record(samples, scenario, pinned, c, &["Mbit/s"], &v);
         }
         "local-rr" => {
-            let v = netperf(c.host_ns(), pinned, &c.local_addr, duration, &RR)?;
+            let cgroup = c.host_cgroup.as_deref();
+            let v = netperf_in(c.host_ns(), cgroup, pinned, &c.local_addr, duration, &RR)?;
             record(
                 samples,
                 scenario,

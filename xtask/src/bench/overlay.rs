@@ -132,17 +132,22 @@ impl OverlayBench {
     /// Two netbpf hosts on one overlay network, the server on the first.
     fn netbpf(&mut self, bin: &Path, dir: &Path) -> anyhow::Result<()> {
         let mut sockets = vec![];
+        // The socket hooks apply to this cgroup only, never to the machine's processes.
+        let cgroup = self.topo.cgroup()?;
+        let cgroup = cgroup.to_str().expect("utf-8").to_owned();
         for (i, vtep) in ["10.0.0.11", "10.0.0.12"].into_iter().enumerate() {
             let ns = self.plug(&format!("nh{i}"), "eth1", vtep)?;
             let state = dir.join(format!("nh{i}"));
             let prefix = format!("{}-n{i}-", self.prefix);
-            let cluster = [
+            let args = [
                 "--cluster-store",
                 "etcd://10.0.0.1:2379",
                 "--vtep-addr",
                 vtep,
+                "--cgroup",
+                &cgroup,
             ];
-            self.spawn(netbpf_daemon(bin, &ns, &state, &prefix, &cluster))?;
+            self.spawn(netbpf_daemon(bin, &ns, &state, &prefix, &args))?;
             sockets.push(state.join("sock"));
         }
         let cli = |socket: &Path, args: &[&str]| netbpf_cli(bin, socket, args);

@@ -42,6 +42,45 @@ pub fn in_ns(ns: &str, pinned: bool, program: &str, args: &[&str]) -> Command {
     command
 }
 
+/// A command inside a named namespace and inside the cgroup `cgroup` (which netbpf's socket
+/// hooks treat as "the host"), optionally pinned to CPU 0.
+pub fn in_ns_cgroup(
+    ns: &str,
+    pinned: bool,
+    cgroup: &std::path::Path,
+    program: &str,
+    args: &[&str],
+) -> Command {
+    let mut all = vec![
+        "-c",
+        r#"echo $$ > "$0/cgroup.procs" && exec "$@""#,
+        cgroup.to_str().expect("utf-8"),
+        program,
+    ];
+    all.extend(args);
+    in_ns(ns, pinned, "sh", &all)
+}
+
+/// Where the unified (v2) cgroup hierarchy is mounted (on hybrid systems, under
+/// /sys/fs/cgroup/unified).
+pub fn cgroup2_root() -> anyhow::Result<std::path::PathBuf> {
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .into_iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| {
+            let Ok(path) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else {
+                return false;
+            };
+            // SAFETY: a zeroed statfs is a valid out-buffer; the path is NUL-terminated.
+            unsafe {
+                let mut fs: libc::statfs = std::mem::zeroed();
+                libc::statfs(path.as_ptr(), &mut fs) == 0 && fs.f_type == CGROUP2_SUPER_MAGIC
+            }
+        })
+        .context("no cgroup2 file system found")
+}
+
 pub struct Topology {
     pub prefix: String,
     pub client: String,
@@ -51,6 +90,8 @@ pub struct Topology {
     pub children: Vec<Child>,
     /// Scratch directories (state, pins, Docker's data root), removed last.
     pub dirs: Vec<std::path::PathBuf>,
+    /// Cgroups made for the run, removed once their processes are gone.
+    pub cgroups: Vec<std::path::PathBuf>,
 }
 
 impl Topology {
@@ -63,6 +104,7 @@ impl Topology {
             extra_ns: vec![],
             children: vec![],
             dirs: vec![],
+            cgroups: vec![],
         };
         for ns in [&topo.client, &topo.host] {
             run("ip", &["netns", "add", ns])?;
@@ -142,7 +184,18 @@ impl Topology {
             extra_ns: vec![],
             children: vec![],
             dirs: vec![],
+            cgroups: vec![],
         }
+    }
+
+    /// A cgroup of this run's own under the cgroup2 root, for `netbpf daemon --cgroup`: the
+    /// socket hooks then apply to the benchmark's host-side clients only, never to the
+    /// machine's other processes.
+    pub fn cgroup(&mut self) -> anyhow::Result<std::path::PathBuf> {
+        let path = cgroup2_root()?.join(format!("netbpf-bench-{}", self.prefix));
+        std::fs::create_dir_all(&path)?;
+        self.cgroups.push(path.clone());
+        Ok(path)
     }
 
     /// A container by hand: a namespace on a Linux bridge in the host (for the contenders
@@ -234,13 +287,14 @@ impl Drop for Topology {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .filter(|n| n.starts_with(&format!("{}-", self.prefix)))
             .collect();
-        for ns in self
+        let all: std::collections::BTreeSet<&String> = self
             .extra_ns
             .iter()
             .chain([&self.client, &self.host])
             .chain(&named)
             .filter(|ns| !ns.is_empty())
-        {
+            .collect();
+        for ns in all {
             // Kill whatever still runs in the namespace (servers started inside it).
             if let Ok(pids) = run("ip", &["netns", "pids", ns]) {
                 for pid in pids.split_whitespace() {
@@ -248,6 +302,14 @@ impl Drop for Topology {
                 }
             }
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        for cgroup in &self.cgroups {
+            for _ in 0..50 {
+                if std::fs::remove_dir(cgroup).is_ok() || !cgroup.exists() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
         }
         for dir in &self.dirs {
             // A bpffs mounted by the daemon under it is gone with the daemon's cleanup;
