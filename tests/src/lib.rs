@@ -556,13 +556,18 @@ impl Underlay {
             COUNTER.fetch_add(1, Ordering::SeqCst)
         );
         must("ip", &["netns", "add", &ns]);
-        must("ip", &["-n", &ns, "link", "add", "sw", "type", "bridge"]);
-        must("ip", &["-n", &ns, "link", "set", "sw", "up"]);
-        Self {
+        // Made before the bridge, so that a failure from here on still removes the namespace.
+        let underlay = Self {
             ns,
             ports: AtomicU32::new(0),
             stations: std::sync::Mutex::new(vec![]),
-        }
+        };
+        must(
+            "ip",
+            &["-n", &underlay.ns, "link", "add", "sw", "type", "bridge"],
+        );
+        must("ip", &["-n", &underlay.ns, "link", "set", "sw", "up"]);
+        underlay
     }
 
     /// Gives `host` an interface `ifname` on this segment, up, with no address.
@@ -599,6 +604,7 @@ impl Underlay {
     pub fn station(&self, name: &str, addr: &str) -> String {
         let ns = format!("{}-{name}", self.ns);
         must("ip", &["netns", "add", &ns]);
+        self.stations.lock().unwrap().push(ns.clone());
         let port = format!("p{}", self.ports.fetch_add(1, Ordering::SeqCst));
         must(
             "ip",
@@ -614,7 +620,6 @@ impl Underlay {
         must("ip", &["-n", &ns, "addr", "add", addr, "dev", "eth0"]);
         must("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
         must("ip", &["-n", &ns, "link", "set", "lo", "up"]);
-        self.stations.lock().unwrap().push(ns.clone());
         ns
     }
 }
