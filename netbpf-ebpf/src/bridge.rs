@@ -135,6 +135,10 @@ pub fn count(ifindex: u32, update: impl FnOnce(&mut EndpointCounters)) {
 }
 
 pub const PASS: i32 = TC_ACT_OK;
+/// tcx's "next program": for hooks shared with other programs (the uplink, which may also
+/// be the overlay's VTEP interface), a packet that is not ours must reach them; `PASS`
+/// would end the chain there. With no program after, the packet goes on to the stack.
+pub const NEXT: i32 = aya_ebpf::bindings::TC_ACT_UNSPEC;
 pub const SHOT: i32 = TC_ACT_SHOT;
 
 /// The endpoint that owns `addr` on whichever network's subnet holds it.

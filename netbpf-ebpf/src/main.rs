@@ -116,7 +116,7 @@ fn translate_from_container(ctx: &TcContext) -> Option<i32> {
 #[classifier]
 pub fn uplink_ingress(ctx: TcContext) -> i32 {
     let Some(flow) = parse::ipv4_flow(&ctx) else {
-        return bridge::PASS;
+        return bridge::NEXT;
     };
     if let Some(entry) = conntrack::lookup(&flow) {
         if entry.action == NAT_REWRITE_DST {
@@ -128,7 +128,7 @@ pub fn uplink_ingress(ctx: TcContext) -> i32 {
             return nat::dnat(&ctx, &flow, &target);
         }
     }
-    bridge::PASS
+    bridge::NEXT
 }
 
 /// Attached (XDP, driver mode where the NIC supports it) to the uplink: published ports

@@ -5,7 +5,7 @@
 use aya_ebpf::{
     bindings::{
         BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
-        TC_ACT_SHOT, TC_ACT_UNSPEC, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+        TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
     },
     helpers::generated::{bpf_get_hash_recalc, bpf_redirect_neigh, bpf_skb_adjust_room},
     macros::map,
@@ -19,7 +19,7 @@ use netbpf_common::{
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
-    bridge,
+    bridge::{self, NEXT},
     conntrack::v4,
     parse::{IPPROTO_UDP, ensure_linear, ptr_at},
 };
@@ -110,10 +110,6 @@ pub fn encap(ctx: &TcContext, route: &OverlayRoute) -> i32 {
     // itself; the ifindex is checked by the kernel.
     unsafe { bpf_redirect_neigh(route.underlay_ifindex, core::ptr::null_mut(), 0, 0) as i32 }
 }
-
-/// tcx's "next program": the VTEP interface may be the uplink, where `uplink_ingress` runs
-/// too, and a packet that is not ours must reach it (`TC_ACT_OK` would end the chain).
-const NEXT: i32 = TC_ACT_UNSPEC;
 
 /// On the underlay: a VXLAN packet for a VNI of ours, to a container of ours, is stripped
 /// and delivered into that container. Everything else goes on unchanged.

@@ -312,20 +312,10 @@ impl Controller {
     /// The embedded DNS table: this host's containers, and the names other hosts publish
     /// for theirs on overlay networks.
     fn refresh_names(&self) {
-        let mut table = Table::from_state(&self.state, &self.host_upstreams);
+        self.dns.set_table(self.dns_table(&self.state));
         let Some(cluster) = &self.cluster else {
-            self.dns.set_table(table);
             return;
         };
-        for name in self
-            .cluster_view
-            .names
-            .iter()
-            .filter(|n| n.vtep != cluster.vtep)
-        {
-            table.add_remote(&name.network, &name.name, name.ip);
-        }
-        self.dns.set_table(table);
         let mut mine = vec![];
         for c in self.state.containers.values().filter(|c| c.is_running()) {
             for ep in &c.endpoints {
@@ -353,6 +343,22 @@ impl Controller {
         }
         mine.sort();
         cluster.publish_names(mine);
+    }
+
+    /// The DNS table for `state`, with the names other hosts publish on overlay networks.
+    fn dns_table(&self, state: &State) -> Table {
+        let mut table = Table::from_state(state, &self.host_upstreams);
+        if let Some(cluster) = &self.cluster {
+            for name in self
+                .cluster_view
+                .names
+                .iter()
+                .filter(|n| n.vtep != cluster.vtep)
+            {
+                table.add_remote(&name.network, &name.name, name.ip);
+            }
+        }
+        table
     }
 
     /// Writes the container's resolv.conf and hosts; returns (file, mount target) pairs.
@@ -1468,6 +1474,14 @@ impl Controller {
             {
                 self.expose_netns(&c.name, path, &files);
             }
+            // The process may ask for a name as soon as it runs: the table must already
+            // know it as a running container on its networks.
+            let mut starting = self.state.clone();
+            if let Some(record) = starting.containers.get_mut(name) {
+                record.endpoints = endpoints.clone();
+                record.status = Status::Running;
+            }
+            self.dns.set_table(self.dns_table(&starting));
             let binds: Vec<(&Path, &Path)> = files
                 .iter()
                 .map(|(s, t)| (s.as_path(), Path::new(*t)))
@@ -1485,6 +1499,7 @@ impl Controller {
             Ok(child) => child,
             Err(e) => {
                 self.dns.stop(&c.id);
+                self.dns.set_table(self.dns_table(&self.state));
                 self.unpublish(&published);
                 for ep in &endpoints {
                     self.remove_endpoint(ep);

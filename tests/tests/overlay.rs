@@ -7,6 +7,11 @@ use netbpf_tests::{Etcd, TestHost, Underlay, must};
 
 /// A host on the underlay at `10.0.0.<n>`, its daemon using `etcd` as cluster store.
 fn host_on(underlay: &Underlay, etcd: &Etcd, n: u8) -> TestHost {
+    host_with(underlay, etcd, n, &[])
+}
+
+/// As `host_on`, with more daemon flags.
+fn host_with(underlay: &Underlay, etcd: &Etcd, n: u8, extra: &[&str]) -> TestHost {
     let mut host = TestHost::bare();
     underlay.plug(&host, "eth1");
     let vtep = format!("10.0.0.{n}");
@@ -22,7 +27,10 @@ fn host_on(underlay: &Underlay, etcd: &Etcd, n: u8) -> TestHost {
             "eth1",
         ],
     );
-    host.start_daemon(&["--cluster-store", &etcd.url(), "--vtep-addr", &vtep]);
+    let url = etcd.url();
+    let mut args = vec!["--cluster-store", &url, "--vtep-addr", &vtep];
+    args.extend(extra);
+    host.start_daemon(&args);
     host
 }
 
@@ -512,4 +520,80 @@ fn a_kernel_vxlan_device_and_a_netbpf_container_talk_on_the_wire() {
         "the kernel VXLAN host cannot reach the netbpf container: {}",
         String::from_utf8_lossy(&ping.stdout)
     );
+}
+
+/// The common layout: the VTEP is the uplink itself, where `uplink_ingress` (published
+/// ports, masquerade replies) and `overlay_ingress` both run; each must let the other see
+/// the packets that are not its own.
+#[test]
+fn the_vtep_can_be_the_uplink() {
+    let underlay = Underlay::new();
+    let etcd = Etcd::start(&underlay, "10.0.0.1");
+    let a = host_with(&underlay, &etcd, 51, &["--uplink", "eth1"]);
+    let b = host_with(&underlay, &etcd, 52, &["--uplink", "eth1"]);
+    a.ok(&[
+        "network",
+        "create",
+        "-d",
+        "overlay",
+        "--subnet",
+        "10.240.0.0/16",
+        "ovl",
+    ]);
+    for host in [&a, &b] {
+        eventually(10, "both hosts to hold a block", || {
+            peers(host, "ovl").len() == 2
+        });
+    }
+    a.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "ovl",
+        "-p",
+        "8080:8080",
+        "--",
+        "python3",
+        "-m",
+        "http.server",
+        "8080",
+    ]);
+    b.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "cli",
+        "--network",
+        "ovl",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    let web = a.ip_of("web", "ovl");
+    assert!(
+        b.pings("cli", &web),
+        "no overlay traffic with the VTEP on the uplink"
+    );
+    // A published port on host a, reached over the same interface from host b's namespace.
+    eventually(10, "the published port through the uplink", || {
+        let out = b
+            .on_host(
+                "curl",
+                &[
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--max-time",
+                    "1",
+                    "http://10.0.0.51:8080/",
+                ],
+            )
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout) == "200"
+    });
 }
