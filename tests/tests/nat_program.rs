@@ -21,6 +21,9 @@ use netbpf_tests::{
 };
 
 const TC_ACT_OK: u32 = 0;
+/// TC_ACT_UNSPEC (-1): tcx's "next program", what the uplink's ingress program returns for
+/// packets it leaves alone (another program, the overlay's decapsulation, may want them).
+const TCX_NEXT: u32 = u32::MAX;
 const TC_ACT_REDIRECT: u32 = 7;
 const BACKEND_MAC: [u8; 6] = [0x02, 0x42, 10, 50, 0, 3];
 
@@ -244,7 +247,7 @@ fn nat_programs_translate_with_correct_checksums_and_leave_the_rest_alone() {
             ingress,
             packet::tcp(("198.18.0.1", 40000), ("198.18.0.2", 22), TCP_SYN),
             uplink,
-            TC_ACT_OK,
+            TCX_NEXT,
             None,
         );
         expect(
@@ -252,7 +255,7 @@ fn nat_programs_translate_with_correct_checksums_and_leave_the_rest_alone() {
             ingress,
             packet::tcp(("198.18.0.1", 40000), ("198.18.0.9", 5050), TCP_SYN),
             uplink,
-            TC_ACT_OK,
+            TCX_NEXT,
             None,
         );
         expect(
@@ -260,12 +263,12 @@ fn nat_programs_translate_with_correct_checksums_and_leave_the_rest_alone() {
             ingress,
             packet::with_vlan(&syn),
             uplink,
-            TC_ACT_OK,
+            TCX_NEXT,
             None,
         );
         let mut fragment = syn.clone();
         fragment[14 + 6] |= 0x20; // more fragments
-        expect("first fragment", ingress, fragment, uplink, TC_ACT_OK, None);
+        expect("first fragment", ingress, fragment, uplink, TCX_NEXT, None);
         let mut later_fragment = syn.clone();
         later_fragment[14 + 7] = 0x10; // offset 128 bytes
         expect(
@@ -273,7 +276,7 @@ fn nat_programs_translate_with_correct_checksums_and_leave_the_rest_alone() {
             ingress,
             later_fragment,
             uplink,
-            TC_ACT_OK,
+            TCX_NEXT,
             None,
         );
         let mut bad_offset = syn.clone();
@@ -283,7 +286,7 @@ fn nat_programs_translate_with_correct_checksums_and_leave_the_rest_alone() {
             ingress,
             bad_offset,
             uplink,
-            TC_ACT_OK,
+            TCX_NEXT,
             None,
         );
         let mut truncated = syn[..14 + 20 + 10].to_vec();
@@ -293,12 +296,12 @@ fn nat_programs_translate_with_correct_checksums_and_leave_the_rest_alone() {
             ingress,
             truncated,
             uplink,
-            TC_ACT_OK,
+            TCX_NEXT,
             None,
         );
         let mut non_ip = syn.clone();
         non_ip[12..14].copy_from_slice(&[0x88, 0xb5]);
-        expect("non-IP ethertype", ingress, non_ip, uplink, TC_ACT_OK, None);
+        expect("non-IP ethertype", ingress, non_ip, uplink, TCX_NEXT, None);
         let mut bad_version = syn.clone();
         bad_version[14] = 0x65;
         expect(
@@ -306,7 +309,7 @@ fn nat_programs_translate_with_correct_checksums_and_leave_the_rest_alone() {
             ingress,
             bad_version,
             uplink,
-            TC_ACT_OK,
+            TCX_NEXT,
             None,
         );
 
