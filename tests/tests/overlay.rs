@@ -58,6 +58,22 @@ fn peers(host: &TestHost, network: &str) -> Vec<(String, String)> {
     peers
 }
 
+/// Creates overlay network `ovl` on `subnet` from `hosts[0]` (with `opts`, e.g. `vni=77`)
+/// and waits until every one of `hosts` holds a block of it.
+fn create_overlay(hosts: &[&TestHost], subnet: &str, opts: &[&str]) {
+    let mut args = vec!["network", "create", "-d", "overlay", "--subnet", subnet];
+    for opt in opts {
+        args.extend(["-o", opt]);
+    }
+    args.push("ovl");
+    hosts[0].ok(&args);
+    for host in hosts {
+        eventually(10, "every host to hold a block", || {
+            peers(host, "ovl").len() == hosts.len()
+        });
+    }
+}
+
 /// Polls until `done` holds, for up to `secs`.
 fn eventually(secs: u64, what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -259,22 +275,7 @@ fn containers_on_two_hosts_reach_each_other_through_the_bpf_vxlan_tunnel() {
     let mut etcd = Etcd::start(&underlay, "10.0.0.1");
     let a = host_on(&underlay, &etcd, 21);
     let b = host_on(&underlay, &etcd, 22);
-    a.ok(&[
-        "network",
-        "create",
-        "-d",
-        "overlay",
-        "--subnet",
-        "10.210.0.0/16",
-        "-o",
-        "vni=77",
-        "ovl",
-    ]);
-    for host in [&a, &b] {
-        eventually(10, "both hosts to hold a block", || {
-            peers(host, "ovl").len() == 2
-        });
-    }
+    create_overlay(&[&a, &b], "10.210.0.0/16", &["vni=77"]);
     a.ok(&[
         "run",
         "-d",
@@ -385,18 +386,7 @@ fn a_kernel_vxlan_device_and_a_netbpf_container_talk_on_the_wire() {
     let underlay = Underlay::new();
     let etcd = Etcd::start(&underlay, "10.0.0.1");
     let a = host_on(&underlay, &etcd, 41);
-    a.ok(&[
-        "network",
-        "create",
-        "-d",
-        "overlay",
-        "--subnet",
-        "10.220.0.0/16",
-        "-o",
-        "vni=99",
-        "ovl",
-    ]);
-    eventually(10, "host a's block", || peers(&a, "ovl").len() == 1);
+    create_overlay(&[&a], "10.220.0.0/16", &["vni=99"]);
     let a_block: ipnet::Ipv4Net = peers(&a, "ovl")[0].0.parse().unwrap();
     let a_gateway = std::net::Ipv4Addr::from(u32::from(a_block.network()) + 1);
     a.ok(&[
@@ -531,20 +521,7 @@ fn the_vtep_can_be_the_uplink() {
     let etcd = Etcd::start(&underlay, "10.0.0.1");
     let a = host_with(&underlay, &etcd, 51, &["--uplink", "eth1"]);
     let b = host_with(&underlay, &etcd, 52, &["--uplink", "eth1"]);
-    a.ok(&[
-        "network",
-        "create",
-        "-d",
-        "overlay",
-        "--subnet",
-        "10.240.0.0/16",
-        "ovl",
-    ]);
-    for host in [&a, &b] {
-        eventually(10, "both hosts to hold a block", || {
-            peers(host, "ovl").len() == 2
-        });
-    }
+    create_overlay(&[&a, &b], "10.240.0.0/16", &[]);
     a.ok(&[
         "run",
         "-d",

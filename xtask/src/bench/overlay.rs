@@ -16,7 +16,7 @@ use anyhow::Context as _;
 use super::{
     Sample,
     contender::{CTRL_PORT, netbpf_cli, netbpf_daemon},
-    topology::{Topology, in_ns, run},
+    topology::{Topology, in_ns, link_info, run},
 };
 
 /// One side of the comparison: where the client runs and where the server is.
@@ -41,9 +41,7 @@ fn ip(ns: &str, args: &[&str]) -> anyhow::Result<()> {
 }
 
 fn mac_of(ns: &str, dev: &str) -> anyhow::Result<String> {
-    let links: serde_json::Value =
-        serde_json::from_str(&run("ip", &["-n", ns, "-j", "link", "show", dev])?)?;
-    Ok(links[0]["address"]
+    Ok(link_info(ns, dev)?["address"]
         .as_str()
         .context("a MAC address")?
         .to_owned())

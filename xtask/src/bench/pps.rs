@@ -27,7 +27,7 @@ use aya::{
 
 use super::{
     contender::{Contender, Kind, SINK_PORT},
-    topology::{CLIENT_IP, HOST_IP, run},
+    topology::{CLIENT_IP, HOST_IP, link_info},
 };
 use crate::root;
 
@@ -99,9 +99,8 @@ fn in_netns<T: Send>(
 }
 
 fn mac_of(ns: &str, ifname: &str) -> anyhow::Result<[u8; 6]> {
-    let links: serde_json::Value =
-        serde_json::from_str(&run("ip", &["-n", ns, "-j", "link", "show", ifname])?)?;
-    let text = links[0]["address"].as_str().context("a MAC address")?;
+    let link = link_info(ns, ifname)?;
+    let text = link["address"].as_str().context("a MAC address")?;
     let mut mac = [0u8; 6];
     for (byte, part) in mac.iter_mut().zip(text.split(':')) {
         *byte = u8::from_str_radix(part, 16)?;
@@ -110,9 +109,9 @@ fn mac_of(ns: &str, ifname: &str) -> anyhow::Result<[u8; 6]> {
 }
 
 fn ifindex_of(ns: &str, ifname: &str) -> anyhow::Result<u32> {
-    let links: serde_json::Value =
-        serde_json::from_str(&run("ip", &["-n", ns, "-j", "link", "show", ifname])?)?;
-    Ok(links[0]["ifindex"].as_u64().context("an ifindex")? as u32)
+    Ok(link_info(ns, ifname)?["ifindex"]
+        .as_u64()
+        .context("an ifindex")? as u32)
 }
 
 /// The one's-complement sum folded to 16 bits, over 16-bit big-endian words.

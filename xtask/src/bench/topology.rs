@@ -30,6 +30,13 @@ pub fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// What `ip -j link show DEV` says of one interface in namespace `ns`.
+pub fn link_info(ns: &str, dev: &str) -> anyhow::Result<serde_json::Value> {
+    let links: serde_json::Value =
+        serde_json::from_str(&run("ip", &["-n", ns, "-j", "link", "show", dev])?)?;
+    Ok(links[0].clone())
+}
+
 /// A command inside a named namespace, entered with nsenter (which, unlike `ip netns
 /// exec`, leaves /sys alone), optionally pinned to CPU 0.
 pub fn in_ns(ns: &str, pinned: bool, program: &str, args: &[&str]) -> Command {
