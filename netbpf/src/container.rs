@@ -186,6 +186,11 @@ pub fn is_same_process(pid: i32, start: Option<u64>) -> bool {
     }
 }
 
+/// The container's pid while that process still runs (a recycled pid is not it).
+pub fn live_pid(c: &crate::state::ContainerRecord) -> Option<i32> {
+    c.pid.filter(|pid| is_same_process(*pid, c.pid_start_time))
+}
+
 /// Blocks until `pid` exits, for processes that are not our children (after a daemon
 /// restart, or attached with `--pid`) and so cannot be waited for. Uses a pidfd, which
 /// becomes readable when the process exits.

@@ -8,7 +8,7 @@
 use std::{
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::Duration,
 };
 
@@ -20,8 +20,9 @@ use tokio::{net::UnixListener, signal::unix::SignalKind, sync::mpsc};
 use crate::{
     api::server,
     container,
-    controller::{Config, Controller, WaitFor, XdpChoice},
+    controller::{Config, Controller, Shared, XdpChoice},
     datapath,
+    exits::{Exits, WaitFor},
     netlink::Netlink,
     overlay,
 };
@@ -159,15 +160,13 @@ fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Containers, bridges and routing live in this namespace; forwarding must be on for
-/// traffic between networks and to the uplink.
 /// Starts the cluster store session and the task that hands its views to the controller,
 /// in the order they come.
 fn start_cluster(
     url: &str,
     vtep: Option<std::net::Ipv4Addr>,
     uplink: Option<&str>,
-    ctl: &Arc<Mutex<Controller>>,
+    ctl: &Shared,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let endpoint = overlay::parse_store_url(url).map_err(|e| anyhow::anyhow!(e))?;
     let vtep = match (vtep, uplink) {
@@ -187,23 +186,17 @@ fn start_cluster(
         vtep,
     };
     let cluster = overlay::store::Cluster::start(endpoint, me, views_tx);
-    ctl.lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .set_cluster(cluster);
+    ctl.lock().set_cluster(cluster);
     let ctl = ctl.clone();
     Ok(tokio::spawn(async move {
         while let Some(view) = views.recv().await {
-            let ctl = ctl.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                ctl.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .apply_cluster(view)
-            })
-            .await;
+            let _ = ctl.run(move |c| c.apply_cluster(view)).await;
         }
     }))
 }
 
+/// Containers, bridges and routing live in this namespace; forwarding must be on for
+/// traffic between networks and to the uplink.
 fn enable_forwarding() -> anyhow::Result<()> {
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling net.ipv4.ip_forward")
 }
@@ -254,10 +247,11 @@ pub async fn run(socket: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
     prepare_netns_dir(&config.netns_dir())?;
 
     let (exits_tx, mut exits_rx) = mpsc::unbounded_channel();
+    let exits = Arc::new(Exits::new(exits_tx));
     let ctl = {
         let for_start = config.clone();
-        match tokio::task::spawn_blocking(move || Controller::start(for_start, exits_tx)).await? {
-            Ok(ctl) => ctl,
+        match tokio::task::spawn_blocking(move || Controller::start(for_start, exits)).await? {
+            Ok(ctl) => Shared::new(ctl),
             Err(error) => {
                 // Leave nothing behind: a refused start is not a crash to recover from.
                 unprepare(&config, &socket, mounted_bpffs);
@@ -265,7 +259,6 @@ pub async fn run(socket: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
             }
         }
     };
-    let ctl = Arc::new(Mutex::new(ctl));
     let cluster_loop = match &args.cluster_store {
         Some(url) => Some(start_cluster(
             url,
@@ -281,11 +274,7 @@ pub async fn run(socket: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
             let mut tick = tokio::time::interval(Duration::from_secs(10));
             loop {
                 tick.tick().await;
-                let ctl = ctl.clone();
-                let _ = tokio::task::spawn_blocking(move || {
-                    ctl.lock().unwrap_or_else(|p| p.into_inner()).expire_flows()
-                })
-                .await;
+                let _ = ctl.run(Controller::expire_flows).await;
             }
         })
     };
@@ -293,11 +282,7 @@ pub async fn run(socket: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
         let ctl = ctl.clone();
         tokio::spawn(async move {
             while let Some(event) = exits_rx.recv().await {
-                let ctl = ctl.clone();
-                let _ = tokio::task::spawn_blocking(move || {
-                    ctl.lock().unwrap_or_else(|p| p.into_inner()).on_exit(event)
-                })
-                .await;
+                let _ = ctl.run(move |c| c.on_exit(event)).await;
             }
         })
     };
@@ -323,9 +308,7 @@ pub async fn run(socket: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
     if let Some(cluster_loop) = cluster_loop {
         cluster_loop.abort();
     }
-    let ctl2 = ctl.clone();
-    tokio::task::spawn_blocking(move || ctl2.lock().unwrap_or_else(|p| p.into_inner()).teardown())
-        .await?;
+    ctl.run(Controller::teardown).await?;
     unprepare(&config, &socket, mounted_bpffs);
     tracing::info!("netbpf daemon stopped");
     Ok(())
@@ -346,22 +329,21 @@ fn unprepare(config: &Config, socket: &Path, mounted_bpffs: bool) {
 
 /// SIGTERM to every container, SIGKILL to those still running after 10 s; returns once
 /// each exit has been handled.
-async fn stop_all(ctl: &Arc<Mutex<Controller>>) {
-    let ctl2 = ctl.clone();
-    let targets = tokio::task::spawn_blocking(move || {
-        let mut c = ctl2.lock().unwrap_or_else(|p| p.into_inner());
-        c.running_pids()
-            .into_iter()
-            .filter_map(|(id, pid)| {
-                c.container_signal(&id, libc::SIGTERM)
-                    .ok()
-                    .flatten()
-                    .map(|w| (pid, w))
-            })
-            .collect::<Vec<_>>()
-    })
-    .await
-    .unwrap_or_default();
+async fn stop_all(ctl: &Shared) {
+    let targets = ctl
+        .run(|c| {
+            c.running_pids()
+                .into_iter()
+                .filter_map(|(id, pid)| {
+                    c.container_signal(&id, libc::SIGTERM)
+                        .ok()
+                        .flatten()
+                        .map(|w| (pid, w))
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
     for (pid, wait) in targets {
         let WaitFor::Running(mut rx) = wait else {
             continue;

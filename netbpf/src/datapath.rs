@@ -70,6 +70,8 @@ pub enum DatapathError {
     Cpus(std::io::Error),
     #[error("pinning: {0}")]
     Pin(#[from] aya::pin::PinError),
+    #[error("attaching inside a container's namespace: {0}")]
+    Netns(#[from] crate::netns::NetnsError),
 }
 
 /// The compiled eBPF object, built by build.rs with aya-build.
@@ -427,10 +429,6 @@ impl Datapath {
         let pin = self.xdp_links_dir.join(host_veth);
         crate::netns::run_in(ns, || {
             self.attach_xdp(names::PROG_CONTAINER_XDP_PASS, ifindex, &pin)
-        })
-        .map_err(|e| DatapathError::PinDir {
-            path: pin.clone(),
-            source: std::io::Error::other(e.to_string()),
         })?
     }
 
@@ -454,10 +452,7 @@ impl Datapath {
             }
             Ok(links)
         };
-        crate::netns::run_in(ns, || attach(self)).map_err(|e| DatapathError::PinDir {
-            path: PathBuf::from("lo"),
-            source: std::io::Error::other(e.to_string()),
-        })?
+        crate::netns::run_in(ns, || attach(self))?
     }
 
     /// Veths with a pinned container XDP link.

@@ -5,8 +5,10 @@
 
 use std::{fs::File, net::IpAddr};
 
+use netbpf_common::EndpointTarget;
+
 use crate::{
-    netlink::{Netlink, NetlinkError},
+    netlink::{self, Netlink, NetlinkError},
     state::{EndpointRecord, NetworkRecord},
 };
 
@@ -105,15 +107,19 @@ pub fn set_mtu(ns: &File, endpoint: &EndpointRecord, mtu: u32) -> Result<(), Net
     })
 }
 
+/// The `ENDPOINTS` entry of an endpoint: where the fast path delivers packets for its
+/// address.
+pub fn map_target(endpoint: &EndpointRecord) -> EndpointTarget {
+    EndpointTarget {
+        host_ifindex: endpoint.host_ifindex,
+        mac: endpoint.mac,
+        _pad: [0; 2],
+    }
+}
+
 /// Deletes the host end of an endpoint's veth pair (and so the container end).
 pub fn unwire(host_veth: &str) {
-    let result = Netlink::run(None, |nl| match nl.link_by_name(host_veth)? {
-        Some(link) => nl.delete_link(link.index),
-        None => Ok(()),
-    });
-    if let Err(error) = result {
-        tracing::warn!(%error, host_veth, "could not delete veth");
-    }
+    netlink::remove_link(None, host_veth, "veth");
 }
 
 /// Brings up `lo` in a namespace that gets no endpoint (`--network none`).

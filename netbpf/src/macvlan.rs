@@ -8,23 +8,57 @@ use std::{collections::BTreeMap, fs::File};
 use rtnetlink::packet_route::link::{IpVlanMode, MacVlanMode};
 
 use crate::{
-    api::ApiError,
     endpoint::{self, DefaultRoute},
-    netlink::{Netlink, NetlinkError, SubLink},
+    netlink::{self, Netlink, NetlinkError, SubLink},
     state::{EndpointRecord, NetworkRecord, ParentRecord, random_id},
 };
 
 pub const DRIVERS: [&str; 2] = ["macvlan", "ipvlan"];
 
-fn internal(e: NetlinkError) -> ApiError {
-    ApiError::internal(e)
+#[derive(Debug, thiserror::Error)]
+pub enum DirectError {
+    #[error("unknown option {key:?} for a {driver} network: use parent and {driver}_mode")]
+    UnknownOption { driver: String, key: String },
+    #[error("a {0} network needs -o parent=INTERFACE (or INTERFACE.VLAN)")]
+    NoParent(String),
+    #[error("invalid macvlan_mode {0:?}: use bridge, private, vepa or passthru")]
+    MacvlanMode(String),
+    #[error("invalid ipvlan_mode {0:?}: use l2, l3 or l3s")]
+    IpvlanMode(String),
+    #[error("parent interface {0} is down: bring it up first")]
+    ParentDown(String),
+    #[error("parent interface {0} does not exist")]
+    NoSuchParent(String),
+    #[error("parent interface {base} (for VLAN {id} as {name}) does not exist")]
+    NoSuchBase { base: String, id: u16, name: String },
+    #[error(
+        "{0} does not exist and this kernel cannot make VLAN sub-interfaces (CONFIG_VLAN_8021Q)"
+    )]
+    NoVlanSupport(String),
+    #[error(
+        "this kernel has no {driver} support (CONFIG_{}): {driver} networks cannot be made here",
+        driver.to_uppercase()
+    )]
+    NoDriverSupport { driver: String },
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+}
+
+impl DirectError {
+    /// Whether the error names an interface that does not exist (HTTP 404, not 400).
+    pub fn is_missing_interface(&self) -> bool {
+        matches!(
+            self,
+            DirectError::NoSuchParent(_) | DirectError::NoSuchBase { .. }
+        )
+    }
 }
 
 /// The parent and mode that a network's `-o` options ask for.
 pub fn parse_options(
     driver: &str,
     options: &BTreeMap<String, String>,
-) -> Result<ParentRecord, ApiError> {
+) -> Result<ParentRecord, DirectError> {
     let mode_key = format!("{driver}_mode");
     let mut parent = None;
     let mut mode = None;
@@ -34,16 +68,15 @@ pub fn parse_options(
         } else if *key == mode_key {
             mode = Some(value.clone());
         } else {
-            return Err(ApiError::bad_request(format!(
-                "unknown option {key:?} for a {driver} network: use parent and {mode_key}"
-            )));
+            return Err(DirectError::UnknownOption {
+                driver: driver.to_owned(),
+                key: key.clone(),
+            });
         }
     }
-    let name = parent.filter(|p| !p.is_empty()).ok_or_else(|| {
-        ApiError::bad_request(format!(
-            "a {driver} network needs -o parent=INTERFACE (or INTERFACE.VLAN)"
-        ))
-    })?;
+    let name = parent
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| DirectError::NoParent(driver.to_owned()))?;
     let mode = mode.unwrap_or_else(|| if driver == "macvlan" { "bridge" } else { "l2" }.into());
     sublink_kind(driver, &mode)?;
     Ok(ParentRecord {
@@ -54,7 +87,7 @@ pub fn parse_options(
 }
 
 /// The interface kind the containers of a `driver` network in `mode` get.
-pub fn sublink_kind(driver: &str, mode: &str) -> Result<SubLink, ApiError> {
+pub fn sublink_kind(driver: &str, mode: &str) -> Result<SubLink, DirectError> {
     Ok(match (driver, mode) {
         ("macvlan", "bridge") => SubLink::MacVlan(MacVlanMode::Bridge),
         ("macvlan", "private") => SubLink::MacVlan(MacVlanMode::Private),
@@ -63,16 +96,8 @@ pub fn sublink_kind(driver: &str, mode: &str) -> Result<SubLink, ApiError> {
         ("ipvlan", "l2") => SubLink::IpVlan(IpVlanMode::L2),
         ("ipvlan", "l3") => SubLink::IpVlan(IpVlanMode::L3),
         ("ipvlan", "l3s") => SubLink::IpVlan(IpVlanMode::L3S),
-        ("macvlan", _) => {
-            return Err(ApiError::bad_request(format!(
-                "invalid macvlan_mode {mode:?}: use bridge, private, vepa or passthru"
-            )));
-        }
-        _ => {
-            return Err(ApiError::bad_request(format!(
-                "invalid ipvlan_mode {mode:?}: use l2, l3 or l3s"
-            )));
-        }
+        ("macvlan", _) => return Err(DirectError::MacvlanMode(mode.to_owned())),
+        _ => return Err(DirectError::IpvlanMode(mode.to_owned())),
     })
 }
 
@@ -83,50 +108,71 @@ fn vlan_of(name: &str) -> Option<(&str, u16)> {
     (!base.is_empty() && (1..=4094).contains(&id)).then_some((base, id))
 }
 
-/// Checks that the parent exists and is up, or makes the VLAN sub-interface it names from
-/// a base interface that does. Returns the record to keep (`created_vlan` set if made here).
-pub fn ensure_parent(parent: &ParentRecord) -> Result<ParentRecord, ApiError> {
-    let lookup = |name: &str| Netlink::run(None, |nl| nl.link_by_name(name)).map_err(internal);
-    let down = |name: &str| {
-        ApiError::bad_request(format!(
-            "parent interface {name} is down: bring it up first"
-        ))
-    };
+/// How a network's parent is found: there already, or to be made as a VLAN of a base.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParentPlan {
+    Exists,
+    /// The VLAN sub-interface `parent.name` is made on `base` (which exists and is up).
+    MakeVlan {
+        base: String,
+        id: u16,
+    },
+}
+
+impl ParentPlan {
+    /// The interface that exists now, to probe the driver on.
+    pub fn existing<'a>(&'a self, parent: &'a ParentRecord) -> &'a str {
+        match self {
+            ParentPlan::Exists => &parent.name,
+            ParentPlan::MakeVlan { base, .. } => base,
+        }
+    }
+}
+
+/// Checks, without changing anything, that the parent exists and is up, or that it names a
+/// VLAN of a base interface that does.
+pub fn check_parent(parent: &ParentRecord) -> Result<ParentPlan, DirectError> {
+    let lookup = |name: &str| Netlink::run(None, |nl| nl.link_by_name(name));
     if let Some(link) = lookup(&parent.name)? {
         return if link.up {
-            Ok(parent.clone())
+            Ok(ParentPlan::Exists)
         } else {
-            Err(down(&parent.name))
+            Err(DirectError::ParentDown(parent.name.clone()))
         };
     }
     let Some((base, id)) = vlan_of(&parent.name) else {
-        return Err(ApiError::not_found(format!(
-            "parent interface {} does not exist",
-            parent.name
-        )));
+        return Err(DirectError::NoSuchParent(parent.name.clone()));
     };
-    let base_link = lookup(base)?.ok_or_else(|| {
-        ApiError::not_found(format!(
-            "parent interface {base} (for VLAN {id} as {}) does not exist",
-            parent.name
-        ))
+    let base_link = lookup(base)?.ok_or_else(|| DirectError::NoSuchBase {
+        base: base.to_owned(),
+        id,
+        name: parent.name.clone(),
     })?;
     if !base_link.up {
-        return Err(down(base));
+        return Err(DirectError::ParentDown(base.to_owned()));
     }
+    Ok(ParentPlan::MakeVlan {
+        base: base.to_owned(),
+        id,
+    })
+}
+
+/// Makes the VLAN sub-interface the plan asks for, up; returns the record to keep
+/// (`created_vlan` set if it was made here, so it goes with the network).
+pub fn make_parent(parent: &ParentRecord, plan: &ParentPlan) -> Result<ParentRecord, DirectError> {
+    let ParentPlan::MakeVlan { base, id } = plan else {
+        return Ok(parent.clone());
+    };
     Netlink::run(None, |nl| {
-        nl.create_sublink(&parent.name, base_link.index, SubLink::Vlan(id))?;
+        nl.create_sublink(&parent.name, nl.link(base)?.index, SubLink::Vlan(*id))?;
         let vlan = nl.link(&parent.name)?;
         nl.set_up(vlan.index).inspect_err(|_| {
             let _ = nl.delete_link(vlan.index);
         })
     })
     .map_err(|e| match e {
-        e if e.is_unsupported() => ApiError::bad_request(format!(
-            "{} does not exist and this kernel cannot make VLAN sub-interfaces (CONFIG_VLAN_8021Q)",
-            parent.name
-        )),
-        e => internal(e),
+        e if e.is_unsupported() => DirectError::NoVlanSupport(parent.name.clone()),
+        e => e.into(),
     })?;
     tracing::info!(
         parent = parent.name,
@@ -139,38 +185,35 @@ pub fn ensure_parent(parent: &ParentRecord) -> Result<ParentRecord, ApiError> {
     })
 }
 
-/// Checks that the kernel has the driver, by making one interface of the kind on the parent
-/// and deleting it: a kernel built without ipvlan (or macvlan) is found when the network is
-/// created, not when its first container starts.
-pub fn check_kernel_support(driver: &str, parent: &ParentRecord) -> Result<(), ApiError> {
-    let kind = sublink_kind(driver, &parent.mode)?;
+/// Checks that the parent exists and is up, or makes the VLAN sub-interface it names (after
+/// a restart, the VLAN a network made may be gone with a reboot).
+pub fn ensure_parent(parent: &ParentRecord) -> Result<ParentRecord, DirectError> {
+    let plan = check_parent(parent)?;
+    make_parent(parent, &plan)
+}
+
+/// Checks that the kernel has the driver, by making one interface of the kind on `on` and
+/// deleting it at once: a kernel built without ipvlan (or macvlan) is found when the network
+/// is created, not when its first container starts.
+pub fn probe_kernel_support(driver: &str, mode: &str, on: &str) -> Result<(), DirectError> {
+    let kind = sublink_kind(driver, mode)?;
     let probe = format!("nbp{}", &random_id()[..8]);
     Netlink::run(None, |nl| {
-        nl.create_sublink(&probe, nl.link(&parent.name)?.index, kind)?;
+        nl.create_sublink(&probe, nl.link(on)?.index, kind)?;
         nl.delete_link(nl.link(&probe)?.index)
     })
     .map_err(|e| match e {
-        e if e.is_unsupported() => {
-            ApiError::bad_request(format!(
-                "this kernel has no {driver} support (CONFIG_{}): {driver} networks cannot be made here",
-                driver.to_uppercase()
-            ))
-        }
-        e => internal(e),
+        e if e.is_unsupported() => DirectError::NoDriverSupport {
+            driver: driver.to_owned(),
+        },
+        e => e.into(),
     })
 }
 
 /// Deletes the VLAN sub-interface if the network made it.
 pub fn remove_parent(parent: &ParentRecord) {
-    if !parent.created_vlan {
-        return;
-    }
-    let result = Netlink::run(None, |nl| match nl.link_by_name(&parent.name)? {
-        Some(link) => nl.delete_link(link.index),
-        None => Ok(()),
-    });
-    if let Err(error) = result {
-        tracing::warn!(%error, parent = parent.name, "could not delete VLAN sub-interface");
+    if parent.created_vlan {
+        netlink::remove_link(None, &parent.name, "VLAN sub-interface");
     }
 }
 
@@ -219,13 +262,7 @@ pub fn wire(
 /// Deletes a container's interface `ifname` inside `ns` (when it leaves the network while
 /// the namespace lives on).
 pub fn unwire(ns: &File, ifname: &str) {
-    let result = Netlink::run(Some(ns), |nl| match nl.link_by_name(ifname)? {
-        Some(link) => nl.delete_link(link.index),
-        None => Ok(()),
-    });
-    if let Err(error) = result {
-        tracing::warn!(%error, ifname, "could not delete container interface");
-    }
+    netlink::remove_link(Some(ns), ifname, "container interface");
 }
 
 #[cfg(test)]

@@ -287,6 +287,15 @@ impl Netlink {
         }
     }
 
+    /// Deletes the interface called `name` if there is one (deleting a veth end deletes its
+    /// peer wherever it is).
+    pub fn delete_link_named(&self, name: &str) -> Result<(), NetlinkError> {
+        match self.link_by_name(name)? {
+            Some(link) => self.delete_link(link.index),
+            None => Ok(()),
+        }
+    }
+
     pub fn routes_v4(&self) -> Result<Vec<Route>, NetlinkError> {
         let msg = RouteMessageBuilder::<Ipv4Addr>::new().build();
         let routes: Vec<_> = self.block(
@@ -403,6 +412,14 @@ fn link_from_message(msg: LinkMessage) -> Link {
         }
     }
     link
+}
+
+/// Best-effort teardown: deletes interface `name` (in `ns`, or the daemon's namespace) if it
+/// exists, logging rather than failing, so a teardown carries on with its other steps.
+pub fn remove_link(ns: Option<&File>, name: &str, what: &str) {
+    if let Err(error) = Netlink::run(ns, |nl| nl.delete_link_named(name)) {
+        tracing::warn!(%error, interface = name, "could not delete {what}");
+    }
 }
 
 fn errno(e: &rtnetlink::Error) -> Option<i32> {

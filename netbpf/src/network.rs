@@ -1,16 +1,14 @@
-//! Bridge networks: the Linux bridge device of each, checks on new subnets, and the
-//! Docker-shaped view of a network.
+//! Bridge networks: the Linux bridge device of each, names, and checks on new subnets.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv4Net};
-use netbpf_common::{IpAddrKey, SubnetInfo};
+use netbpf_common::{EndpointIface, IFACE_FLAG_INTERNAL, IpAddrKey, SubnetInfo};
 
 use crate::{
-    api::{ApiError, IpamConfigView, IpamView, NetworkEndpointView, NetworkView},
-    ipam::{self, format_mac},
-    netlink::{Netlink, NetlinkError},
-    state::{ContainerRecord, NetworkRecord},
+    ipam,
+    netlink::{self, Netlink, NetlinkError},
+    state::NetworkRecord,
 };
 
 /// The network containers join when `--network` is not given; like Docker's `bridge`.
@@ -33,8 +31,18 @@ pub fn bridge_name(network_id: &str) -> String {
     format!("br-{}", &network_id[..12])
 }
 
+/// A name that breaks Docker's rule for names.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "invalid {kind} name {name:?}: use letters, digits, '_', '.' and '-', starting with a letter or digit"
+)]
+pub struct InvalidName {
+    pub kind: &'static str,
+    pub name: String,
+}
+
 /// Docker's rule for names: a letter or digit, then letters, digits, `_`, `.` or `-`.
-pub fn validate_name(kind: &str, name: &str) -> Result<(), ApiError> {
+pub fn validate_name(kind: &'static str, name: &str) -> Result<(), InvalidName> {
     let mut chars = name.chars();
     let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
         && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
@@ -42,9 +50,10 @@ pub fn validate_name(kind: &str, name: &str) -> Result<(), ApiError> {
     if ok {
         Ok(())
     } else {
-        Err(ApiError::bad_request(format!(
-            "invalid {kind} name {name:?}: use letters, digits, '_', '.' and '-', starting with a letter or digit"
-        )))
+        Err(InvalidName {
+            kind,
+            name: name.to_owned(),
+        })
     }
 }
 
@@ -67,13 +76,7 @@ pub fn ensure_bridge(network: &NetworkRecord) -> Result<u32, NetlinkError> {
 }
 
 pub fn delete_bridge(network: &NetworkRecord) {
-    let result = Netlink::run(None, |nl| match nl.link_by_name(&network.bridge)? {
-        Some(link) => nl.delete_link(link.index),
-        None => Ok(()),
-    });
-    if let Err(error) = result {
-        tracing::warn!(%error, bridge = network.bridge, "could not delete bridge");
-    }
+    netlink::remove_link(None, &network.bridge, "bridge");
 }
 
 /// IPv4 networks the host already uses (main-table routes and addresses), leaving out the
@@ -115,56 +118,36 @@ pub fn subnet_info(network: &NetworkRecord) -> SubnetInfo {
     }
 }
 
-pub fn view<'a>(
-    network: &NetworkRecord,
-    containers: impl Iterator<Item = &'a ContainerRecord>,
-) -> NetworkView {
-    let mut endpoints = BTreeMap::new();
-    for container in containers {
-        for ep in container
-            .endpoints
-            .iter()
-            .filter(|ep| ep.network == network.name)
-        {
-            endpoints.insert(
-                container.id.clone(),
-                NetworkEndpointView {
-                    name: container.name.clone(),
-                    endpoint_id: ep.id.clone(),
-                    mac_address: format_mac(ep.mac),
-                    ipv4_address: format!("{}/{}", ep.ip, network.subnet.prefix_len()),
-                    ipv6_address: String::new(),
-                },
-            );
+/// The `ENDPOINT_IFACES` entry of an endpoint's host veth on `network`: which network the
+/// packets it sends belong to.
+pub fn endpoint_iface(network: &NetworkRecord) -> EndpointIface {
+    EndpointIface {
+        network: network.index,
+        flags: if network.internal {
+            IFACE_FLAG_INTERNAL
+        } else {
+            0
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_dockers_rule() {
+        for good in ["a", "web-1", "db.main", "x_y", "0abc"] {
+            assert!(validate_name("network", good).is_ok(), "{good}");
+        }
+        for bad in ["", "-a", ".a", "a b", "a/b", &"x".repeat(65)] {
+            let e = validate_name("network", bad).unwrap_err();
+            assert!(e.to_string().starts_with("invalid network name"), "{e}");
         }
     }
-    NetworkView {
-        name: network.name.clone(),
-        id: network.id.clone(),
-        created: network.created.clone(),
-        scope: "local".into(),
-        driver: network.driver.clone(),
-        enable_ipv6: false,
-        ipam: IpamView {
-            driver: "default".into(),
-            config: vec![IpamConfigView {
-                subnet: network.subnet.to_string(),
-                gateway: network.gateway.to_string(),
-                ip_range: network.ip_range.map(|r| r.to_string()),
-            }],
-        },
-        internal: network.internal,
-        containers: endpoints,
-        options: match &network.parent {
-            Some(parent) => BTreeMap::from([
-                ("parent".to_owned(), parent.name.clone()),
-                (format!("{}_mode", network.driver), parent.mode.clone()),
-            ]),
-            None => BTreeMap::from([(
-                "com.docker.network.bridge.name".to_owned(),
-                network.bridge.clone(),
-            )]),
-        },
-        peers: vec![],
+
+    #[test]
+    fn bridges_are_named_after_the_network_id() {
+        assert_eq!(bridge_name("0123456789abcdef"), "br-0123456789ab");
     }
 }

@@ -1,17 +1,24 @@
-//! Published ports: parsing `-p` specs, choosing host ports, and holding each host port so
-//! no host process can take it while it is published.
+//! Published ports: parsing `-p` specs, choosing host ports, holding each host port so no
+//! host process can take it while it is published, and the map entries that translate it
+//! ([`Ports`], the service).
 //!
 //! Holding a port is a bound, never listening, socket in the daemon: a host process that
 //! tries to bind the port gets EADDRINUSE, as with Docker's reservation, but no process and
 //! no proxy carries traffic. Packets never reach the socket: BPF translates them first.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     net::{Ipv4Addr, SocketAddrV4},
     os::fd::OwnedFd,
 };
 
+use netbpf_common::{IpAddrKey, PublishedKey, PublishedTarget};
 use serde::{Deserialize, Serialize};
+
+use crate::{
+    datapath::{Datapath, DatapathError},
+    state::EndpointRecord,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -266,6 +273,127 @@ pub fn allocate(
         out.push((port, fd));
     }
     Ok(out)
+}
+
+/// The published-ports service: the sockets holding host ports, and the `PUBLISHED` map
+/// entries that send each port's traffic to its container.
+#[derive(Default)]
+pub struct Ports {
+    /// Bound sockets holding published host ports against host processes.
+    reservations: BTreeMap<(Ipv4Addr, u16, Proto), OwnedFd>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PortsError {
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+}
+
+impl Ports {
+    /// Publishes `specs` to `target`: host ports chosen and held, map entries written. All
+    /// or nothing. `taken` lists the ports other containers publish, with their names.
+    pub fn publish(
+        &mut self,
+        datapath: &mut Datapath,
+        specs: &[PortSpec],
+        target: &EndpointRecord,
+        taken: &[(PublishedPort, String)],
+        owner: &str,
+    ) -> Result<Vec<PublishedPort>, PortsError> {
+        let ephemeral = ephemeral_range();
+        let mut done: Vec<PublishedPort> = vec![];
+        for spec in specs {
+            let mut taken = taken.to_vec();
+            taken.extend(done.iter().map(|p| (*p, owner.to_owned())));
+            let allocated = match allocate(spec, &taken, ephemeral) {
+                Ok(allocated) => allocated,
+                Err(e) => {
+                    self.unpublish(datapath, &done);
+                    return Err(e.into());
+                }
+            };
+            for (port, fd) in allocated {
+                self.reservations
+                    .insert((port.host_ip, port.host_port, port.proto), fd);
+                done.push(port);
+                let entry = (published_key(&port), published_target(target, &port));
+                if let Err(e) = datapath.set_published(entry.0, entry.1) {
+                    self.unpublish(datapath, &done);
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    /// Takes the ports out of the map and lets go of their host ports.
+    pub fn unpublish(&mut self, datapath: &mut Datapath, ports: &[PublishedPort]) {
+        for port in ports {
+            datapath.remove_published(&published_key(port));
+            self.reservations
+                .remove(&(port.host_ip, port.host_port, port.proto));
+        }
+    }
+
+    /// After a restart: holds the recorded ports' host ports again (the map entries were
+    /// pinned and never went away).
+    pub fn restore(&mut self, ports: &[PublishedPort]) {
+        for port in ports {
+            match reserve(port.host_ip, port.host_port, port.proto) {
+                Ok(fd) => {
+                    self.reservations
+                        .insert((port.host_ip, port.host_port, port.proto), fd);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, port = %port, "cannot hold published port again")
+                }
+            }
+        }
+    }
+
+    /// Makes `PUBLISHED` hold exactly `wanted`: each port with the endpoint it leads to.
+    pub fn sync<'a>(
+        datapath: &mut Datapath,
+        wanted: impl IntoIterator<Item = (&'a PublishedPort, &'a EndpointRecord)>,
+    ) -> Result<(), DatapathError> {
+        let wanted: std::collections::HashMap<PublishedKey, PublishedTarget> = wanted
+            .into_iter()
+            .map(|(port, ep)| (published_key(port), published_target(ep, port)))
+            .collect();
+        for key in datapath.published_keys() {
+            if !wanted.contains_key(&key) {
+                datapath.remove_published(&key);
+            }
+        }
+        for (key, target) in wanted {
+            datapath.set_published(key, target)?;
+        }
+        Ok(())
+    }
+}
+
+/// The map key of a published port.
+pub fn published_key(port: &PublishedPort) -> PublishedKey {
+    PublishedKey {
+        addr: IpAddrKey::from_v4(port.host_ip.octets()),
+        port: port.host_port,
+        proto: port.proto.number(),
+        _pad: 0,
+    }
+}
+
+/// Where a published port's packets go: the endpoint's address, MAC and host veth.
+pub fn published_target(ep: &EndpointRecord, port: &PublishedPort) -> PublishedTarget {
+    PublishedTarget {
+        addr: IpAddrKey::from_v4(ep.ip.octets()),
+        port: port.container_port,
+        _pad: [0; 2],
+        host_ifindex: ep.host_ifindex,
+        mac: ep.mac,
+        _pad2: [0; 2],
+    }
 }
 
 #[cfg(test)]

@@ -87,10 +87,69 @@ pub struct OverlayRecord {
     pub port: u16,
 }
 
-impl NetworkRecord {
+/// What kind of network a record is, read from the fields that say so (the state file keeps
+/// its shape: `parent` and `overlay` are optional fields, not a tag).
+#[derive(Debug, Clone, Copy)]
+pub enum NetworkKind<'a> {
+    /// A Linux bridge of this host; containers join through a veth with the fast path.
+    Bridge,
+    /// This host's block of an overlay network: a local bridge on the block, with VXLAN to
+    /// the other hosts' blocks.
+    OverlayBlock(&'a OverlayRecord),
+    /// macvlan or ipvlan: containers sit on the parent interface, outside the fast path.
+    Direct(&'a ParentRecord),
+}
+
+impl NetworkKind<'_> {
     /// Whether containers join through a veth on a bridge, where the BPF fast path runs.
-    pub fn is_bridge(&self) -> bool {
-        self.parent.is_none()
+    pub fn has_bridge(self) -> bool {
+        !matches!(self, NetworkKind::Direct(_))
+    }
+}
+
+impl NetworkRecord {
+    pub fn kind(&self) -> NetworkKind<'_> {
+        match (&self.parent, &self.overlay) {
+            (Some(parent), _) => NetworkKind::Direct(parent),
+            (None, Some(overlay)) => NetworkKind::OverlayBlock(overlay),
+            (None, None) => NetworkKind::Bridge,
+        }
+    }
+}
+
+/// Finds a record by its name, or else by a unique prefix of its id, as Docker does.
+fn by_name_or_id_prefix<'a, T>(
+    records: &'a BTreeMap<String, T>,
+    key: &str,
+    id: impl Fn(&T) -> &str,
+) -> Option<&'a T> {
+    records.get(key).or_else(|| {
+        let mut hits = records.values().filter(|r| id(r).starts_with(key));
+        match (hits.next(), hits.next()) {
+            (Some(r), None) if !key.is_empty() => Some(r),
+            _ => None,
+        }
+    })
+}
+
+impl State {
+    /// A network by name or unique id prefix.
+    pub fn network(&self, key: &str) -> Option<&NetworkRecord> {
+        by_name_or_id_prefix(&self.networks, key, |n| &n.id)
+    }
+
+    /// A container by name or unique id prefix.
+    pub fn container(&self, key: &str) -> Option<&ContainerRecord> {
+        by_name_or_id_prefix(&self.containers, key, |c| &c.id)
+    }
+
+    /// Names of the containers with an endpoint request on `network`.
+    pub fn users_of(&self, network: &str) -> Vec<&str> {
+        self.containers
+            .values()
+            .filter(|c| c.networks.iter().any(|r| r.network == network))
+            .map(|c| c.name.as_str())
+            .collect()
     }
 }
 
@@ -113,18 +172,42 @@ pub enum Status {
     Exited,
 }
 
+impl Status {
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Exited => "exited",
+        }
+    }
+}
+
 /// How a container gets its network namespace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", tag = "kind", content = "value")]
 pub enum NetworkMode {
-    /// Its own namespace, wired to one or more bridge networks.
-    Bridge,
+    /// Its own namespace, wired into one or more networks of any kind (bridge, overlay,
+    /// macvlan, ipvlan). Recorded as `bridge`, Docker's name for the default mode.
+    #[serde(rename = "bridge")]
+    Networks,
     /// The daemon's ("host") namespace.
     Host,
     /// Its own namespace with only `lo`.
     None,
     /// The namespace of another container (by name).
     Container(String),
+}
+
+impl NetworkMode {
+    /// As `--network` names it.
+    pub fn name(&self) -> String {
+        match self {
+            NetworkMode::Networks => "bridge".into(),
+            NetworkMode::Host => "host".into(),
+            NetworkMode::None => "none".into(),
+            NetworkMode::Container(name) => format!("container:{name}"),
+        }
+    }
 }
 
 /// A network the container should be on while it runs, as asked for.
@@ -219,8 +302,52 @@ pub struct ContainerRecord {
 }
 
 impl ContainerRecord {
+    /// A record for a new container: nothing published, no endpoints, not yet started.
+    pub fn new(name: &str, mode: NetworkMode, networks: Vec<NetworkRequest>) -> Self {
+        Self {
+            id: random_id(),
+            name: name.to_owned(),
+            cmd: vec![],
+            mode,
+            networks,
+            endpoints: vec![],
+            status: Status::Created,
+            pid: None,
+            pid_start_time: None,
+            exit_code: None,
+            netns: None,
+            attached: None,
+            auto_remove: false,
+            created: now_rfc3339(),
+            ports: vec![],
+            published: vec![],
+            links: vec![],
+            dns: vec![],
+            dns_search: vec![],
+        }
+    }
+
     pub fn is_running(&self) -> bool {
         self.status == Status::Running
+    }
+
+    /// Its process is gone: no pid (nor its start time, which would otherwise vouch for a
+    /// recycled pid), and `code` if it is known.
+    pub fn mark_exited(&mut self, code: Option<i32>) {
+        self.status = Status::Exited;
+        self.exit_code = code;
+        self.pid = None;
+        self.pid_start_time = None;
+    }
+
+    /// Whether it has a namespace of its own that the daemon made (and so removes).
+    pub fn owns_netns(&self) -> bool {
+        matches!(self.mode, NetworkMode::Networks | NetworkMode::None) && self.attached.is_none()
+    }
+
+    /// The short id Docker shows and its embedded DNS answers for.
+    pub fn short_id(&self) -> &str {
+        &self.id[..12]
     }
 }
 
@@ -308,6 +435,62 @@ pub fn random_id() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Records for unit tests that need a state but no kernel.
+#[cfg(test)]
+pub mod fixtures {
+    use super::*;
+
+    /// A bridge network on `subnet` (gateway .1) with map index `index`.
+    pub fn network(name: &str, subnet: &str, index: u32) -> NetworkRecord {
+        let subnet: Ipv4Net = subnet.parse().unwrap();
+        NetworkRecord {
+            id: format!("{name:0<64}"),
+            name: name.into(),
+            driver: "bridge".into(),
+            subnet,
+            gateway: subnet.hosts().next().unwrap(),
+            ip_range: None,
+            internal: false,
+            index,
+            bridge: format!("br-{name}"),
+            created: "2026-12-02T00:00:00Z".into(),
+            parent: None,
+            overlay: None,
+        }
+    }
+
+    /// A running container with an endpoint per (network, address, aliases).
+    pub fn container(name: &str, id: &str, eps: &[(&str, &str, &[&str])]) -> ContainerRecord {
+        let networks = eps
+            .iter()
+            .map(|(n, _, aliases)| NetworkRequest {
+                network: (*n).into(),
+                ip: None,
+                aliases: aliases.iter().map(|a| (*a).into()).collect(),
+            })
+            .collect();
+        let mut c = ContainerRecord::new(name, NetworkMode::Networks, networks);
+        c.id = format!("{id:0<64}");
+        c.cmd = vec!["sleep".into(), "1d".into()];
+        c.status = Status::Running;
+        c.pid = Some(4242);
+        c.endpoints = eps
+            .iter()
+            .enumerate()
+            .map(|(i, (n, ip, _))| EndpointRecord {
+                network: (*n).into(),
+                id: format!("{n}{i}{id:0<60}"),
+                ip: ip.parse().unwrap(),
+                mac: crate::ipam::mac_for(ip.parse().unwrap()),
+                ifname: format!("eth{i}"),
+                host_veth: format!("veth{i}{}", &id[..id.len().min(6)]),
+                host_ifindex: 10 + i as u32,
+            })
+            .collect();
+        c
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,6 +499,33 @@ mod tests {
     fn dates() {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(20_414), (2025, 11, 22));
+    }
+
+    #[test]
+    fn records_are_found_by_name_or_unique_id_prefix() {
+        let mut state = State::default();
+        for (name, id) in [("web", "abc1"), ("db", "abc2")] {
+            state
+                .containers
+                .insert(name.into(), fixtures::container(name, id, &[]));
+        }
+        assert_eq!(state.container("web").unwrap().name, "web");
+        assert_eq!(state.container("abc2").unwrap().name, "db");
+        assert!(state.container("abc").is_none(), "ambiguous prefix");
+        assert!(state.container("").is_none());
+        state
+            .networks
+            .insert("app".into(), fixtures::network("app", "10.9.0.0/24", 1));
+        assert_eq!(state.network("app0").unwrap().name, "app");
+    }
+
+    #[test]
+    fn the_network_mode_keeps_its_recorded_name() {
+        // State files written before the rename say `bridge`; they must still load.
+        let json = serde_json::to_string(&NetworkMode::Networks).unwrap();
+        assert_eq!(json, r#"{"kind":"bridge"}"#);
+        let mode: NetworkMode = serde_json::from_str(r#"{"kind":"bridge"}"#).unwrap();
+        assert_eq!(mode, NetworkMode::Networks);
     }
 
     #[test]

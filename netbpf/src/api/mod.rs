@@ -21,7 +21,9 @@
 //! ```
 
 pub mod client;
+pub mod requests;
 pub mod server;
+pub mod views;
 
 use std::collections::BTreeMap;
 
@@ -58,6 +60,22 @@ impl ApiError {
         Self {
             status: 500,
             message: message.to_string(),
+        }
+    }
+}
+
+impl From<crate::controller::Error> for ApiError {
+    fn from(e: crate::controller::Error) -> Self {
+        use crate::controller::Error;
+        let status = match &e {
+            Error::Invalid(_) => 400,
+            Error::NotFound(_) => 404,
+            Error::Conflict(_) => 409,
+            _ => 500,
+        };
+        Self {
+            status,
+            message: e.to_string(),
         }
     }
 }

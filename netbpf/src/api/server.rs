@@ -1,11 +1,9 @@
-//! The API server: axum routes over a Unix socket. Handlers only translate HTTP to
-//! controller calls; controller calls are blocking (netlink, fork, map syscalls) and run on
-//! tokio's blocking pool under the controller's lock.
+//! The API server: axum routes over a Unix socket. Handlers translate HTTP into controller
+//! calls (request bodies into typed specs, errors into status codes) and answers into views;
+//! controller calls block (netlink, fork, map syscalls) and run on tokio's blocking pool
+//! under the controller's lock. Waiting for a container to stop never holds that lock.
 
-use std::{
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::time::Duration;
 
 use axum::{
     Json, Router,
@@ -19,15 +17,14 @@ use serde::Deserialize;
 use tokio::io::AsyncReadExt as _;
 
 use super::{
-    ApiError, AttachRequest, ConnectRequest, ContainerCreate, DisconnectRequest, ExecRequest,
-    ExecResponse, NetworkCreate, WaitResponse,
+    ApiError, AttachRequest, ConnectRequest, ContainerCreate, ContainerView, DisconnectRequest,
+    ExecRequest, ExecResponse, NetworkCreate, NetworkView, WaitResponse, views,
 };
 use crate::{
     container,
-    controller::{Controller, WaitFor},
+    controller::{Controller, Shared},
+    exits::WaitFor,
 };
-
-pub type SharedController = Arc<Mutex<Controller>>;
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -40,19 +37,29 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
 
 /// Runs `op` with the controller locked, off the async threads.
 async fn with<T: Send + 'static>(
-    ctl: &SharedController,
+    ctl: &Shared,
     op: impl FnOnce(&mut Controller) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let ctl = ctl.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut guard = ctl.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        op(&mut guard)
-    })
-    .await
-    .map_err(ApiError::internal)?
+    ctl.run(op).await.map_err(ApiError::internal)?
 }
 
-pub fn router(ctl: SharedController) -> Router {
+fn network_view(c: &Controller, key: &str) -> Result<NetworkView, ApiError> {
+    views::network_inspect(c.state(), c.overlay().view(), key)
+        .ok_or_else(|| ApiError::not_found(format!("network {key} not found")))
+}
+
+fn container_view(c: &Controller, key: &str) -> Result<ContainerView, ApiError> {
+    let record = c
+        .state()
+        .container(key)
+        .ok_or_else(|| ApiError::not_found(format!("no such container: {key}")))?;
+    let sandbox = c.netns_path_of(record).map(|p| p.display().to_string());
+    Ok(views::container(record, c.state(), sandbox, |i| {
+        c.counters(i)
+    }))
+}
+
+pub fn router(ctl: Shared) -> Router {
     Router::new()
         .route("/_ping", get(|| async { "OK" }))
         .route("/info", get(info))
@@ -80,63 +87,86 @@ pub fn router(ctl: SharedController) -> Router {
         .with_state(ctl)
 }
 
-async fn info(State(ctl): State<SharedController>) -> ApiResult<super::DaemonInfo> {
-    with(&ctl, |c| Ok(c.info())).await.map(Json)
+async fn info(State(ctl): State<Shared>) -> ApiResult<super::DaemonInfo> {
+    with(&ctl, |c| {
+        let config = c.config();
+        Ok(views::info(views::DaemonFacts {
+            state_dir: config.state_dir.display().to_string(),
+            bpffs: config.bpffs.display().to_string(),
+            uplink: config.uplink.clone(),
+            cgroup: config.cgroup.display().to_string(),
+            nat_mode: c.nat_mode(),
+            xdp_redirects: c.xdp_redirects(),
+            tracked_flows: c.tracked_flows(),
+            ids: c.datapath_ids(),
+        }))
+    })
+    .await
+    .map(Json)
 }
 
-async fn network_list(State(ctl): State<SharedController>) -> ApiResult<Vec<super::NetworkView>> {
-    with(&ctl, |c| Ok(c.network_list())).await.map(Json)
+async fn network_list(State(ctl): State<Shared>) -> ApiResult<Vec<NetworkView>> {
+    with(&ctl, |c| {
+        Ok(views::network_list(c.state(), c.overlay().view()))
+    })
+    .await
+    .map(Json)
 }
 
 async fn network_create(
-    State(ctl): State<SharedController>,
+    State(ctl): State<Shared>,
     Json(req): Json<NetworkCreate>,
-) -> Result<(StatusCode, Json<super::NetworkView>), ApiError> {
-    with(&ctl, move |c| c.network_create(req))
-        .await
-        .map(|v| (StatusCode::CREATED, Json(v)))
+) -> Result<(StatusCode, Json<NetworkView>), ApiError> {
+    let spec = req.try_into()?;
+    with(&ctl, move |c| {
+        let name = c.network_create(spec)?;
+        network_view(c, &name)
+    })
+    .await
+    .map(|v| (StatusCode::CREATED, Json(v)))
 }
 
 async fn network_inspect(
-    State(ctl): State<SharedController>,
+    State(ctl): State<Shared>,
     Path(name): Path<String>,
-) -> ApiResult<super::NetworkView> {
-    with(&ctl, move |c| c.network_inspect(&name))
-        .await
-        .map(Json)
+) -> ApiResult<NetworkView> {
+    with(&ctl, move |c| network_view(c, &name)).await.map(Json)
 }
 
 async fn network_remove(
-    State(ctl): State<SharedController>,
+    State(ctl): State<Shared>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    with(&ctl, move |c| c.network_remove(&name))
+    with(&ctl, move |c| Ok(c.network_remove(&name)?))
         .await
         .map(|()| StatusCode::NO_CONTENT)
 }
 
-async fn network_prune(State(ctl): State<SharedController>) -> ApiResult<Vec<String>> {
-    with(&ctl, |c| c.network_prune()).await.map(Json)
+async fn network_prune(State(ctl): State<Shared>) -> ApiResult<Vec<String>> {
+    with(&ctl, |c| Ok(c.network_prune()?)).await.map(Json)
 }
 
 async fn network_connect(
-    State(ctl): State<SharedController>,
+    State(ctl): State<Shared>,
     Path(name): Path<String>,
     Json(req): Json<ConnectRequest>,
 ) -> Result<StatusCode, ApiError> {
-    with(&ctl, move |c| c.network_connect(&name, req))
+    let spec = req.try_into()?;
+    with(&ctl, move |c| Ok(c.network_connect(&name, spec)?))
         .await
         .map(|()| StatusCode::NO_CONTENT)
 }
 
 async fn network_disconnect(
-    State(ctl): State<SharedController>,
+    State(ctl): State<Shared>,
     Path(name): Path<String>,
     Json(req): Json<DisconnectRequest>,
 ) -> Result<StatusCode, ApiError> {
-    with(&ctl, move |c| c.network_disconnect(&name, req))
-        .await
-        .map(|()| StatusCode::NO_CONTENT)
+    with(&ctl, move |c| {
+        Ok(c.network_disconnect(&name, &req.container)?)
+    })
+    .await
+    .map(|()| StatusCode::NO_CONTENT)
 }
 
 #[derive(Deserialize)]
@@ -146,48 +176,59 @@ struct ListQuery {
 }
 
 async fn container_list(
-    State(ctl): State<SharedController>,
+    State(ctl): State<Shared>,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Vec<super::ContainerSummary>> {
-    with(&ctl, move |c| Ok(c.container_list(q.all)))
+    with(&ctl, move |c| Ok(views::container_list(c.state(), q.all)))
         .await
         .map(Json)
 }
 
 async fn container_create(
-    State(ctl): State<SharedController>,
+    State(ctl): State<Shared>,
     Json(req): Json<ContainerCreate>,
-) -> Result<(StatusCode, Json<super::ContainerView>), ApiError> {
-    with(&ctl, move |c| c.container_create(req))
-        .await
-        .map(|v| (StatusCode::CREATED, Json(v)))
+) -> Result<(StatusCode, Json<ContainerView>), ApiError> {
+    let spec = req.try_into()?;
+    with(&ctl, move |c| {
+        let name = c.container_create(spec)?;
+        container_view(c, &name)
+    })
+    .await
+    .map(|v| (StatusCode::CREATED, Json(v)))
 }
 
 async fn container_attach(
-    State(ctl): State<SharedController>,
+    State(ctl): State<Shared>,
     Json(req): Json<AttachRequest>,
-) -> Result<(StatusCode, Json<super::ContainerView>), ApiError> {
-    with(&ctl, move |c| c.attach(req))
-        .await
-        .map(|v| (StatusCode::CREATED, Json(v)))
+) -> Result<(StatusCode, Json<ContainerView>), ApiError> {
+    let spec = req.try_into()?;
+    with(&ctl, move |c| {
+        let name = c.attach(spec)?;
+        container_view(c, &name)
+    })
+    .await
+    .map(|v| (StatusCode::CREATED, Json(v)))
 }
 
 async fn container_inspect(
-    State(ctl): State<SharedController>,
+    State(ctl): State<Shared>,
     Path(name): Path<String>,
-) -> ApiResult<super::ContainerView> {
-    with(&ctl, move |c| c.container_inspect(&name))
+) -> ApiResult<ContainerView> {
+    with(&ctl, move |c| container_view(c, &name))
         .await
         .map(Json)
 }
 
 async fn container_start(
-    State(ctl): State<SharedController>,
+    State(ctl): State<Shared>,
     Path(name): Path<String>,
-) -> ApiResult<super::ContainerView> {
-    with(&ctl, move |c| c.container_start(&name))
-        .await
-        .map(Json)
+) -> ApiResult<ContainerView> {
+    with(&ctl, move |c| {
+        let name = c.container_start(&name)?;
+        container_view(c, &name)
+    })
+    .await
+    .map(Json)
 }
 
 #[derive(Deserialize)]
@@ -197,22 +238,22 @@ struct StopQuery {
 
 /// SIGTERM, then SIGKILL after the timeout, like `docker stop`. The lock is not held while
 /// waiting: the exit is noticed by the watcher thread and handled by `on_exit`.
-async fn stop(ctl: &SharedController, name: String, timeout: Duration) -> Result<(), ApiError> {
+async fn stop(ctl: &Shared, name: String, timeout: Duration) -> Result<(), ApiError> {
     let n = name.clone();
-    let Some(wait) = with(ctl, move |c| c.container_signal(&n, libc::SIGTERM)).await? else {
+    let Some(wait) = with(ctl, move |c| Ok(c.container_signal(&n, libc::SIGTERM)?)).await? else {
         return Ok(());
     };
-    if tokio::time::timeout(timeout, exit_code(wait)).await.is_ok() {
+    if tokio::time::timeout(timeout, wait.code()).await.is_ok() {
         return Ok(());
     }
-    if let Some(wait) = with(ctl, move |c| c.container_signal(&name, libc::SIGKILL)).await? {
-        exit_code(wait).await;
+    if let Some(wait) = with(ctl, move |c| Ok(c.container_signal(&name, libc::SIGKILL)?)).await? {
+        wait.code().await;
     }
     Ok(())
 }
 
 async fn container_stop(
-    State(ctl): State<SharedController>,
+    State(ctl): State<Shared>,
     Path(name): Path<String>,
     Query(q): Query<StopQuery>,
 ) -> Result<StatusCode, ApiError> {
@@ -227,24 +268,24 @@ struct RemoveQuery {
 }
 
 async fn container_remove(
-    State(ctl): State<SharedController>,
+    State(ctl): State<Shared>,
     Path(name): Path<String>,
     Query(q): Query<RemoveQuery>,
 ) -> Result<StatusCode, ApiError> {
     if q.force {
         let n = name.clone();
-        let attached = with(&ctl, move |c| Ok(c.container_inspect(&n)?.state.attached)).await?;
+        let attached = with(&ctl, move |c| Ok(container_view(c, &n)?.state.attached)).await?;
         if attached.is_none() {
             stop(&ctl, name.clone(), Duration::ZERO).await?;
         }
     }
-    with(&ctl, move |c| c.container_remove(&name))
+    with(&ctl, move |c| Ok(c.container_remove(&name)?))
         .await
         .map(|()| StatusCode::NO_CONTENT)
 }
 
 async fn container_exec(
-    State(ctl): State<SharedController>,
+    State(ctl): State<Shared>,
     Path(name): Path<String>,
     Json(req): Json<ExecRequest>,
 ) -> ApiResult<ExecResponse> {
@@ -255,7 +296,7 @@ async fn container_exec(
     }
     let (netns, pid, netns_dir) = with(&ctl, move |c| {
         let (netns, pid) = c.exec_target(&name)?;
-        Ok((netns, pid, c.netns_dir()))
+        Ok((netns, pid, c.config().netns_dir()))
     })
     .await?;
     // Not under the lock: the command may run for a long time (iperf3, sleep).
@@ -272,27 +313,13 @@ async fn container_exec(
     }))
 }
 
-async fn exit_code(wait: WaitFor) -> Option<i32> {
-    match wait {
-        WaitFor::Exited(code) => code,
-        WaitFor::Running(mut rx) => loop {
-            if let Some(code) = *rx.borrow_and_update() {
-                return code;
-            }
-            if rx.changed().await.is_err() {
-                return rx.borrow().flatten();
-            }
-        },
-    }
-}
-
 async fn container_wait(
-    State(ctl): State<SharedController>,
+    State(ctl): State<Shared>,
     Path(name): Path<String>,
 ) -> ApiResult<WaitResponse> {
-    let wait = with(&ctl, move |c| c.wait(&name)).await?;
+    let wait: WaitFor = with(&ctl, move |c| Ok(c.wait(&name)?)).await?;
     Ok(Json(WaitResponse {
-        exit_code: exit_code(wait).await,
+        exit_code: wait.code().await,
     }))
 }
 
@@ -302,21 +329,23 @@ struct LogsQuery {
     follow: bool,
 }
 
+/// How often a followed log is read again at its end: a file has no change notification
+/// short of inotify, and the container's exit ends the wait at once anyway.
+const FOLLOW_INTERVAL: Duration = Duration::from_millis(50);
+
 /// The log file as a byte stream; with `follow`, it keeps tailing until the container stops.
 async fn container_logs(
-    State(ctl): State<SharedController>,
+    State(ctl): State<Shared>,
     Path(name): Path<String>,
     Query(q): Query<LogsQuery>,
 ) -> Result<Response, ApiError> {
-    let (path, id) = with(&ctl, move |c| c.log_of(&name)).await?;
+    let (path, watch) = with(&ctl, move |c| Ok(c.log_of(&name)?)).await?;
     let file = match tokio::fs::File::open(&path).await {
         Ok(file) => Some(file),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(ApiError::internal(e)),
     };
-    let stream = futures::stream::unfold((file, false), move |(file, done)| {
-        let ctl = ctl.clone();
-        let id = id.clone();
+    let stream = futures::stream::unfold((file, watch, false), move |(file, mut watch, done)| {
         async move {
             let mut file = file?;
             let mut buf = vec![0u8; 64 * 1024];
@@ -325,21 +354,23 @@ async fn container_logs(
                 match file.read(&mut buf).await {
                     Ok(0) if stopped || !q.follow => return None,
                     Ok(0) => {
-                        // At the end of what was written so far: check (once more after it
-                        // stops) whether more can come.
-                        let id = id.clone();
-                        stopped = !with(&ctl, move |c| Ok(c.is_running_id(&id)))
-                            .await
-                            .unwrap_or(false);
-                        if !stopped {
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
+                        // At the end of what was written so far: read once more after the
+                        // container stops, then end.
+                        stopped = match watch.as_mut() {
+                            None => true,
+                            Some(w) if w.borrow().is_some() => true,
+                            // A watch dropped without a status: the record went away.
+                            Some(w) => matches!(
+                                tokio::time::timeout(FOLLOW_INTERVAL, w.changed()).await,
+                                Ok(Err(_))
+                            ),
+                        };
                     }
                     Ok(n) => {
                         buf.truncate(n);
-                        return Some((Ok::<_, std::io::Error>(buf), (Some(file), stopped)));
+                        return Some((Ok::<_, std::io::Error>(buf), (Some(file), watch, stopped)));
                     }
-                    Err(e) => return Some((Err(e), (None, true))),
+                    Err(e) => return Some((Err(e), (None, watch, true))),
                 }
             }
         }
@@ -348,14 +379,22 @@ async fn container_logs(
 }
 
 async fn container_port(
-    State(ctl): State<SharedController>,
+    State(ctl): State<Shared>,
     Path(name): Path<String>,
 ) -> ApiResult<Vec<String>> {
-    with(&ctl, move |c| c.container_ports(&name))
-        .await
-        .map(Json)
+    with(&ctl, move |c| {
+        let record = c
+            .state()
+            .container(&name)
+            .ok_or_else(|| ApiError::not_found(format!("no such container: {name}")))?;
+        Ok(record.published.iter().map(|p| p.to_string()).collect())
+    })
+    .await
+    .map(Json)
 }
 
-async fn stats(State(ctl): State<SharedController>) -> ApiResult<Vec<super::EndpointStats>> {
-    with(&ctl, |c| Ok(c.stats())).await.map(Json)
+async fn stats(State(ctl): State<Shared>) -> ApiResult<Vec<super::EndpointStats>> {
+    with(&ctl, |c| Ok(views::stats(c.state(), |i| c.counters(i))))
+        .await
+        .map(Json)
 }

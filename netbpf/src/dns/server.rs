@@ -63,7 +63,7 @@ impl Resolver {
         let name = query.name().to_string();
         let qtype = query.query_type();
         let (answer, upstreams) = {
-            let table = self.table.read().unwrap_or_else(|p| p.into_inner());
+            let table = crate::lock::read(&self.table);
             let Some(asker) = table.asker(&self.container_id) else {
                 return Reply::Fail(ResponseCode::Refused);
             };
@@ -235,7 +235,7 @@ impl DnsServers {
     }
 
     pub fn set_table(&self, table: Table) {
-        *self.table.write().unwrap_or_else(|p| p.into_inner()) = table;
+        *crate::lock::write(&self.table) = table;
     }
 
     /// Opens 127.0.0.11:DNS_SERVER_PORT (UDP and TCP) inside `ns` and serves it; the
@@ -283,6 +283,10 @@ impl DnsServers {
             },
         );
         Ok(())
+    }
+
+    pub fn is_serving(&self, container_id: &str) -> bool {
+        self.running.contains_key(container_id)
     }
 
     pub fn stop(&mut self, container_id: &str) {

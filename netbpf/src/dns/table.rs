@@ -76,7 +76,7 @@ impl Table {
                 asker.networks.insert(ep.network.clone());
                 let aliases = c.aliases_on(&ep.network);
                 let entries = table.names.entry(ep.network.clone()).or_default();
-                for name in [c.name.clone(), c.id[..12].to_owned()]
+                for name in [c.name.clone(), c.short_id().to_owned()]
                     .into_iter()
                     .chain(aliases)
                 {
@@ -87,7 +87,7 @@ impl Table {
                     });
                 }
             }
-            if c.mode == NetworkMode::Bridge {
+            if c.mode == NetworkMode::Networks {
                 table.askers.insert(c.id.clone(), asker);
             }
         }
@@ -188,48 +188,10 @@ pub fn host_upstreams(resolv_conf: &str) -> Vec<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{ContainerRecord, EndpointRecord, NetworkRequest, Status};
+    use crate::state::{ContainerRecord, Status};
 
     fn container(name: &str, id: &str, eps: &[(&str, &str, &[&str])]) -> ContainerRecord {
-        ContainerRecord {
-            id: format!("{id:0<64}"),
-            name: name.into(),
-            cmd: vec![],
-            mode: NetworkMode::Bridge,
-            networks: eps
-                .iter()
-                .map(|(n, _, aliases)| NetworkRequest {
-                    network: (*n).into(),
-                    ip: None,
-                    aliases: aliases.iter().map(|a| (*a).into()).collect(),
-                })
-                .collect(),
-            endpoints: eps
-                .iter()
-                .map(|(n, ip, _)| EndpointRecord {
-                    network: (*n).into(),
-                    id: String::new(),
-                    ip: ip.parse().unwrap(),
-                    mac: [0; 6],
-                    ifname: "eth0".into(),
-                    host_veth: String::new(),
-                    host_ifindex: 0,
-                })
-                .collect(),
-            status: Status::Running,
-            pid: None,
-            pid_start_time: None,
-            exit_code: None,
-            netns: None,
-            attached: None,
-            auto_remove: false,
-            created: String::new(),
-            ports: vec![],
-            published: vec![],
-            links: vec![],
-            dns: vec![],
-            dns_search: vec![],
-        }
+        crate::state::fixtures::container(name, id, eps)
     }
 
     fn state() -> State {

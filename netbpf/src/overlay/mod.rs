@@ -13,12 +13,21 @@
 //!                                            every host answers for containers on all hosts
 //! ```
 
+pub mod plan;
 pub mod store;
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
+use anyhow::Context as _;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
+
+use crate::{
+    datapath::Datapath,
+    netlink::Netlink,
+    state::{NetworkKind, State},
+};
+use store::{Cluster, StoreError};
 
 /// The UDP port of RFC 7348; Flannel's VXLAN backend uses 8472.
 pub const DEFAULT_VXLAN_PORT: u16 = 4789;
@@ -138,6 +147,138 @@ pub fn parse_options(options: &BTreeMap<String, String>) -> Result<(Option<u32>,
         }
     }
     Ok((vni, port))
+}
+
+/// The overlay service: the cluster store session (with `--cluster-store`), the store's
+/// view as last seen, and the underlay this host tunnels over.
+pub struct Overlay {
+    cluster: Option<Cluster>,
+    /// Overlay networks and every host's blocks, as the cluster store last said.
+    view: ClusterView,
+    /// MTU of the VTEP's interface, once known.
+    underlay_mtu: u32,
+}
+
+impl Default for Overlay {
+    fn default() -> Self {
+        Self {
+            cluster: None,
+            view: ClusterView::default(),
+            underlay_mtu: 1500,
+        }
+    }
+}
+
+impl Overlay {
+    pub fn set_cluster(&mut self, cluster: Cluster) {
+        self.cluster = Some(cluster);
+    }
+
+    /// This host's tunnel endpoint, when it is in a cluster.
+    pub fn vtep(&self) -> Option<Ipv4Addr> {
+        self.cluster.as_ref().map(|c| c.vtep)
+    }
+
+    pub fn view(&self) -> &ClusterView {
+        &self.view
+    }
+
+    /// Takes a new view of the store, logging the hosts that joined or left; returns what
+    /// this host should do about it (nothing outside a cluster).
+    pub fn apply(&mut self, view: ClusterView, state: &State) -> Option<(Ipv4Addr, plan::Plan)> {
+        for line in plan::peer_changes(&self.view, &view) {
+            tracing::info!("{line}");
+        }
+        self.view = view;
+        let vtep = self.vtep()?;
+        Some((vtep, plan::plan(vtep, &self.view, &state.networks)))
+    }
+
+    /// MTU for container interfaces on overlay networks.
+    pub fn container_mtu(&self) -> u32 {
+        container_mtu(self.underlay_mtu)
+    }
+
+    /// Writes the overlay maps from the view and puts decapsulation on the VTEP's interface.
+    pub fn program(&mut self, datapath: &mut Datapath, state: &State) -> anyhow::Result<()> {
+        let Some(vtep) = self.vtep() else {
+            return Ok(());
+        };
+        let underlay = Netlink::run(None, |nl| {
+            for link in nl.links()? {
+                if nl.addresses_of(link.index)?.contains(&vtep) {
+                    return Ok(Some(link));
+                }
+            }
+            Ok(None)
+        })?
+        .with_context(|| format!("no interface holds the VTEP address {vtep}"))?;
+        self.underlay_mtu = underlay.mtu;
+        let (routes, vnis) = plan::entries(vtep, underlay.index, &self.view, &state.networks);
+        datapath.sync_overlay(&routes, &vnis)?;
+        if !vnis.is_empty() {
+            datapath.attach_overlay_ingress(&underlay.name)?;
+        }
+        Ok(())
+    }
+
+    /// Names other hosts publish for their containers.
+    pub fn remote_names(&self) -> impl Iterator<Item = &NameRecord> {
+        let me = self.vtep();
+        self.view.names.iter().filter(move |n| Some(n.vtep) != me)
+    }
+
+    /// Publishes this host's container names on overlay networks in the store.
+    pub fn publish_names(&self, state: &State) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        let mut mine = vec![];
+        for c in state.containers.values().filter(|c| c.is_running()) {
+            for ep in &c.endpoints {
+                let on_overlay = state
+                    .networks
+                    .get(&ep.network)
+                    .is_some_and(|n| matches!(n.kind(), NetworkKind::OverlayBlock(_)));
+                if !on_overlay {
+                    continue;
+                }
+                let names = [c.name.clone(), c.short_id().to_owned()]
+                    .into_iter()
+                    .chain(c.aliases_on(&ep.network));
+                for name in names {
+                    mine.push(NameRecord {
+                        network: ep.network.clone(),
+                        name,
+                        ip: ep.ip,
+                        vtep: cluster.vtep,
+                    });
+                }
+            }
+        }
+        mine.sort();
+        cluster.publish_names(mine);
+    }
+
+    /// The store session, for changes that need it.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.as_ref()
+    }
+
+    /// Defines a network in the store, and in this view at once (the watch confirms it).
+    pub fn define(&mut self, cluster: &Cluster, spec: OverlaySpec) -> Result<(), StoreError> {
+        cluster.create_network(spec.clone())?;
+        self.view.networks.insert(spec.name.clone(), spec);
+        Ok(())
+    }
+
+    /// Deletes a network's definition and every host's block of it.
+    pub fn undefine(&mut self, cluster: &Cluster, name: &str) -> Result<(), StoreError> {
+        cluster.remove_network(name)?;
+        self.view.networks.remove(name);
+        self.view.blocks.remove(name);
+        Ok(())
+    }
 }
 
 #[cfg(test)]

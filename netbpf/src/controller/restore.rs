@@ -1,0 +1,241 @@
+//! Taking a host over after a restart (crash, `kill -9`, upgrade) and the clean shutdown.
+//! After a restart the recorded state is the truth: bridges are restored, live containers
+//! re-adopted (the new programs swapped into their pinned links), dead ones released, and
+//! whatever no record explains is removed.
+
+use std::collections::BTreeSet;
+
+use super::{Controller, endpoints::uses_embedded_dns};
+use crate::{
+    container,
+    datapath::{self, Desired},
+    endpoint, macvlan,
+    netlink::Netlink,
+    netns, network,
+    publish::Ports,
+    state::{AttachedTo, ContainerRecord, NetworkKind},
+};
+
+impl Controller {
+    /// Brings the kernel in line with the recorded state after a restart.
+    pub(super) fn reconcile(&mut self) -> anyhow::Result<()> {
+        for net in self.state.networks.values_mut() {
+            match net.kind() {
+                NetworkKind::Bridge | NetworkKind::OverlayBlock(_) => {
+                    network::ensure_bridge(net)?;
+                }
+                NetworkKind::Direct(parent) => match macvlan::ensure_parent(parent) {
+                    Ok(parent) => net.parent = Some(parent),
+                    Err(error) => {
+                        tracing::warn!(%error, network = net.name, "parent interface unusable")
+                    }
+                },
+            }
+        }
+        let containers: Vec<ContainerRecord> = self.state.containers.values().cloned().collect();
+        for c in containers.iter().filter(|c| c.is_running()) {
+            if is_alive(c) {
+                self.readopt(c)?;
+            } else {
+                tracing::info!(container = c.name, "exited while the daemon was down");
+                self.release(c);
+                let record = self.state.containers.get_mut(&c.name).expect("exists");
+                record.mark_exited(None);
+                if c.auto_remove {
+                    self.state.containers.remove(&c.name);
+                    self.remove_container_dir(&c.id);
+                }
+            }
+        }
+        self.remove_leftovers()?;
+        self.datapath.sync(&self.desired())?;
+        self.sync_published()?;
+        self.store.save(&self.state)?;
+        self.sync_names();
+        Ok(())
+    }
+
+    /// A container that kept running while the daemon was down: its endpoints installed
+    /// again (dropping those whose veth vanished), its ports held, its exit watched, its
+    /// embedded DNS served.
+    fn readopt(&mut self, c: &ContainerRecord) -> anyhow::Result<()> {
+        let mut kept = vec![];
+        for ep in &c.endpoints {
+            if !ep.has_veth() {
+                kept.push(ep.clone());
+                continue;
+            }
+            let link = Netlink::run(None, |nl| nl.link_by_name(&ep.host_veth))?;
+            let net = self.state.networks.get(&ep.network).cloned();
+            match (link, net) {
+                (Some(link), Some(net)) if link.index == ep.host_ifindex => {
+                    self.install_endpoint(&net, ep)?;
+                    kept.push(ep.clone());
+                }
+                _ => {
+                    tracing::warn!(
+                        container = c.name,
+                        veth = ep.host_veth,
+                        "endpoint vanished; dropping it"
+                    );
+                    self.release_endpoint(ep);
+                }
+            }
+        }
+        self.ports.restore(&c.published);
+        let record = self.state.containers.get_mut(&c.name).expect("exists");
+        record.endpoints = kept;
+        let live = record.clone();
+        if let Some(pid) = c.pid {
+            self.exits.watch_foreign(&c.id, pid);
+        }
+        if uses_embedded_dns(&live.mode, &live.endpoints)
+            && let Ok(ns) = self.open_netns(&live)
+            && let Err(error) = self.names.start_dns(&live.id, &ns, &mut self.datapath)
+        {
+            tracing::warn!(%error, container = live.name, "embedded DNS not restarted");
+        }
+        tracing::info!(container = c.name, "re-adopted");
+        Ok(())
+    }
+
+    /// Deletes veths on our bridges, link pins and namespace mounts that no record owns.
+    fn remove_leftovers(&mut self) -> anyhow::Result<()> {
+        let veths: BTreeSet<String> = self
+            .state
+            .containers
+            .values()
+            .flat_map(|c| c.endpoints.iter().map(|ep| ep.host_veth.clone()))
+            .collect();
+        let bridges: Vec<String> = self
+            .state
+            .networks
+            .values()
+            .map(|n| n.bridge.clone())
+            .collect();
+        Netlink::run(None, |nl| {
+            let links = nl.links()?;
+            let bridge_indexes: Vec<u32> = links
+                .iter()
+                .filter(|l| bridges.contains(&l.name))
+                .map(|l| l.index)
+                .collect();
+            for link in links {
+                let on_ours = link.controller.is_some_and(|c| bridge_indexes.contains(&c));
+                if on_ours && !veths.contains(&link.name) {
+                    tracing::info!(veth = link.name, "removing leftover veth");
+                    nl.delete_link(link.index)?;
+                }
+            }
+            Ok(())
+        })?;
+        for pin in self
+            .datapath
+            .pinned_links()
+            .into_iter()
+            .chain(self.datapath.pinned_xdp_links())
+        {
+            if !veths.contains(&pin) {
+                self.datapath.detach(&pin);
+            }
+        }
+        let live: BTreeSet<String> = self
+            .state
+            .containers
+            .values()
+            .filter(|c| c.is_running() && c.owns_netns())
+            .map(|c| c.id.clone())
+            .collect();
+        if let Ok(dir) = std::fs::read_dir(self.config.netns_dir()) {
+            for entry in dir.flatten() {
+                if !live.contains(&entry.file_name().to_string_lossy().into_owned()) {
+                    netns::remove_persistent(&entry.path());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes `PUBLISHED` hold exactly the ports of running containers.
+    fn sync_published(&mut self) -> anyhow::Result<()> {
+        let mut wanted = vec![];
+        for c in self.state.containers.values().filter(|c| c.is_running()) {
+            if let Some(ep) = self.publishing_endpoint(&c.endpoints) {
+                wanted.extend(c.published.iter().map(|port| (*port, ep.clone())));
+            }
+        }
+        Ports::sync(&mut self.datapath, wanted.iter().map(|(p, ep)| (p, ep)))?;
+        Ok(())
+    }
+
+    /// Every map entry the state calls for: subnets of bridge networks, and each veth
+    /// endpoint's interface and address.
+    fn desired(&self) -> Desired {
+        let mut desired = Desired::default();
+        for net in self
+            .state
+            .networks
+            .values()
+            .filter(|n| n.kind().has_bridge())
+        {
+            desired
+                .subnets
+                .insert(net.subnet, network::subnet_info(net));
+        }
+        for ep in self
+            .state
+            .containers
+            .values()
+            .flat_map(|c| &c.endpoints)
+            .filter(|ep| ep.has_veth())
+        {
+            let Some(net) = self.state.networks.get(&ep.network) else {
+                continue;
+            };
+            desired
+                .ifaces
+                .insert(ep.host_ifindex, network::endpoint_iface(net));
+            desired
+                .endpoints
+                .insert((net.index, ep.ip), endpoint::map_target(ep));
+        }
+        desired
+    }
+
+    /// Graceful shutdown, after the containers were stopped: remove every interface,
+    /// namespace and pin the daemon made. Networks stay recorded; their bridges come back at
+    /// the next start.
+    pub fn teardown(&mut self) {
+        let containers: Vec<ContainerRecord> = self.state.containers.values().cloned().collect();
+        for c in containers {
+            if c.is_running() {
+                self.release(&c);
+                let record = self.state.containers.get_mut(&c.name).expect("exists");
+                record.mark_exited(record.exit_code);
+            }
+            if c.auto_remove {
+                let _ = self.container_remove(&c.name);
+            }
+        }
+        for net in self.state.networks.values() {
+            match net.kind() {
+                NetworkKind::Direct(parent) => macvlan::remove_parent(parent),
+                NetworkKind::Bridge | NetworkKind::OverlayBlock(_) => network::delete_bridge(net),
+            }
+        }
+        if let Err(error) = self.store.save(&self.state) {
+            tracing::error!(%error, "saving state at shutdown");
+        }
+        datapath::remove_pins(&self.config.bpffs);
+    }
+}
+
+/// Whether a container recorded as running still is: its process (or, attached with
+/// `--netns`, its namespace) is there.
+fn is_alive(c: &ContainerRecord) -> bool {
+    match (&c.attached, c.pid) {
+        (Some(AttachedTo::Netns), _) => c.netns.as_deref().is_some_and(netns::is_namespace),
+        (_, Some(pid)) => container::is_same_process(pid, c.pid_start_time),
+        (_, None) => false,
+    }
+}

@@ -1,0 +1,82 @@
+//! What front-ends ask the controller for, already parsed and checked for form (the API's
+//! request bodies are turned into these in `api/`); what needs the state is checked here.
+
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+};
+
+use ipnet::Ipv4Net;
+
+use crate::{publish::PortSpec, state::ParentRecord};
+
+/// `network create`.
+#[derive(Debug, Clone)]
+pub struct NetworkSpec {
+    pub name: String,
+    pub driver: DriverSpec,
+    pub subnet: Option<Ipv4Net>,
+    pub gateway: Option<Ipv4Addr>,
+    pub ip_range: Option<Ipv4Net>,
+    pub internal: bool,
+}
+
+/// The driver of a new network and its options.
+#[derive(Debug, Clone)]
+pub enum DriverSpec {
+    Bridge,
+    /// Defined in the cluster store; `vni: None` takes the next free one.
+    Overlay {
+        vni: Option<u32>,
+        port: u16,
+    },
+    /// macvlan or ipvlan on a parent interface.
+    Direct {
+        driver: String,
+        parent: ParentRecord,
+    },
+}
+
+/// `run` (create and start).
+#[derive(Debug, Clone, Default)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub cmd: Vec<String>,
+    /// `bridge` (default), a network, `host`, `none` or `container:NAME`.
+    pub network: Option<String>,
+    pub ip: Option<Ipv4Addr>,
+    pub auto_remove: bool,
+    pub ports: Vec<PortSpec>,
+    pub aliases: Vec<String>,
+    /// `--link` as (container, alias).
+    pub links: Vec<(String, String)>,
+    pub dns: Vec<IpAddr>,
+    pub dns_search: Vec<String>,
+}
+
+/// Where an attached container's namespace is.
+#[derive(Debug, Clone)]
+pub enum NetnsSource {
+    /// The namespace of this process, watched until it exits.
+    Pid(i32),
+    /// A namespace file (`/run/netns/NAME`, `/proc/PID/ns/net`).
+    Path(PathBuf),
+}
+
+/// `attach`: wire a namespace someone else made.
+#[derive(Debug, Clone)]
+pub struct AttachSpec {
+    pub name: String,
+    pub netns: NetnsSource,
+    pub network: Option<String>,
+    pub ip: Option<Ipv4Addr>,
+    pub ports: Vec<PortSpec>,
+}
+
+/// `network connect`.
+#[derive(Debug, Clone)]
+pub struct ConnectSpec {
+    pub container: String,
+    pub ip: Option<Ipv4Addr>,
+    pub aliases: Vec<String>,
+}
