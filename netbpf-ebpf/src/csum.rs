@@ -1,12 +1,14 @@
-//! Address and port rewrites with incremental checksum updates (RFC 1624), through the
-//! kernel's `l3_csum_replace`/`l4_csum_replace`, which also handle checksum offload
-//! (CHECKSUM_PARTIAL) and UDP's "no checksum" zero correctly.
+//! Checksums. In TC programs: address and port rewrites with incremental updates (RFC
+//! 1624) through the kernel's `l3_csum_replace`/`l4_csum_replace`, which also handle
+//! checksum offload (CHECKSUM_PARTIAL) and UDP's "no checksum" zero correctly. Where no
+//! helper exists (XDP, headers the program writes itself): the same arithmetic here, over
+//! one fold.
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     programs::TcContext,
 };
-use network_types::eth::EthHdr;
+use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::parse::{IPPROTO_ICMP, IPPROTO_UDP, Ipv4Flow};
 
@@ -73,4 +75,53 @@ pub fn rewrite(ctx: &TcContext, flow: &Ipv4Flow, side: Side, addr: [u8; 4], port
             .is_ok()
         && ctx.store(ip_off, &addr, 0).is_ok()
         && ctx.store(port_off, &new_port, 0).is_ok()
+}
+
+/// Folds a 32-bit one's-complement sum to 16 bits and complements it: a checksum field.
+#[inline(always)]
+pub fn fold(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+/// The header checksum of an IPv4 header without options (its `check` field counted as 0).
+#[inline(always)]
+pub fn ipv4_header(ip: &Ipv4Hdr) -> [u8; 2] {
+    let word = |a: u8, b: u8| u32::from(u16::from_be_bytes([a, b]));
+    let sum = word(ip.vihl, ip.tos)
+        + word(ip.tot_len[0], ip.tot_len[1])
+        + word(ip.id[0], ip.id[1])
+        + word(ip.frags[0], ip.frags[1])
+        + word(ip.ttl, ip.proto)
+        + word(ip.src_addr[0], ip.src_addr[1])
+        + word(ip.src_addr[2], ip.src_addr[3])
+        + word(ip.dst_addr[0], ip.dst_addr[1])
+        + word(ip.dst_addr[2], ip.dst_addr[3]);
+    fold(sum).to_be_bytes()
+}
+
+/// RFC 1624 update of a checksum for a 16-bit word changing from `old` to `new` (all
+/// values as they are in the packet, big-endian).
+#[inline(always)]
+pub fn update(csum: u16, old: u16, new: u16) -> u16 {
+    let sum = u32::from(!u16::from_be(csum))
+        + u32::from(!u16::from_be(old))
+        + u32::from(u16::from_be(new));
+    fold(sum).to_be()
+}
+
+/// [`update`] for an IPv4 address, two words at a time.
+#[inline(always)]
+pub fn update_addr(csum: u16, old: [u8; 4], new: [u8; 4]) -> u16 {
+    let csum = update(
+        csum,
+        u16::from_ne_bytes([old[0], old[1]]),
+        u16::from_ne_bytes([new[0], new[1]]),
+    );
+    update(
+        csum,
+        u16::from_ne_bytes([old[2], old[3]]),
+        u16::from_ne_bytes([new[2], new[3]]),
+    )
 }

@@ -5,15 +5,13 @@
 //! get 53 back on the way out; clients see only 127.0.0.11:53. This is Docker's
 //! DNAT/SNAT pair, done statelessly in BPF because the translation is fixed.
 
-use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    programs::TcContext,
-};
+use aya_ebpf::programs::TcContext;
 use netbpf_common::{DNS_ADDR, DNS_SERVER_PORT};
 
 use crate::{
     csum::{self, Side},
     parse::{self, IPPROTO_ICMP},
+    tc,
 };
 
 const DNS_PORT: u16 = 53;
@@ -26,12 +24,12 @@ pub fn to_server(ctx: &TcContext) -> i32 {
             if flow.proto != IPPROTO_ICMP && flow.dst == DNS_ADDR && flow.dport == DNS_PORT =>
         {
             if csum::rewrite(ctx, &flow, Side::Dst, DNS_ADDR, DNS_SERVER_PORT) {
-                TC_ACT_OK as i32
+                tc::PASS
             } else {
-                TC_ACT_SHOT as i32
+                tc::SHOT
             }
         }
-        _ => TC_ACT_OK as i32,
+        _ => tc::PASS,
     }
 }
 
@@ -45,11 +43,11 @@ pub fn from_server(ctx: &TcContext) -> i32 {
                 && flow.sport == DNS_SERVER_PORT =>
         {
             if csum::rewrite(ctx, &flow, Side::Src, DNS_ADDR, DNS_PORT) {
-                TC_ACT_OK as i32
+                tc::PASS
             } else {
-                TC_ACT_SHOT as i32
+                tc::SHOT
             }
         }
-        _ => TC_ACT_OK as i32,
+        _ => tc::PASS,
     }
 }

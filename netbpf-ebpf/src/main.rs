@@ -6,82 +6,47 @@ mod bridge;
 mod conntrack;
 mod csum;
 mod dns_steer;
+mod endpoints;
 mod nat;
 mod overlay;
 mod parse;
 mod sock;
+mod tc;
 mod xdp;
 
 use aya_ebpf::{
-    bindings::TC_ACT_REDIRECT,
     bindings::xdp_action::XDP_PASS,
     macros::{cgroup_sock_addr, classifier, xdp},
     programs::{SockAddrContext, TcContext, XdpContext},
 };
-use netbpf_common::{DropReason, NAT_REWRITE_DST, NAT_REWRITE_SRC};
+use netbpf_common::{NAT_REWRITE_DST, NAT_REWRITE_SRC};
 
 use bridge::Verdict;
+use endpoints::Outcome;
 
 /// Attached (tcx ingress) to the host-side veth of every container endpoint, so it sees each
-/// packet a container sends. Decides: same network and known destination → redirect into the
-/// peer container's namespace (bypassing the bridge); destination on a network the sender is
-/// not on → drop (isolation); everything else → the Linux bridge, unchanged.
+/// packet a container sends. Decides, in order: a tracked or hairpin NAT flow → translated;
+/// same network and known destination → redirected into the peer container's namespace
+/// (bypassing the bridge); another host's block of its overlay network → VXLAN; a network
+/// the sender is not on → dropped (isolation); everything else → the Linux bridge.
 #[classifier]
 pub fn from_container(ctx: TcContext) -> i32 {
-    // SAFETY: `skb` points at the kernel's __sk_buff for the whole program run.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let Some(iface) = bridge::endpoint_iface(ifindex) else {
-        return bridge::PASS;
+    let ifindex = tc::ingress_ifindex(&ctx);
+    let Some(iface) = endpoints::endpoint_iface(ifindex) else {
+        return tc::PASS;
     };
     let bytes = u64::from(ctx.len());
-    if let Some(action) = translate_from_container(&ctx) {
-        if action == TC_ACT_REDIRECT as i32 {
-            bridge::count(ifindex, |c| {
-                c.fast_packets += 1;
-                c.fast_bytes += bytes;
-            });
-        }
-        return action;
-    }
-    match bridge::decide(&ctx, ifindex, &iface) {
-        Verdict::Redirect(target) => {
-            let action = bridge::redirect_to_peer(&ctx, &target);
-            if action == TC_ACT_REDIRECT as i32 {
-                bridge::count(ifindex, |c| {
-                    c.fast_packets += 1;
-                    c.fast_bytes += bytes;
-                });
-            } else {
-                bridge::count(ifindex, |c| {
-                    c.drops[DropReason::RedirectFailed as usize] += 1
-                });
-            }
-            action
-        }
-        Verdict::Encap(route) => {
-            let action = overlay::encap(&ctx, &route);
-            bridge::count(ifindex, |c| {
-                if action == TC_ACT_REDIRECT as i32 {
-                    c.fast_packets += 1;
-                    c.fast_bytes += bytes;
-                } else {
-                    c.drops[DropReason::RedirectFailed as usize] += 1;
-                }
-            });
-            action
-        }
-        Verdict::Pass => {
-            bridge::count(ifindex, |c| {
-                c.passed_packets += 1;
-                c.passed_bytes += bytes;
-            });
-            bridge::PASS
-        }
-        Verdict::Drop(reason) => {
-            bridge::count(ifindex, |c| c.drops[reason as usize] += 1);
-            bridge::SHOT
-        }
-    }
+    let (outcome, action) = match translate_from_container(&ctx) {
+        Some(action) => (Outcome::Translated, action),
+        None => match bridge::decide(&ctx, ifindex, &iface) {
+            Verdict::Redirect(target) => (Outcome::Forwarded, tc::redirect_to_peer(&ctx, &target)),
+            Verdict::Encap(route) => (Outcome::Forwarded, overlay::encap(&ctx, &route)),
+            Verdict::Pass => (Outcome::Passed, tc::PASS),
+            Verdict::Drop(reason) => (Outcome::Dropped(reason), tc::SHOT),
+        },
+    };
+    endpoints::count(ifindex, bytes, outcome, action);
+    action
 }
 
 /// Attached (tcx ingress) to the interface holding this host's VTEP address: VXLAN packets
@@ -116,7 +81,7 @@ fn translate_from_container(ctx: &TcContext) -> Option<i32> {
 #[classifier]
 pub fn uplink_ingress(ctx: TcContext) -> i32 {
     let Some(flow) = parse::ipv4_flow(&ctx) else {
-        return bridge::NEXT;
+        return tc::NEXT;
     };
     if let Some(entry) = conntrack::lookup(&flow) {
         if entry.action == NAT_REWRITE_DST {
@@ -128,7 +93,7 @@ pub fn uplink_ingress(ctx: TcContext) -> i32 {
             return nat::dnat(&ctx, &flow, &target);
         }
     }
-    bridge::NEXT
+    tc::NEXT
 }
 
 /// Attached (XDP, driver mode where the NIC supports it) to the uplink: published ports
@@ -164,10 +129,10 @@ pub fn dns_lo_egress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn uplink_egress(ctx: TcContext) -> i32 {
     let Some(flow) = parse::ipv4_flow(&ctx) else {
-        return bridge::PASS;
+        return tc::PASS;
     };
-    if !bridge::is_container_addr(flow.src) {
-        return bridge::PASS;
+    if !endpoints::is_container_addr(flow.src) {
+        return tc::PASS;
     }
     match conntrack::lookup(&flow) {
         // Already on its way out: only the rewrite is left to do.

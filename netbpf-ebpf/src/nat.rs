@@ -2,8 +2,6 @@
 //! the translations built on `conntrack` and `csum`.
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    helpers::generated::bpf_redirect_neigh,
     macros::map,
     maps::{Array, HashMap},
     programs::TcContext,
@@ -14,10 +12,11 @@ use netbpf_common::{
 };
 
 use crate::{
-    bridge,
     conntrack::{self, v4},
     csum::{self, Side},
+    endpoints,
     parse::{IPPROTO_ICMP, Ipv4Flow},
+    tc,
 };
 
 #[map]
@@ -75,12 +74,12 @@ pub fn dnat(ctx: &TcContext, flow: &Ipv4Flow, target: &PublishedTarget) -> i32 {
         NAT_REWRITE_SRC,
         flow.tcp_flags,
     ) {
-        return TC_ACT_SHOT as i32;
+        return tc::SHOT;
     }
     if !csum::rewrite(ctx, flow, Side::Dst, backend, target.port) {
-        return TC_ACT_SHOT as i32;
+        return tc::SHOT;
     }
-    bridge::redirect_to_peer(ctx, &bridge::target_of(target))
+    tc::redirect_to_peer(ctx, &endpoints::target_of(target))
 }
 
 /// Applies a tracked rewrite and sends the packet on: into a container when the
@@ -93,18 +92,14 @@ pub fn apply(ctx: &TcContext, flow: &Ipv4Flow, entry: &NatEntry) -> i32 {
         (Side::Src, flow.dst)
     };
     if !csum::rewrite(ctx, flow, side, v4(&entry.addr), entry.port) {
-        return TC_ACT_SHOT as i32;
+        return tc::SHOT;
     }
-    if let Some(target) = bridge::endpoint_by_addr(dst) {
-        return bridge::redirect_to_peer(ctx, &target);
+    if let Some(target) = endpoints::endpoint_by_addr(dst) {
+        return tc::redirect_to_peer(ctx, &target);
     }
     match config() {
-        // SAFETY: bpf_redirect_neigh takes an ifindex, no nexthop (a FIB lookup picks it)
-        // and flags 0; it returns TC_ACT_REDIRECT or TC_ACT_SHOT.
-        Some(cfg) if entry.action == NAT_REWRITE_SRC => unsafe {
-            bpf_redirect_neigh(cfg.uplink_ifindex, core::ptr::null_mut(), 0, 0) as i32
-        },
-        _ => TC_ACT_OK as i32,
+        Some(cfg) if entry.action == NAT_REWRITE_SRC => tc::redirect_neigh(cfg.uplink_ifindex),
+        _ => tc::PASS,
     }
 }
 
@@ -112,9 +107,9 @@ pub fn apply(ctx: &TcContext, flow: &Ipv4Flow, entry: &NatEntry) -> i32 {
 #[inline(always)]
 pub fn rewrite_source(ctx: &TcContext, flow: &Ipv4Flow, entry: &NatEntry) -> i32 {
     if csum::rewrite(ctx, flow, Side::Src, v4(&entry.addr), entry.port) {
-        TC_ACT_OK as i32
+        tc::PASS
     } else {
-        TC_ACT_SHOT as i32
+        tc::SHOT
     }
 }
 
@@ -123,7 +118,7 @@ pub fn rewrite_source(ctx: &TcContext, flow: &Ipv4Flow, entry: &NatEntry) -> i32
 #[inline(always)]
 pub fn masquerade(ctx: &TcContext, flow: &Ipv4Flow) -> i32 {
     let Some(cfg) = config() else {
-        return TC_ACT_OK as i32;
+        return tc::PASS;
     };
     let host = v4(&cfg.uplink_addr);
     let span = u32::from(cfg.port_max.saturating_sub(cfg.port_min)) + 1;
@@ -154,13 +149,13 @@ pub fn masquerade(ctx: &TcContext, flow: &Ipv4Flow) -> i32 {
         let forward = conntrack::key_of(flow);
         if !conntrack::insert(&forward, host, port, NAT_REWRITE_SRC, false) {
             conntrack::remove(&reply);
-            return TC_ACT_SHOT as i32;
+            return tc::SHOT;
         }
         if !csum::rewrite(ctx, flow, Side::Src, host, port) {
-            return TC_ACT_SHOT as i32;
+            return tc::SHOT;
         }
-        return TC_ACT_OK as i32;
+        return tc::PASS;
     }
     // Every probe collided: drop rather than leak an untranslated container address.
-    TC_ACT_SHOT as i32
+    tc::SHOT
 }

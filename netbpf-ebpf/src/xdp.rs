@@ -3,7 +3,7 @@
 //! published port — and passes everything else (replies of masqueraded flows included) to
 //! the tcx programs, which handle every case.
 //!
-//! XDP has no checksum helpers, so checksums are updated here with RFC 1624 arithmetic.
+//! XDP has no checksum helpers, so checksums are updated with `csum`'s RFC 1624 arithmetic.
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_ABORTED, XDP_PASS, XDP_REDIRECT},
@@ -20,49 +20,14 @@ use network_types::{
 
 use crate::{
     conntrack::{self, v4},
-    nat,
-    parse::{IPPROTO_TCP, IPPROTO_UDP},
+    csum, nat,
+    parse::{IPPROTO_TCP, IPPROTO_UDP, ptr_at},
 };
 
 /// Packets the XDP stage translated and redirected (per CPU), so users and tests can see
 /// that the XDP path, not the tcx fallback, carried them.
 #[map]
 static XDP_REDIRECTS: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
-
-#[inline(always)]
-fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
-    let start = ctx.data();
-    if start + offset + core::mem::size_of::<T>() > ctx.data_end() {
-        return None;
-    }
-    Some((start + offset) as *mut T)
-}
-
-/// One's-complement update of a checksum for a 16-bit word changing from `old` to `new`
-/// (all values as they are in the packet, big-endian).
-#[inline(always)]
-fn csum_update(csum: u16, old: u16, new: u16) -> u16 {
-    let mut sum = u32::from(!u16::from_be(csum))
-        + u32::from(!u16::from_be(old))
-        + u32::from(u16::from_be(new));
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    (!(sum as u16)).to_be()
-}
-
-#[inline(always)]
-fn csum_update_addr(csum: u16, old: [u8; 4], new: [u8; 4]) -> u16 {
-    let csum = csum_update(
-        csum,
-        u16::from_ne_bytes([old[0], old[1]]),
-        u16::from_ne_bytes([new[0], new[1]]),
-    );
-    csum_update(
-        csum,
-        u16::from_ne_bytes([old[2], old[3]]),
-        u16::from_ne_bytes([new[2], new[3]]),
-    )
-}
 
 /// Packet data as the XDP stage reads it: the L4 header's position and the ports.
 struct Datagram {
@@ -167,17 +132,17 @@ fn translate(
     // SAFETY: every pointer was bounds-checked above; XDP owns the frame while it runs.
     unsafe {
         let ip = &mut *d.ip;
-        ip.check = csum_update_addr(u16::from_ne_bytes(ip.check), dst, backend).to_ne_bytes();
+        ip.check = csum::update_addr(u16::from_ne_bytes(ip.check), dst, backend).to_ne_bytes();
         ip.dst_addr = backend;
         let old = *l4_csum;
         // UDP checksum 0 means "none": it stays 0. A computed 0 is sent as 0xffff.
         if !(d.proto == IPPROTO_UDP && old == 0) {
-            let mut csum = csum_update_addr(old, dst, backend);
-            csum = csum_update(csum, *dport_ptr, new_port);
-            if d.proto == IPPROTO_UDP && csum == 0 {
-                csum = 0xffff;
+            let mut l4 = csum::update_addr(old, dst, backend);
+            l4 = csum::update(l4, *dport_ptr, new_port);
+            if d.proto == IPPROTO_UDP && l4 == 0 {
+                l4 = 0xffff;
             }
-            *l4_csum = csum;
+            *l4_csum = l4;
         }
         *dport_ptr = new_port;
         // Through the helper: the compiler folds a bounds check at offset 0 into the later

@@ -1,7 +1,7 @@
 //! Bridge networks with real containers and real packets: the fast path, isolation,
 //! network modes, attach, and address reuse.
 
-use netbpf_tests::{OUTSIDE_IP, TestHost, must};
+use netbpf_tests::{OUTSIDE_IP, TestHost, cmd, must};
 
 fn as_u64(v: &serde_json::Value) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
@@ -382,8 +382,37 @@ fn attach_wires_a_namespace_made_elsewhere() {
         host.pings("legacy", &host.ip_of("peer", "ext")),
         "attached process cannot reach peer"
     );
+    // Wired by the same endpoint operation as `run`: the embedded DNS answers inside the
+    // attached namespace, and `ip netns` knows it by name.
+    let dig = |name: &str| {
+        let out = cmd(
+            "nsenter",
+            &[
+                &format!("--net=/proc/{pid}/ns/net"),
+                "dig",
+                "+short",
+                "+time=2",
+                "+tries=1",
+                "@127.0.0.11",
+                name,
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(dig("peer"), host.ip_of("peer", "ext"));
+    let exposed = format!("/run/netns/{}legacy", host.netns_prefix());
+    assert!(std::path::Path::new(&exposed).exists(), "{exposed} missing");
 
     host.ok(&["rm", "legacy"]);
+    let after = dig("peer");
+    assert!(
+        after.contains("no servers could be reached"),
+        "the embedded DNS outlived the attachment: {after}"
+    );
+    assert!(
+        !std::path::Path::new(&exposed).exists(),
+        "{exposed} left behind"
+    );
     let links = must(
         "nsenter",
         &[&format!("--net=/proc/{pid}/ns/net"), "ip", "-o", "link"],

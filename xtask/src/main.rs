@@ -4,6 +4,7 @@ mod bench;
 mod run;
 mod setup;
 mod test;
+mod upgrade;
 
 use clap::{Parser, Subcommand};
 

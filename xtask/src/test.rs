@@ -1,6 +1,6 @@
 //! `cargo xtask test`: everything CI checks, in order of cost.
 
-use crate::{is_root, root, setup, sh};
+use crate::{is_root, root, setup, sh, upgrade};
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     if !setup::ready() {
@@ -32,6 +32,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         is_root(),
         "the integration tests need root: run `sudo -E cargo xtask test`"
     );
+    // First the previous release (it shares target/, so it must not come last).
+    let previous = upgrade::previous_release()?;
     sh("cargo", &["build", "--package", "netbpf"], &[])?;
     let bin = root().join("target/debug/netbpf");
     let mut test_args = vec!["test", "--package", "netbpf-tests", "--"];
@@ -39,7 +41,13 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     sh(
         "cargo",
         &test_args,
-        &[("NETBPF_BIN", bin.to_str().expect("utf-8 path"))],
+        &[
+            ("NETBPF_BIN", bin.to_str().expect("utf-8 path")),
+            (
+                "NETBPF_PREVIOUS_BIN",
+                previous.to_str().expect("utf-8 path"),
+            ),
+        ],
     )?;
     // The benchmark harness, once and short: it must keep working (no timing assertions).
     if args.is_empty() {

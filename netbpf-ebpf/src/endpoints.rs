@@ -1,0 +1,117 @@
+//! The endpoint maps the controller keeps, and the lookups every path shares:
+//! - `ENDPOINT_IFACES[host veth ifindex]`: which network a container's packets are on;
+//! - `SUBNETS` (longest prefix): which network owns an address, and its gateway;
+//! - `ENDPOINTS[(network, address)]`: which veth leads to the container with that address;
+//! - `COUNTERS[host veth ifindex]`: per-CPU packet counters and drop reasons.
+//!
+//! Map names are the pin names: they never change, so pins survive upgrades.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LpmTrie, PerCpuHashMap, lpm_trie::Key},
+};
+use netbpf_common::{
+    DropReason, EndpointCounters, EndpointIface, EndpointKey, EndpointTarget, IpAddrKey,
+    MAX_ENDPOINTS, MAX_SUBNETS, PublishedTarget, SubnetInfo, SubnetKey,
+};
+
+use crate::tc;
+
+#[map]
+static ENDPOINTS: HashMap<EndpointKey, EndpointTarget> = HashMap::pinned(MAX_ENDPOINTS, 0);
+
+#[map]
+static ENDPOINT_IFACES: HashMap<u32, EndpointIface> = HashMap::pinned(MAX_ENDPOINTS, 0);
+
+#[map]
+static SUBNETS: LpmTrie<SubnetKey, SubnetInfo> = LpmTrie::pinned(MAX_SUBNETS, 0);
+
+#[map]
+static COUNTERS: PerCpuHashMap<u32, EndpointCounters> = PerCpuHashMap::pinned(MAX_ENDPOINTS, 0);
+
+/// The network whose subnet holds `addr`.
+#[inline(always)]
+pub fn subnet_of(addr: IpAddrKey) -> Option<&'static SubnetInfo> {
+    SUBNETS.get(Key::new(
+        IpAddrKey::V4_MAPPED_PREFIX_BITS + 32,
+        SubnetKey { addr },
+    ))
+}
+
+/// The endpoint at `key`, if there is one.
+#[inline(always)]
+pub fn endpoint(key: &EndpointKey) -> Option<EndpointTarget> {
+    // SAFETY: the controller only replaces whole entries; a racing update yields either
+    // the old or the new target, both valid veths of this network.
+    unsafe { ENDPOINTS.get(key).copied() }
+}
+
+/// Which network the veth `ifindex` belongs to; `None` for foreign interfaces.
+#[inline(always)]
+pub fn endpoint_iface(ifindex: u32) -> Option<EndpointIface> {
+    // SAFETY: entries are plain data replaced whole by the controller.
+    unsafe { ENDPOINT_IFACES.get(&ifindex).copied() }
+}
+
+/// The endpoint that owns `addr` on whichever network's subnet holds it.
+#[inline(always)]
+pub fn endpoint_by_addr(addr: [u8; 4]) -> Option<EndpointTarget> {
+    let addr = IpAddrKey::from_v4(addr);
+    let owner = subnet_of(addr)?;
+    endpoint(&EndpointKey {
+        network: owner.network,
+        addr,
+    })
+}
+
+/// Whether `addr` is a container address (in a netbpf subnet, and not its gateway).
+#[inline(always)]
+pub fn is_container_addr(addr: [u8; 4]) -> bool {
+    let addr = IpAddrKey::from_v4(addr);
+    subnet_of(addr).is_some_and(|owner| owner.gateway != addr)
+}
+
+/// The fast-path target of a published port's container.
+#[inline(always)]
+pub fn target_of(published: &PublishedTarget) -> EndpointTarget {
+    EndpointTarget {
+        host_ifindex: published.host_ifindex,
+        mac: published.mac,
+        _pad: [0; 2],
+    }
+}
+
+/// What became of a packet from a container, for its counters.
+#[derive(Clone, Copy)]
+pub enum Outcome {
+    /// NAT translated it (counted as fast only if it was redirected).
+    Translated,
+    /// The fast path sent it on (into a peer, or VXLAN to another host).
+    Forwarded,
+    /// Left to the Linux bridge.
+    Passed,
+    Dropped(DropReason),
+}
+
+/// Counts one packet of `bytes` from the endpoint behind `ifindex` on this CPU.
+#[inline(always)]
+pub fn count(ifindex: u32, bytes: u64, outcome: Outcome, action: i32) {
+    let Some(counters) = COUNTERS.get_ptr_mut(&ifindex) else {
+        return;
+    };
+    // SAFETY: a per-CPU map value is only touched by this CPU while the program runs.
+    let c = unsafe { &mut *counters };
+    match outcome {
+        Outcome::Translated | Outcome::Forwarded if action == tc::REDIRECT => {
+            c.fast_packets += 1;
+            c.fast_bytes += bytes;
+        }
+        Outcome::Translated => {}
+        Outcome::Forwarded => c.drops[DropReason::RedirectFailed as usize] += 1,
+        Outcome::Passed => {
+            c.passed_packets += 1;
+            c.passed_bytes += bytes;
+        }
+        Outcome::Dropped(reason) => c.drops[reason as usize] += 1,
+    }
+}
