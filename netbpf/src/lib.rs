@@ -3,27 +3,24 @@
 //! # Layout
 //!
 //! Data flows one way: [`cli`] → [`api`] (HTTP+JSON over a Unix socket) → [`controller`] →
-//! [`netlink`]/[`netns`]/[`datapath`].
+//! services → [`netlink`]/[`netns`]/[`datapath`]. Nothing below the API knows HTTP; nothing
+//! above the services touches the kernel. docs/architecture.md has the full map.
 //!
-//! - [`cli`]: the `netbpf` commands; everything but `daemon` is a thin API client.
-//! - [`daemon`]: host preparation, the API server's lifetime, clean shutdown.
-//! - [`api`]: request/response types, the server routes, the client.
-//! - [`controller`]: the one place that changes networks and containers, in order.
-//! - [`network`]: bridge devices and the Docker-shaped network view.
-//! - [`endpoint`]: a veth pair wiring a container namespace to a bridge.
-//! - [`container`]: container processes: spawn, watch, signal, exec.
-//! - [`ipam`]: pure address allocation.
-//! - [`publish`]: `-p` specs, host port choice and reservation.
-//! - [`datapath`]: the only aya user: load, attach, pin, typed map updates.
-//! - [`dns`]: the embedded DNS at 127.0.0.11, resolv.conf and hosts files.
-//! - [`netlink`], [`netns`]: typed netlink verbs; running code in a namespace.
-//! - [`state`]: the crash-safe state file.
+//! - [`cli`]: the commands; [`cli::daemon`] runs the daemon, the rest are thin API clients.
+//! - [`api`]: routes, request and view types, body → typed spec, pure views of the state.
+//! - [`controller`]: the one place that changes networks and containers, in order, with one
+//!   undo list per operation; the endpoint operation every front-end uses.
+//! - Services, each owning its state: [`publish`] (`Ports`), [`names`] (`Names`),
+//!   [`uplink`] (`Uplink`), [`overlay`] (`Overlay`), [`exits`] (`Exits`).
+//! - Mechanisms: [`network`] (bridges), [`endpoint`] (veth pairs), [`macvlan`] (macvlan and
+//!   ipvlan), [`container`] (processes), [`dns`] (the embedded DNS), [`ipam`] (pure address
+//!   allocation), [`datapath`] (the only aya user), [`netlink`], [`netns`].
+//! - [`state`]: the records and the crash-safe state file; [`lock`]: taking locks.
 
 pub mod api;
 pub mod cli;
 pub mod container;
 pub mod controller;
-pub mod daemon;
 pub mod datapath;
 pub mod dns;
 pub mod endpoint;

@@ -12,7 +12,7 @@ fn main() {
                 .with_env_filter(filter)
                 .with_writer(std::io::stderr)
                 .init();
-            match runtime.block_on(netbpf::daemon::run(cli.socket, args)) {
+            match runtime.block_on(netbpf::cli::daemon::run(cli.socket, args)) {
                 Ok(()) => 0,
                 Err(error) => {
                     eprintln!("Error: {error:#}");

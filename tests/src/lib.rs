@@ -8,6 +8,7 @@
 //!   store on it.
 //! - [`sandbox`]: [`ProgramSandbox`], the real programs run on crafted packets.
 //! - [`packet`]: building frames and checking checksums independently of the programs.
+//! - [`records`]: networks and endpoints as the daemon records them, for filling maps.
 //!
 //! Nothing touches the machine's root namespace, so tests run in parallel. `Drop` tears
 //! everything down on every path, panics included. Tests need root and fail (never skip)
@@ -22,6 +23,7 @@ use std::{
 pub mod cluster;
 pub mod host;
 pub mod packet;
+pub mod records;
 pub mod sandbox;
 
 pub use cluster::{Etcd, Underlay};

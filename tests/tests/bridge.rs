@@ -11,6 +11,14 @@ fn as_u64(v: &serde_json::Value) -> u64 {
 fn containers_on_one_network_ping_and_move_tcp_through_the_fast_path() {
     let host = TestHost::new();
     host.ok(&["network", "create", "--subnet", "10.77.0.0/24", "app"]);
+    // Docker names a network's bridge after its id.
+    let network = host.json(&["network", "inspect", "app"])[0].clone();
+    let bridge = network["Options"]["com.docker.network.bridge.name"]
+        .as_str()
+        .unwrap();
+    let id = network["Id"].as_str().unwrap();
+    assert_eq!(bridge, format!("br-{}", &id[..12]));
+    assert!(host.links(&host.host_ns).iter().any(|l| l == bridge));
     host.ok(&[
         "run",
         "-d",

@@ -470,3 +470,101 @@ fn the_daemon_refuses_a_default_subnet_that_overlaps_the_host() {
         host.mounts()
     );
 }
+
+/// Makes a directory immutable (`chattr +i`) while it lives: nothing can be created in it,
+/// not even by root, so the daemon's next state save fails for real.
+struct Immutable(std::path::PathBuf);
+
+impl Immutable {
+    fn new(dir: &std::path::Path) -> Self {
+        must("chattr", &["+i", dir.to_str().unwrap()]);
+        Self(dir.to_owned())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .args(["-i", self.0.to_str().unwrap()])
+            .status();
+    }
+}
+
+#[test]
+fn a_change_that_cannot_be_saved_is_undone() {
+    let host = TestHost::new();
+    host.ok(&["network", "create", "--subnet", "10.87.0.0/24", "app"]);
+    host.ok(&["network", "create", "--subnet", "10.88.0.0/24", "db"]);
+    host.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "c",
+        "--network",
+        "app",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    let links_before = host.links(&host.host_ns);
+    let mounts_before = host.mounts();
+    let netns = format!("{}c", host.netns_prefix());
+    let container_links = || must("ip", &["-n", &netns, "-o", "link"]);
+    let guard = Immutable::new(&host.state_dir);
+
+    // Each refusal names the state file, and leaves the kernel as it was.
+    let err = host.fails(&["network", "connect", "db", "c"]);
+    assert!(err.contains("cannot write state"), "{err}");
+    assert!(!container_links().contains("eth1"), "{}", container_links());
+    let err = host.fails(&["network", "create", "--subnet", "10.89.0.0/24", "more"]);
+    assert!(err.contains("cannot write state"), "{err}");
+    let err = host.fails(&[
+        "run",
+        "-d",
+        "--name",
+        "d",
+        "--network",
+        "app",
+        "-p",
+        "8080:80",
+        "--",
+        "sleep",
+        "4243",
+    ]);
+    assert!(err.contains("cannot write state"), "{err}");
+    assert_eq!(host.links(&host.host_ns), links_before);
+    assert_eq!(host.mounts(), mounts_before);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let stray = std::process::Command::new("pgrep")
+        .args(["-f", "sleep 4243"])
+        .output()
+        .unwrap();
+    assert!(
+        stray.stdout.is_empty(),
+        "the process of a refused run is left: {}",
+        String::from_utf8_lossy(&stray.stdout)
+    );
+    let inspect = host.json(&["inspect", "c"]);
+    assert!(inspect["Networks"].get("db").is_none(), "{inspect}");
+    let ps = host.ok(&["ps", "-a"]);
+    assert!(!ps.contains(" d "), "{ps}");
+
+    // Once the state can be written again, the same requests work.
+    drop(guard);
+    host.ok(&["network", "connect", "db", "c"]);
+    assert!(container_links().contains("eth1"));
+    host.ok(&["network", "create", "--subnet", "10.89.0.0/24", "more"]);
+    host.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "d",
+        "--network",
+        "app",
+        "-p",
+        "8080:80",
+        "--",
+        "sleep",
+        "4243",
+    ]);
+}

@@ -7,17 +7,21 @@ use std::path::Path;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie},
     programs::{SchedClassifier, Xdp},
 };
+use netbpf::{
+    datapath, endpoint, network,
+    publish::{self, Proto, PublishedPort},
+};
 use netbpf_common::{
-    EndpointIface, EndpointKey, EndpointTarget, IpAddrKey, NatConfig, PROTO_TCP, PROTO_UDP,
-    PublishedKey, PublishedTarget, SubnetInfo, SubnetKey, names,
+    EndpointIface, EndpointKey, EndpointTarget, IpAddrKey, NatConfig, PublishedKey,
+    PublishedTarget, SubnetInfo, SubnetKey, names,
 };
 use netbpf_tests::{
     ProgramSandbox,
     packet::{self, Seen, TCP_SYN},
-    run_tc, run_xdp,
+    records, run_tc, run_xdp,
 };
 
 const TC_ACT_OK: u32 = 0;
@@ -84,53 +88,31 @@ fn setup(bpffs: &Path, uplink: u32, backend_veth: u32) -> Programs {
         .try_into()
         .unwrap();
     program.load().expect("verifier accepts uplink_xdp");
+    let net = records::network("10.50.0.0/24", 1);
+    let backend = records::endpoint(&net, "10.50.0.3", backend_veth);
+    assert_eq!(backend.mac, BACKEND_MAC);
     let mut subnets: LpmTrie<_, SubnetKey, SubnetInfo> =
         LpmTrie::try_from(ebpf.map_mut(names::SUBNETS).unwrap()).unwrap();
-    let subnet = Key::new(
-        IpAddrKey::V4_MAPPED_PREFIX_BITS + 24,
-        SubnetKey {
-            addr: v4("10.50.0.0"),
-        },
-    );
     subnets
         .insert(
-            &subnet,
-            SubnetInfo {
-                network: 1,
-                _pad: 0,
-                gateway: v4("10.50.0.1"),
-            },
+            &datapath::subnet_key(net.subnet),
+            network::subnet_info(&net),
             0,
         )
         .unwrap();
     let mut endpoints: HashMap<_, EndpointKey, EndpointTarget> =
         HashMap::try_from(ebpf.map_mut(names::ENDPOINTS).unwrap()).unwrap();
-    let target = EndpointTarget {
-        host_ifindex: backend_veth,
-        mac: BACKEND_MAC,
-        _pad: [0; 2],
-    };
     endpoints
         .insert(
-            EndpointKey {
-                network: 1,
-                addr: v4("10.50.0.3"),
-            },
-            target,
+            datapath::endpoint_key(net.index, backend.ip),
+            endpoint::map_target(&backend),
             0,
         )
         .unwrap();
     let mut ifaces: HashMap<_, u32, EndpointIface> =
         HashMap::try_from(ebpf.map_mut(names::ENDPOINT_IFACES).unwrap()).unwrap();
     ifaces
-        .insert(
-            backend_veth,
-            EndpointIface {
-                network: 1,
-                flags: 0,
-            },
-            0,
-        )
+        .insert(backend_veth, network::endpoint_iface(&net), 0)
         .unwrap();
     let mut host_addrs: HashMap<_, IpAddrKey, u32> =
         HashMap::try_from(ebpf.map_mut(names::HOST_ADDRS).unwrap()).unwrap();
@@ -147,22 +129,20 @@ fn setup(bpffs: &Path, uplink: u32, backend_veth: u32) -> Programs {
     config.set(0, nat, 0).unwrap();
     let mut published: HashMap<_, PublishedKey, PublishedTarget> =
         HashMap::try_from(ebpf.map_mut(names::PUBLISHED).unwrap()).unwrap();
-    for (port, proto, to) in [(5050, PROTO_TCP, 80), (5353, PROTO_UDP, 53)] {
-        let key = PublishedKey {
-            addr: v4("0.0.0.0"),
-            port,
+    for (port, proto, to) in [(5050, Proto::Tcp, 80), (5353, Proto::Udp, 53)] {
+        let port = PublishedPort {
+            host_ip: std::net::Ipv4Addr::UNSPECIFIED,
+            host_port: port,
+            container_port: to,
             proto,
-            _pad: 0,
         };
-        let target = PublishedTarget {
-            addr: v4("10.50.0.3"),
-            port: to,
-            _pad: [0; 2],
-            host_ifindex: backend_veth,
-            mac: BACKEND_MAC,
-            _pad2: [0; 2],
-        };
-        published.insert(key, target, 0).unwrap();
+        published
+            .insert(
+                publish::published_key(&port),
+                publish::published_target(&backend, &port),
+                0,
+            )
+            .unwrap();
     }
     Programs { ebpf }
 }
@@ -242,76 +222,46 @@ fn nat_programs_translate_with_correct_checksums_and_leave_the_rest_alone() {
         );
 
         // Left alone: not published, not for the host, not IPv4/TCP/UDP, or malformed.
-        expect(
-            "unpublished port",
-            ingress,
-            packet::tcp(("198.18.0.1", 40000), ("198.18.0.2", 22), TCP_SYN),
-            uplink,
-            TCX_NEXT,
-            None,
-        );
-        expect(
-            "not a host address",
-            ingress,
-            packet::tcp(("198.18.0.1", 40000), ("198.18.0.9", 5050), TCP_SYN),
-            uplink,
-            TCX_NEXT,
-            None,
-        );
-        expect(
-            "VLAN tag",
-            ingress,
-            packet::with_vlan(&syn),
-            uplink,
-            TCX_NEXT,
-            None,
-        );
-        let mut fragment = syn.clone();
-        fragment[14 + 6] |= 0x20; // more fragments
-        expect("first fragment", ingress, fragment, uplink, TCX_NEXT, None);
-        let mut later_fragment = syn.clone();
-        later_fragment[14 + 7] = 0x10; // offset 128 bytes
-        expect(
-            "later fragment",
-            ingress,
-            later_fragment,
-            uplink,
-            TCX_NEXT,
-            None,
-        );
-        let mut bad_offset = syn.clone();
-        bad_offset[14 + 20 + 12] = 4 << 4; // TCP data offset 16 bytes
-        expect(
-            "bad TCP data offset",
-            ingress,
-            bad_offset,
-            uplink,
-            TCX_NEXT,
-            None,
-        );
-        let mut truncated = syn[..14 + 20 + 10].to_vec();
-        truncated[14 + 3] = 30; // IP total length 30: a TCP header of 10 bytes
-        expect(
-            "truncated TCP header",
-            ingress,
-            truncated,
-            uplink,
-            TCX_NEXT,
-            None,
-        );
-        let mut non_ip = syn.clone();
-        non_ip[12..14].copy_from_slice(&[0x88, 0xb5]);
-        expect("non-IP ethertype", ingress, non_ip, uplink, TCX_NEXT, None);
-        let mut bad_version = syn.clone();
-        bad_version[14] = 0x65;
-        expect(
-            "IPv4 ethertype, version 6",
-            ingress,
-            bad_version,
-            uplink,
-            TCX_NEXT,
-            None,
-        );
+        let variant = |edit: &dyn Fn(&mut Vec<u8>)| {
+            let mut frame = syn.clone();
+            edit(&mut frame);
+            frame
+        };
+        let left_alone = [
+            (
+                "unpublished port",
+                packet::tcp(("198.18.0.1", 40000), ("198.18.0.2", 22), TCP_SYN),
+            ),
+            (
+                "not a host address",
+                packet::tcp(("198.18.0.1", 40000), ("198.18.0.9", 5050), TCP_SYN),
+            ),
+            ("VLAN tag", packet::with_vlan(&syn)),
+            // More fragments; a fragment offset of 128 bytes.
+            ("first fragment", variant(&|f| f[14 + 6] |= 0x20)),
+            ("later fragment", variant(&|f| f[14 + 7] = 0x10)),
+            // TCP data offset 16 bytes.
+            (
+                "bad TCP data offset",
+                variant(&|f| f[14 + 20 + 12] = 4 << 4),
+            ),
+            // IP total length 30: a TCP header of 10 bytes.
+            (
+                "truncated TCP header",
+                variant(&|f| {
+                    f.truncate(14 + 20 + 10);
+                    f[14 + 3] = 30;
+                }),
+            ),
+            (
+                "non-IP ethertype",
+                variant(&|f| f[12..14].copy_from_slice(&[0x88, 0xb5])),
+            ),
+            ("IPv4 ethertype, version 6", variant(&|f| f[14] = 0x65)),
+        ];
+        for (what, frame) in left_alone {
+            expect(what, ingress, frame, uplink, TCX_NEXT, None);
+        }
 
         // Masquerade: out with the uplink address (own port when free, another when taken),
         // and the reply back to the right container.

@@ -6,14 +6,15 @@ use std::net::Ipv4Addr;
 
 use aya::{
     EbpfLoader,
-    maps::{HashMap, LpmTrie, PerCpuHashMap, PerCpuValues, lpm_trie::Key},
+    maps::{HashMap, LpmTrie, PerCpuHashMap, PerCpuValues},
     programs::SchedClassifier,
 };
+use netbpf::{datapath, endpoint, network, state::NetworkRecord};
 use netbpf_common::{
     DropReason, EndpointCounters, EndpointIface, EndpointKey, EndpointTarget, IFACE_FLAG_INTERNAL,
-    IpAddrKey, SubnetInfo, SubnetKey, names,
+    SubnetInfo, SubnetKey, names,
 };
-use netbpf_tests::{ProgramSandbox, run_tc};
+use netbpf_tests::{ProgramSandbox, records, run_tc};
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
@@ -22,20 +23,6 @@ const TC_ACT_REDIRECT: u32 = 7;
 const BRIDGE_MAC: [u8; 6] = [0x02, 0x42, 10, 50, 0, 1];
 const SENDER_MAC: [u8; 6] = [0x02, 0x42, 10, 50, 0, 2];
 const PEER_MAC: [u8; 6] = [0x02, 0x42, 10, 50, 0, 3];
-
-fn v4(ip: &str) -> IpAddrKey {
-    IpAddrKey::from_v4(ip.parse::<Ipv4Addr>().unwrap().octets())
-}
-
-fn subnet_key(net: &str) -> Key<SubnetKey> {
-    let net: ipnet::Ipv4Net = net.parse().unwrap();
-    Key::new(
-        IpAddrKey::V4_MAPPED_PREFIX_BITS + u32::from(net.prefix_len()),
-        SubnetKey {
-            addr: IpAddrKey::from_v4(net.network().octets()),
-        },
-    )
-}
 
 /// Ethernet + IPv4 + UDP from 10.50.0.2 to `dst`.
 fn udp_frame(dst: &str) -> Vec<u8> {
@@ -113,40 +100,30 @@ fn run_cases(bpffs: &std::path::Path, sender: u32, peer: u32) {
         .unwrap();
     program.load().expect("the verifier accepts from_container");
 
-    // Network 1 = 10.50.0.0/24 (sender and peer), network 2 = 10.60.0.0/24.
+    // Network 1 = 10.50.0.0/24 (sender and peer), network 2 = 10.60.0.0/24, written
+    // through the daemon's own record → entry helpers.
+    let (app, other) = (
+        records::network("10.50.0.0/24", 1),
+        records::network("10.60.0.0/24", 2),
+    );
+    let peer_ep = records::endpoint(&app, "10.50.0.3", peer);
+    assert_eq!(peer_ep.mac, PEER_MAC);
     ifaces
-        .insert(
-            sender,
-            EndpointIface {
-                network: 1,
-                flags: 0,
-            },
-            0,
-        )
+        .insert(sender, network::endpoint_iface(&app), 0)
         .unwrap();
-    let info = |network, gw| SubnetInfo {
-        network,
-        _pad: 0,
-        gateway: v4(gw),
-    };
-    subnets
-        .insert(&subnet_key("10.50.0.0/24"), info(1, "10.50.0.1"), 0)
-        .unwrap();
-    subnets
-        .insert(&subnet_key("10.60.0.0/24"), info(2, "10.60.0.1"), 0)
-        .unwrap();
-    let peer_key = EndpointKey {
-        network: 1,
-        addr: v4("10.50.0.3"),
-    };
+    for net in [&app, &other] {
+        subnets
+            .insert(
+                &datapath::subnet_key(net.subnet),
+                network::subnet_info(net),
+                0,
+            )
+            .unwrap();
+    }
     endpoints
         .insert(
-            peer_key,
-            EndpointTarget {
-                host_ifindex: peer,
-                mac: PEER_MAC,
-                _pad: [0; 2],
-            },
+            datapath::endpoint_key(app.index, peer_ep.ip),
+            endpoint::map_target(&peer_ep),
             0,
         )
         .unwrap();
@@ -195,101 +172,70 @@ fn run_cases(bpffs: &std::path::Path, sender: u32, peer: u32) {
         (1, udp_frame("10.50.0.3").len() as u64)
     );
 
-    // What the fast path leaves to the kernel, untouched.
-    expect(
-        "to unknown address on own network",
-        udp_frame("10.50.0.9"),
-        sender,
-        TC_ACT_OK,
-        true,
-    );
-    expect(
-        "to own gateway",
-        udp_frame("10.50.0.1"),
-        sender,
-        TC_ACT_OK,
-        true,
-    );
-    expect(
-        "to other network's gateway",
-        udp_frame("10.60.0.1"),
-        sender,
-        TC_ACT_OK,
-        true,
-    );
-    expect(
-        "to outside",
-        udp_frame("198.18.0.1"),
-        sender,
-        TC_ACT_OK,
-        true,
-    );
-    expect("ARP", arp_frame(), sender, TC_ACT_OK, true);
-    // (Frames shorter than an IPv4 header are refused by BPF_PROG_TEST_RUN itself.)
+    // What the fast path leaves to the kernel, untouched, then isolation.
     let mut bad_version = udp_frame("10.50.0.3");
     bad_version[14] = 0x65;
-    expect(
-        "IPv4 ethertype, version 6",
-        bad_version,
-        sender,
-        TC_ACT_OK,
-        true,
-    );
     let mut bad_ihl = udp_frame("10.50.0.3");
     bad_ihl[14] = 0x44;
-    expect("IPv4 header length 16", bad_ihl, sender, TC_ACT_OK, true);
-    expect(
-        "from an unknown veth",
-        udp_frame("10.50.0.3"),
-        peer,
-        TC_ACT_OK,
-        true,
-    );
-
-    // Isolation.
-    expect(
-        "to other network",
-        udp_frame("10.60.0.5"),
-        sender,
-        TC_ACT_SHOT,
-        false,
-    );
+    // (Frames shorter than an IPv4 header are refused by BPF_PROG_TEST_RUN itself.)
+    let cases = [
+        (
+            "to unknown address on own network",
+            udp_frame("10.50.0.9"),
+            sender,
+            TC_ACT_OK,
+        ),
+        ("to own gateway", udp_frame("10.50.0.1"), sender, TC_ACT_OK),
+        (
+            "to other network's gateway",
+            udp_frame("10.60.0.1"),
+            sender,
+            TC_ACT_OK,
+        ),
+        ("to outside", udp_frame("198.18.0.1"), sender, TC_ACT_OK),
+        ("ARP", arp_frame(), sender, TC_ACT_OK),
+        ("IPv4 ethertype, version 6", bad_version, sender, TC_ACT_OK),
+        ("IPv4 header length 16", bad_ihl, sender, TC_ACT_OK),
+        (
+            "from an unknown veth",
+            udp_frame("10.50.0.3"),
+            peer,
+            TC_ACT_OK,
+        ),
+        (
+            "to other network",
+            udp_frame("10.60.0.5"),
+            sender,
+            TC_ACT_SHOT,
+        ),
+    ];
+    for (what, frame, from, verdict) in cases {
+        expect(what, frame, from, verdict, verdict == TC_ACT_OK);
+    }
     let c = total(&counters);
     assert_eq!(c.drops[DropReason::Isolation as usize], 1);
     assert_eq!(c.passed_packets, 7, "passed packets counted: {c:?}");
 
     // Internal network: only its own subnet.
-    ifaces
-        .insert(
-            sender,
-            EndpointIface {
-                network: 1,
-                flags: IFACE_FLAG_INTERNAL,
-            },
-            0,
-        )
-        .unwrap();
-    expect(
-        "internal to outside",
-        udp_frame("198.18.0.1"),
-        sender,
-        TC_ACT_SHOT,
-        false,
-    );
-    expect(
-        "internal to other gateway",
-        udp_frame("10.60.0.1"),
-        sender,
-        TC_ACT_SHOT,
-        false,
-    );
-    expect(
-        "internal to peer",
-        udp_frame("10.50.0.3"),
-        sender,
-        TC_ACT_REDIRECT,
-        false,
-    );
+    let internal = NetworkRecord {
+        internal: true,
+        ..app.clone()
+    };
+    let iface = network::endpoint_iface(&internal);
+    assert_eq!(iface.flags, IFACE_FLAG_INTERNAL);
+    ifaces.insert(sender, iface, 0).unwrap();
+    let cases = [
+        ("internal to outside", udp_frame("198.18.0.1"), TC_ACT_SHOT),
+        (
+            "internal to other gateway",
+            udp_frame("10.60.0.1"),
+            TC_ACT_SHOT,
+        ),
+        ("internal to peer", udp_frame("10.50.0.3"), TC_ACT_REDIRECT),
+    ];
+    for (what, frame, verdict) in cases {
+        expect(what, frame, sender, verdict, false);
+    }
     let c = total(&counters);
     assert_eq!(c.drops[DropReason::Internal as usize], 1);
     assert_eq!(c.drops[DropReason::Isolation as usize], 2);

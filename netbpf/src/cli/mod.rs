@@ -1,5 +1,7 @@
-//! The command line: `netbpf daemon` and the client commands, mirroring Docker's verbs.
+//! The command line: `netbpf daemon` ([`daemon`]) and the client commands, mirroring
+//! Docker's verbs.
 
+pub mod daemon;
 mod output;
 
 use std::{io::Write as _, path::PathBuf};
@@ -7,15 +9,13 @@ use std::{io::Write as _, path::PathBuf};
 use clap::{Parser, Subcommand, ValueEnum};
 use hyper::Method;
 
-use crate::{
-    api::{
-        AttachRequest, ConnectRequest, ContainerCreate, ContainerSummary, ContainerView,
-        DaemonInfo, DisconnectRequest, EndpointStats, ExecRequest, ExecResponse, NetworkCreate,
-        NetworkView, WaitResponse,
-        client::{Client, ClientError},
-    },
-    daemon::DaemonArgs,
+use crate::api::{
+    AttachRequest, ConnectRequest, ContainerCreate, ContainerSummary, ContainerView, DaemonInfo,
+    DisconnectRequest, EndpointStats, ExecRequest, ExecResponse, NetworkCreate, NetworkView,
+    WaitResponse,
+    client::{Client, ClientError},
 };
+use daemon::DaemonArgs;
 
 pub const DEFAULT_SOCKET: &str = "/run/netbpf/netbpf.sock";
 
@@ -219,6 +219,8 @@ fn parse_key_value(text: &str) -> Result<(String, String), String> {
     }
 }
 
+/// Runs one client command. One match arm per command, each a request and its output: the
+/// length is the number of commands, and splitting it would scatter that one table.
 pub async fn run_client(socket: PathBuf, command: Command) -> Result<i32, ClientError> {
     let client = Client::new(&socket);
     match command {
@@ -333,6 +335,7 @@ async fn per_name(
     Ok(())
 }
 
+/// `netbpf network …`: one arm per subcommand, as in [`run_client`].
 async fn network(client: &Client, cmd: NetworkCommand) -> Result<i32, ClientError> {
     let none = None::<&()>;
     match cmd {

@@ -164,7 +164,7 @@ impl Controller {
             host_ifindex: 0,
             id,
         };
-        let ep = match net.kind() {
+        match net.kind() {
             NetworkKind::Direct(parent) => {
                 let mac = macvlan::wire(ns, net, parent, &ep)?;
                 undo.push(Step::DirectEndpoint {
@@ -172,28 +172,41 @@ impl Controller {
                     ifname: ep.ifname.clone(),
                 });
                 tracing::info!(container = c.name, network = net.name, %ip, parent = parent.name, "endpoint up");
-                return Ok(EndpointRecord { mac, ..ep });
+                Ok(EndpointRecord { mac, ..ep })
             }
             kind => {
-                let ep = EndpointRecord {
-                    host_veth: endpoint::host_veth_name(&ep.id),
-                    ..ep
-                };
-                let host_ifindex = endpoint::wire(ns, net, &ep)?;
-                let ep = EndpointRecord { host_ifindex, ..ep };
-                undo.push(Step::Endpoint {
-                    network_index: net.index,
-                    endpoint: ep.clone(),
-                });
-                if let NetworkKind::OverlayBlock(_) = kind {
-                    endpoint::set_mtu(ns, &ep, self.overlay.container_mtu())?;
-                }
-                ep
+                let ep = self.wire_veth(undo, ns, net, kind, ep)?;
+                tracing::info!(container = c.name, network = net.name, %ip, veth = ep.host_veth, "endpoint up");
+                Ok(ep)
             }
+        }
+    }
+
+    /// A veth endpoint on a bridge (or an overlay block's bridge): the pair wired, its MTU
+    /// fitted to the tunnel, the fast path attached and the maps written.
+    fn wire_veth(
+        &mut self,
+        undo: &mut Undo,
+        ns: &File,
+        net: &NetworkRecord,
+        kind: NetworkKind<'_>,
+        ep: EndpointRecord,
+    ) -> Result<EndpointRecord> {
+        let ep = EndpointRecord {
+            host_veth: endpoint::host_veth_name(&ep.id),
+            ..ep
         };
+        let host_ifindex = endpoint::wire(ns, net, &ep)?;
+        let ep = EndpointRecord { host_ifindex, ..ep };
+        undo.push(Step::Endpoint {
+            network_index: net.index,
+            endpoint: ep.clone(),
+        });
+        if let NetworkKind::OverlayBlock(_) = kind {
+            endpoint::set_mtu(ns, &ep, self.overlay.container_mtu())?;
+        }
         self.install_endpoint(net, &ep)?;
         self.uplink.attach_endpoint(&mut self.datapath, ns, &ep)?;
-        tracing::info!(container = c.name, network = net.name, %ip, veth = ep.host_veth, "endpoint up");
         Ok(ep)
     }
 

@@ -201,6 +201,87 @@ fn enable_forwarding() -> anyhow::Result<()> {
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling net.ipv4.ip_forward")
 }
 
+/// The uplink: the one named, or the interface of the default route.
+fn find_uplink(named: Option<&str>) -> anyhow::Result<Option<String>> {
+    let uplink = match named {
+        Some(name) => {
+            let owned = name.to_owned();
+            Netlink::run(None, move |nl| nl.link(&owned))
+                .with_context(|| format!("--uplink {name}"))?;
+            Some(name.to_owned())
+        }
+        None => Netlink::run(None, |nl| nl.default_route_link())?.map(|l| l.name),
+    };
+    if uplink.is_none() {
+        tracing::warn!("no default route and no --uplink: containers reach only the host");
+    }
+    Ok(uplink)
+}
+
+/// Prepares the host for a daemon with `args`: forwarding on, the bpffs and namespace
+/// directory ready. Returns the controller's config and whether the bpffs is ours to
+/// unmount at the end.
+fn prepare(state_dir: PathBuf, args: &DaemonArgs) -> anyhow::Result<(Config, bool)> {
+    let uplink = find_uplink(args.uplink.as_deref())?;
+    enable_forwarding()?;
+    let bpffs = std::path::absolute(&args.bpffs)?;
+    let mounted_bpffs = prepare_bpffs(&bpffs)?;
+    let cgroup = match &args.cgroup {
+        Some(path) => path.clone(),
+        None => cgroup2_root().context("no cgroup2 file system found: give --cgroup")?,
+    };
+    let config = Config {
+        cgroup,
+        xdp: args.xdp,
+        netns_prefix: Some(args.netns_prefix.clone()).filter(|p| !p.is_empty()),
+        state_dir,
+        bpffs,
+        uplink,
+        default_subnet: args.default_subnet,
+    };
+    prepare_netns_dir(&config.netns_dir())?;
+    Ok((config, mounted_bpffs))
+}
+
+/// The daemon's background loops: flow expiry every 10 s, and container exits handed to
+/// the controller in the order they come.
+fn spawn_loops(
+    ctl: &Shared,
+    mut exits: mpsc::UnboundedReceiver<crate::exits::ExitEvent>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let expiry = {
+        let ctl = ctl.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tick.tick().await;
+                let _ = ctl.run(Controller::expire_flows).await;
+            }
+        })
+    };
+    let exit = {
+        let ctl = ctl.clone();
+        tokio::spawn(async move {
+            while let Some(event) = exits.recv().await {
+                let _ = ctl.run(move |c| c.on_exit(event)).await;
+            }
+        })
+    };
+    vec![expiry, exit]
+}
+
+/// Resolves on SIGTERM or SIGINT.
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
+}
+
 pub async fn run(socket: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!(
@@ -216,37 +297,9 @@ pub async fn run(socket: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
             anyhow::anyhow!("another daemon is using state dir {}", state_dir.display())
         })?;
     let listener = bind_socket(&socket)?;
-    let uplink = match &args.uplink {
-        Some(name) => {
-            let name2 = name.clone();
-            Netlink::run(None, move |nl| nl.link(&name2))
-                .with_context(|| format!("--uplink {name}"))?;
-            Some(name.clone())
-        }
-        None => Netlink::run(None, |nl| nl.default_route_link())?.map(|l| l.name),
-    };
-    if uplink.is_none() {
-        tracing::warn!("no default route and no --uplink: containers reach only the host");
-    }
-    enable_forwarding()?;
-    let bpffs = std::path::absolute(&args.bpffs)?;
-    let mounted_bpffs = prepare_bpffs(&bpffs)?;
-    let cgroup = match &args.cgroup {
-        Some(path) => path.clone(),
-        None => cgroup2_root().context("no cgroup2 file system found: give --cgroup")?,
-    };
-    let config = Config {
-        cgroup,
-        xdp: args.xdp,
-        netns_prefix: Some(args.netns_prefix.clone()).filter(|p| !p.is_empty()),
-        state_dir: state_dir.clone(),
-        bpffs: bpffs.clone(),
-        uplink,
-        default_subnet: args.default_subnet,
-    };
-    prepare_netns_dir(&config.netns_dir())?;
+    let (config, mounted_bpffs) = prepare(state_dir, &args)?;
 
-    let (exits_tx, mut exits_rx) = mpsc::unbounded_channel();
+    let (exits_tx, exits_rx) = mpsc::unbounded_channel();
     let exits = Arc::new(Exits::new(exits_tx));
     let ctl = {
         let for_start = config.clone();
@@ -259,54 +312,26 @@ pub async fn run(socket: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
             }
         }
     };
-    let cluster_loop = match &args.cluster_store {
-        Some(url) => Some(start_cluster(
+    let mut loops = spawn_loops(&ctl, exits_rx);
+    if let Some(url) = &args.cluster_store {
+        loops.push(start_cluster(
             url,
             args.vtep_addr,
             config.uplink.as_deref(),
             &ctl,
-        )?),
-        None => None,
-    };
-    let expiry_loop = {
-        let ctl = ctl.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(10));
-            loop {
-                tick.tick().await;
-                let _ = ctl.run(Controller::expire_flows).await;
-            }
-        })
-    };
-    let exit_loop = {
-        let ctl = ctl.clone();
-        tokio::spawn(async move {
-            while let Some(event) = exits_rx.recv().await {
-                let _ = ctl.run(move |c| c.on_exit(event)).await;
-            }
-        })
-    };
+        )?);
+    }
 
-    tracing::info!(socket = %socket.display(), state_dir = %state_dir.display(), bpffs = %bpffs.display(), "netbpf daemon ready");
-    let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
-    let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
-    let shutdown = async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-    };
+    tracing::info!(socket = %socket.display(), state_dir = %config.state_dir.display(), bpffs = %config.bpffs.display(), "netbpf daemon ready");
     axum::serve(listener, server::router(ctl.clone()))
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(shutdown_signal()?)
         .await
         .context("serving the API")?;
 
     tracing::info!("shutting down: stopping containers");
     stop_all(&ctl).await;
-    exit_loop.abort();
-    expiry_loop.abort();
-    if let Some(cluster_loop) = cluster_loop {
-        cluster_loop.abort();
+    for task in loops {
+        task.abort();
     }
     ctl.run(Controller::teardown).await?;
     unprepare(&config, &socket, mounted_bpffs);
