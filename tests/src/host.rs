@@ -279,6 +279,28 @@ impl TestHost {
         command
     }
 
+    /// An iperf3 transfer from `outside` to the host's uplink address on `port` for `secs`
+    /// seconds, running while the test goes on; [`Transfer::bytes`] waits for its end.
+    pub fn transfer_from_outside(&self, port: u16, secs: u32) -> Transfer {
+        let child = self
+            .outside(
+                "iperf3",
+                &[
+                    "-c",
+                    HOST_UPLINK_IP,
+                    "-p",
+                    &port.to_string(),
+                    "-t",
+                    &secs.to_string(),
+                    "-J",
+                ],
+            )
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("iperf3");
+        Transfer(child)
+    }
+
     /// Starts a long-running process (a server) that is killed when the test host drops.
     pub fn background(&mut self, mut command: Command) {
         command
@@ -506,5 +528,24 @@ impl Drop for TestHost {
             .args(["netns", "del", &self.outside_ns])
             .status();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A running iperf3 client (see [`TestHost::transfer_from_outside`]).
+pub struct Transfer(Child);
+
+impl Transfer {
+    /// Waits for the transfer to end; returns the bytes received. Panics if it failed.
+    pub fn bytes(self) -> u64 {
+        let out = self.0.wait_with_output().expect("iperf3");
+        assert!(
+            out.status.success(),
+            "iperf3 failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let report: Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
+        report["end"]["sum_received"]["bytes"]
+            .as_u64()
+            .expect("bytes received")
     }
 }

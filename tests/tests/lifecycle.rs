@@ -518,7 +518,7 @@ fn a_change_that_cannot_be_saved_is_undone() {
     assert!(!container_links().contains("eth1"), "{}", container_links());
     let err = host.fails(&["network", "create", "--subnet", "10.89.0.0/24", "more"]);
     assert!(err.contains("cannot write state"), "{err}");
-    let err = host.fails(&[
+    let run_d = [
         "run",
         "-d",
         "--name",
@@ -530,7 +530,8 @@ fn a_change_that_cannot_be_saved_is_undone() {
         "--",
         "sleep",
         "4243",
-    ]);
+    ];
+    let err = host.fails(&run_d);
     assert!(err.contains("cannot write state"), "{err}");
     assert_eq!(host.links(&host.host_ns), links_before);
     assert_eq!(host.mounts(), mounts_before);
@@ -554,17 +555,5 @@ fn a_change_that_cannot_be_saved_is_undone() {
     host.ok(&["network", "connect", "db", "c"]);
     assert!(container_links().contains("eth1"));
     host.ok(&["network", "create", "--subnet", "10.89.0.0/24", "more"]);
-    host.ok(&[
-        "run",
-        "-d",
-        "--name",
-        "d",
-        "--network",
-        "app",
-        "-p",
-        "8080:80",
-        "--",
-        "sleep",
-        "4243",
-    ]);
+    host.ok(&run_d);
 }

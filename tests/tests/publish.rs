@@ -453,25 +453,12 @@ fn published_connections_survive_a_daemon_kill_and_restart() {
     ]);
     std::thread::sleep(Duration::from_millis(500));
     // A live TCP stream from outside through the published port, across kill -9 and restart.
-    let client = host
-        .outside(
-            "iperf3",
-            &["-c", HOST_UPLINK_IP, "-p", "5201", "-t", "4", "-J"],
-        )
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let transfer = host.transfer_from_outside(5201, 4);
     std::thread::sleep(Duration::from_secs(1));
     host.kill_daemon();
     std::thread::sleep(Duration::from_millis(500));
     host.start_daemon(&[]);
-    let out = client.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "iperf3 through the published port failed across the restart"
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let bytes = report["end"]["sum_received"]["bytes"].as_u64().unwrap();
+    let bytes = transfer.bytes();
     assert!(bytes > 10_000_000, "only {bytes} bytes moved");
     assert_eq!(host.ok(&["port", "perf"]), "5201/tcp -> 0.0.0.0:5201\n");
     // And new connections work after the restart.

@@ -52,25 +52,15 @@ fn a_host_left_by_the_previous_release_after_kill_9_is_taken_over() {
     std::thread::sleep(Duration::from_millis(300));
 
     // A transfer from outside through the published port runs across the handover.
-    let stream = host
-        .outside(
-            "iperf3",
-            &["-c", HOST_UPLINK_IP, "-p", "5201", "-t", "4", "-J"],
-        )
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let transfer = host.transfer_from_outside(5201, 4);
     std::thread::sleep(Duration::from_secs(1));
     host.kill_daemon();
     host.start_daemon(&[]);
-    let out = stream.wait_with_output().unwrap();
+    let bytes = transfer.bytes();
     assert!(
-        out.status.success(),
-        "the published port broke across the upgrade"
+        bytes > 10_000_000,
+        "only {bytes} bytes moved across the upgrade"
     );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let bytes = report["end"]["sum_received"]["bytes"].as_u64().unwrap();
-    assert!(bytes > 10_000_000, "only {bytes} bytes moved");
 
     // The new daemon owns what the old one made: containers, fast path, names, isolation.
     let ps = host.ok(&["ps"]);

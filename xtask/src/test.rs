@@ -32,7 +32,6 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         is_root(),
         "the integration tests need root: run `sudo -E cargo xtask test`"
     );
-    // First the previous release (it shares target/, so it must not come last).
     let previous = upgrade::previous_release()?;
     sh("cargo", &["build", "--package", "netbpf"], &[])?;
     let bin = root().join("target/debug/netbpf");

@@ -12,8 +12,9 @@ use crate::{root, sh};
 const PREVIOUS_RELEASE: &str = "741a7bcc1e6ac052aa105ef0c9bf4f7f65a05d43";
 
 /// Builds the previous release's `netbpf` (once; kept under target/) and returns its path.
-/// It is built in this workspace's target dir so that it reuses the compiled dependencies;
-/// its binary lands in target/debug/netbpf, so the caller builds the current one after.
+/// It gets a target dir of its own: cargo names a workspace's path packages by their place
+/// in the workspace, so in a shared target dir both releases' `netbpf` would be one unit,
+/// and `git archive`'s old mtimes would make the current build's artifacts look fresh.
 pub fn previous_release() -> anyhow::Result<PathBuf> {
     let dir = root()
         .join("target/previous-release")
@@ -51,7 +52,7 @@ pub fn previous_release() -> anyhow::Result<PathBuf> {
         "unpacking the previous release failed"
     );
     let manifest = src.join("Cargo.toml");
-    let target = root.join("target");
+    let target = dir.join("target");
     sh(
         "cargo",
         &[
@@ -67,5 +68,6 @@ pub fn previous_release() -> anyhow::Result<PathBuf> {
     )?;
     std::fs::copy(target.join("debug/netbpf"), &bin)?;
     let _ = std::fs::remove_dir_all(&src);
+    let _ = std::fs::remove_dir_all(&target);
     Ok(bin)
 }

@@ -48,7 +48,7 @@ use crate::{
     network::{self, DEFAULT_NETWORK},
     overlay::Overlay,
     publish::Ports,
-    state::{ContainerRecord, NetworkMode, NetworkRecord, State, Store},
+    state::{ContainerRecord, EndpointRecord, NetworkMode, NetworkRecord, State, Store},
     uplink::{NatMode, Uplink},
 };
 
@@ -188,7 +188,7 @@ impl Controller {
                 Step::Endpoint {
                     network_index,
                     endpoint,
-                } => self.remove_endpoint(network_index, &endpoint),
+                } => self.remove_endpoint(Some(network_index), &endpoint),
                 Step::DirectEndpoint { ns, ifname } => macvlan::unwire(&ns, &ifname),
                 Step::Ports(ports) => self.ports.unpublish(&mut self.datapath, &ports),
                 Step::Dns(id) => self.names.stop_dns(&id),
@@ -213,23 +213,19 @@ impl Controller {
 
     /// Takes a container's endpoint down, whatever its kind: a veth endpoint leaves the
     /// maps and its veth is deleted; a macvlan or ipvlan interface goes with its namespace.
-    fn release_endpoint(&mut self, ep: &crate::state::EndpointRecord) {
-        if !ep.has_veth() {
-            return;
-        }
-        match self.state.networks.get(&ep.network).map(|n| n.index) {
-            Some(index) => self.remove_endpoint(index, ep),
-            None => {
-                self.datapath.remove_iface(ep.host_ifindex);
-                self.datapath.detach(&ep.host_veth);
-                endpoint::unwire(&ep.host_veth);
-            }
+    fn release_endpoint(&mut self, ep: &EndpointRecord) {
+        if ep.has_veth() {
+            let index = self.state.networks.get(&ep.network).map(|n| n.index);
+            self.remove_endpoint(index, ep);
         }
     }
 
-    /// Takes an endpoint out of the maps, then deletes its veth; never fails half-way.
-    fn remove_endpoint(&mut self, network_index: u32, ep: &crate::state::EndpointRecord) {
-        self.datapath.remove_endpoint(network_index, ep.ip);
+    /// Takes a veth endpoint out of the maps (its `ENDPOINTS` entry only if its network is
+    /// known), then deletes its veth; never fails half-way.
+    fn remove_endpoint(&mut self, network_index: Option<u32>, ep: &EndpointRecord) {
+        if let Some(index) = network_index {
+            self.datapath.remove_endpoint(index, ep.ip);
+        }
         self.datapath.remove_iface(ep.host_ifindex);
         self.datapath.detach(&ep.host_veth);
         endpoint::unwire(&ep.host_veth);
@@ -237,7 +233,7 @@ impl Controller {
 
     /// With the XDP stage on, every running endpoint gets the receiving XDP program.
     fn sync_container_xdp(&mut self) {
-        let running: Vec<(File, Vec<&crate::state::EndpointRecord>)> = self
+        let running: Vec<(File, Vec<&EndpointRecord>)> = self
             .state
             .containers
             .values()

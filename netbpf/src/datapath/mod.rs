@@ -258,3 +258,28 @@ fn map_id<K: aya::Pod, V>(map: &impl IterableMap<K, V>) -> Option<u32> {
 pub fn remove_pins(root: &Path) {
     let _ = std::fs::remove_dir_all(root);
 }
+
+#[cfg(test)]
+mod tests {
+    use object::{Object as _, ObjectSymbol as _};
+
+    use super::EBPF_OBJECT;
+
+    /// A program with a path to Rust's panic handler ends without an exit instruction, and
+    /// whether the verifier sees that depends on where the loader places the handler: it
+    /// failed in release builds only. So no program may reach it at all.
+    #[test]
+    fn no_program_can_reach_the_panic_handler() {
+        let object = object::File::parse(EBPF_OBJECT).expect("an ELF object");
+        let panics: Vec<&str> = object
+            .symbols()
+            .filter_map(|s| s.name().ok())
+            .filter(|name| name.contains("panicking"))
+            .collect();
+        assert!(
+            panics.is_empty(),
+            "the eBPF object links {panics:?}: an index or unwrap the compiler cannot prove \
+             in range (llvm-objdump -dr -l on the object shows where)"
+        );
+    }
+}
