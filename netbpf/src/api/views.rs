@@ -283,7 +283,10 @@ pub fn info(facts: DaemonFacts) -> DaemonInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{AttachedTo, OverlayRecord, fixtures};
+    use crate::{
+        overlay,
+        state::{AttachedTo, fixtures},
+    };
 
     fn state() -> State {
         let mut state = State::default();
@@ -358,36 +361,15 @@ mod tests {
     #[test]
     fn overlay_networks_are_listed_once_and_inspected_with_the_local_block() {
         let mut s = state();
-        let mut block = fixtures::network("ovl", "10.200.3.0/24", 3);
-        block.overlay = Some(OverlayRecord {
-            subnet: "10.200.0.0/16".parse().unwrap(),
-            vni: 42,
-            port: 4789,
-        });
-        s.networks.insert("ovl".into(), block);
+        s.networks.insert(
+            "ovl".into(),
+            overlay::fixtures::local_block("10.200.3.0/24", 3),
+        );
         s.containers.insert(
             "o1".into(),
             fixtures::container("o1", "ddd", &[("ovl", "10.200.3.2", &[])]),
         );
-        let spec = OverlaySpec {
-            id: "e".repeat(64),
-            name: "ovl".into(),
-            subnet: "10.200.0.0/16".parse().unwrap(),
-            vni: 42,
-            port: 4789,
-            created: String::new(),
-        };
-        let lease = BlockLease {
-            network: "ovl".into(),
-            block: "10.200.3.0/24".parse().unwrap(),
-            host: "h1".into(),
-            vtep: "10.0.0.1".parse().unwrap(),
-        };
-        let cluster = ClusterView {
-            networks: BTreeMap::from([("ovl".into(), spec)]),
-            blocks: BTreeMap::from([("ovl".into(), vec![lease])]),
-            names: vec![],
-        };
+        let cluster = overlay::fixtures::view(&[("10.200.3.0/24", "10.0.0.1")]);
         let list = network_list(&s, &cluster);
         let names: Vec<&str> = list.iter().map(|n| n.name.as_str()).collect();
         assert_eq!(names, ["app", "db", "ovl"]);

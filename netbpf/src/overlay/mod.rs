@@ -281,6 +281,53 @@ impl Overlay {
     }
 }
 
+/// Overlay records for unit tests that need a cluster view but no etcd.
+#[cfg(test)]
+pub mod fixtures {
+    use super::*;
+    use crate::state::{NetworkRecord, OverlayRecord};
+
+    /// Overlay network `ovl` on 10.200.0.0/16 (VNI 42, port 4789) with a block per
+    /// (block, VTEP) pair.
+    pub fn view(blocks: &[(&str, &str)]) -> ClusterView {
+        let spec = OverlaySpec {
+            id: "f".repeat(64),
+            name: "ovl".into(),
+            subnet: "10.200.0.0/16".parse().unwrap(),
+            vni: 42,
+            port: 4789,
+            created: String::new(),
+        };
+        let leases = blocks
+            .iter()
+            .map(|(block, vtep)| BlockLease {
+                network: "ovl".into(),
+                block: block.parse().unwrap(),
+                host: (*vtep).into(),
+                vtep: vtep.parse().unwrap(),
+            })
+            .collect();
+        ClusterView {
+            networks: BTreeMap::from([("ovl".into(), spec)]),
+            blocks: BTreeMap::from([("ovl".into(), leases)]),
+            names: vec![],
+        }
+    }
+
+    /// This host's block of `ovl`, as the local network it becomes (map index `index`).
+    pub fn local_block(block: &str, index: u32) -> NetworkRecord {
+        NetworkRecord {
+            overlay: Some(OverlayRecord {
+                subnet: "10.200.0.0/16".parse().unwrap(),
+                vni: 42,
+                port: 4789,
+            }),
+            driver: "overlay".into(),
+            ..crate::state::fixtures::network("ovl", block, index)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -152,49 +152,17 @@ pub fn peer_changes(before: &ClusterView, after: &ClusterView) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{OverlayRecord, fixtures};
-
-    fn lease(network: &str, block: &str, vtep: &str) -> BlockLease {
-        BlockLease {
-            network: network.into(),
-            block: block.parse().unwrap(),
-            host: vtep.into(),
-            vtep: vtep.parse().unwrap(),
-        }
-    }
+    use crate::{
+        overlay::fixtures::{local_block as block_at, view as view_of},
+        state::fixtures,
+    };
 
     fn view() -> ClusterView {
-        let spec = OverlaySpec {
-            id: "f".repeat(64),
-            name: "ovl".into(),
-            subnet: "10.200.0.0/16".parse().unwrap(),
-            vni: 42,
-            port: 4789,
-            created: String::new(),
-        };
-        ClusterView {
-            networks: BTreeMap::from([("ovl".into(), spec)]),
-            blocks: BTreeMap::from([(
-                "ovl".into(),
-                vec![
-                    lease("ovl", "10.200.1.0/24", "10.0.0.1"),
-                    lease("ovl", "10.200.2.0/24", "10.0.0.2"),
-                ],
-            )]),
-            names: vec![],
-        }
+        view_of(&[("10.200.1.0/24", "10.0.0.1"), ("10.200.2.0/24", "10.0.0.2")])
     }
 
     fn local_block(block: &str) -> NetworkRecord {
-        NetworkRecord {
-            overlay: Some(OverlayRecord {
-                subnet: "10.200.0.0/16".parse().unwrap(),
-                vni: 42,
-                port: 4789,
-            }),
-            driver: "overlay".into(),
-            ..fixtures::network("ovl", block, 5)
-        }
+        block_at(block, 5)
     }
 
     #[test]
