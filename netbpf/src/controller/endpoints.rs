@@ -92,7 +92,8 @@ impl Controller {
     }
 
     /// The inverse of [`Controller::plug`] for everything a running container holds: its
-    /// embedded DNS, namespace name, published ports and endpoints. Never fails half-way.
+    /// embedded DNS, published ports and endpoints, and the `ip netns` name that `run` and
+    /// `attach` give its namespace next to the operation. Never fails half-way.
     pub(super) fn unplug(&mut self, c: &ContainerRecord) {
         self.names.stop_dns(&c.id);
         self.names.unexpose(&c.name);
