@@ -35,10 +35,14 @@ pub fn config() -> Option<NatConfig> {
     NAT_CONFIG.get(0).copied()
 }
 
+/// Whether `addr` is one of the host's own addresses, as packets from outside and from
+/// containers may name it. Never a loopback address (the controller keeps them out of the
+/// map, and a map a previous release filled may still hold them): 127/8 from the wire is
+/// never translated.
 #[inline(always)]
 pub fn is_host_addr(addr: [u8; 4]) -> bool {
     // SAFETY: plain data replaced whole by the controller.
-    unsafe { HOST_ADDRS.get(&IpAddrKey::from_v4(addr)) }.is_some()
+    addr[0] != 127 && unsafe { HOST_ADDRS.get(&IpAddrKey::from_v4(addr)) }.is_some()
 }
 
 /// The published port for `addr:port`: bound to all addresses, or to exactly that one. The

@@ -145,12 +145,15 @@ impl Uplink {
     }
 
     /// Tells the programs which addresses are the host's own (for ports on 0.0.0.0).
+    /// Loopback addresses are left out: a packet from the LAN or a container with a 127/8
+    /// destination is never translated (moby#45610); localhost publishing is the socket
+    /// hooks' job alone.
     pub fn refresh_host_addrs(&self, datapath: &mut Datapath) -> Result<(), UplinkError> {
         let addrs: Vec<Ipv4Addr> = Netlink::run(None, |nl| nl.addresses())?
             .into_iter()
             .filter_map(|a| match a.addr() {
-                std::net::IpAddr::V4(v4) => Some(v4),
-                std::net::IpAddr::V6(_) => None,
+                std::net::IpAddr::V4(v4) if !v4.is_loopback() => Some(v4),
+                _ => None,
             })
             .collect();
         datapath.set_host_addrs(&addrs)?;

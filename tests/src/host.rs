@@ -427,6 +427,18 @@ impl TestHost {
             .unwrap_or_else(|| panic!("no stats for {container} on {network}: {stats}"))
     }
 
+    /// The MAC address of `ifname` in namespace `ns`.
+    pub fn mac(&self, ns: &str, ifname: &str) -> [u8; 6] {
+        let out = must("ip", &["-n", ns, "-j", "link", "show", ifname]);
+        let links: Value = serde_json::from_str(&out).unwrap();
+        let text = links[0]["address"].as_str().expect("a MAC address");
+        let mut mac = [0u8; 6];
+        for (byte, part) in mac.iter_mut().zip(text.split(':')) {
+            *byte = u8::from_str_radix(part, 16).expect("hex");
+        }
+        mac
+    }
+
     /// Interface names in a namespace of this host.
     pub fn links(&self, ns: &str) -> Vec<String> {
         let out = must("ip", &["-n", ns, "-j", "link", "show"]);

@@ -69,6 +69,26 @@ fn frame(src: &str, dst: &str, proto: u8, mut l4: Vec<u8>) -> Vec<u8> {
     out
 }
 
+/// `frame` with these Ethernet addresses (the builders use placeholders).
+pub fn with_macs(frame: &[u8], dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    out[..6].copy_from_slice(&dst);
+    out[6..12].copy_from_slice(&src);
+    out
+}
+
+/// The frame in hex, for [`INJECT`].
+pub fn hex(frame: &[u8]) -> String {
+    frame.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `python3 -c INJECT IFACE HEX` sends one raw Ethernet frame out of IFACE, as a hostile
+/// neighbour or container would: nothing in the sender's stack checks or routes it.
+pub const INJECT: &str = "import socket,sys
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((sys.argv[1], 0))
+s.send(bytes.fromhex(sys.argv[2]))";
+
 pub fn tcp(src: (&str, u16), dst: (&str, u16), flags: u8) -> Vec<u8> {
     let mut l4 = vec![0u8; 20];
     l4[0..2].copy_from_slice(&src.1.to_be_bytes());
