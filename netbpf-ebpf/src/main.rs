@@ -32,8 +32,10 @@ use endpoints::Outcome;
 #[classifier]
 pub fn from_container(ctx: TcContext) -> i32 {
     let ifindex = tc::ingress_ifindex(&ctx);
+    // Only ever attached to container veths, each recorded before it comes up: a packet
+    // from one the maps do not know is dropped, never bridged unchecked.
     let Some(iface) = endpoints::endpoint_iface(ifindex) else {
-        return tc::PASS;
+        return tc::SHOT;
     };
     let bytes = u64::from(ctx.len());
     let (outcome, action) = match translate_from_container(&ctx) {

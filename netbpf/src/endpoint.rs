@@ -23,8 +23,10 @@ pub fn host_veth_name(endpoint_id: &str) -> String {
     format!("veth{}", &endpoint_id[..7])
 }
 
-/// Creates the veth pair and configures both ends. On failure nothing is left behind:
-/// deleting the host end deletes its peer wherever it is.
+/// Creates the veth pair and configures the container end. The host end stays down and
+/// off the bridge until [`plug_into_bridge`], which comes after the fast path is attached:
+/// no packet crosses the bridge before the program sees it. On failure nothing is left
+/// behind: deleting the host end deletes its peer wherever it is.
 pub fn wire(
     ns: &File,
     network: &NetworkRecord,
@@ -44,11 +46,8 @@ fn wire_inner(
 ) -> Result<u32, NetlinkError> {
     let peer = peer_temp_name(&endpoint.host_veth);
     let host_index = Netlink::run(None, |nl| {
-        let bridge = nl.link(&network.bridge)?;
         nl.create_veth(&endpoint.host_veth, &peer)?;
         let host = nl.link(&endpoint.host_veth)?;
-        nl.set_controller(host.index, bridge.index)?;
-        nl.set_up(host.index)?;
         nl.move_to_netns(nl.link(&peer)?.index, ns)?;
         Ok(host.index)
     })?;
@@ -64,6 +63,18 @@ fn wire_inner(
         )
     })?;
     Ok(host_index)
+}
+
+/// The last step of a veth endpoint: its host end joins the network's bridge and comes up.
+pub fn plug_into_bridge(
+    network: &NetworkRecord,
+    endpoint: &EndpointRecord,
+) -> Result<(), NetlinkError> {
+    Netlink::run(None, |nl| {
+        let bridge = nl.link(&network.bridge)?;
+        nl.set_controller(endpoint.host_ifindex, bridge.index)?;
+        nl.set_up(endpoint.host_ifindex)
+    })
 }
 
 /// How a container's default route leaves, when its interface gives one.

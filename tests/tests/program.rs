@@ -196,11 +196,12 @@ fn run_cases(bpffs: &std::path::Path, sender: u32, peer: u32) {
         ("ARP", arp_frame(), sender, TC_ACT_OK),
         ("IPv4 ethertype, version 6", bad_version, sender, TC_ACT_OK),
         ("IPv4 header length 16", bad_ihl, sender, TC_ACT_OK),
+        // A veth the maps do not know: never bridged unchecked.
         (
             "from an unknown veth",
             udp_frame("10.50.0.3"),
             peer,
-            TC_ACT_OK,
+            TC_ACT_SHOT,
         ),
         (
             "to other network",

@@ -184,7 +184,8 @@ impl Controller {
     }
 
     /// A veth endpoint on a bridge (or an overlay block's bridge): the pair wired, its MTU
-    /// fitted to the tunnel, the fast path attached and the maps written.
+    /// fitted to the tunnel, the fast path attached and the maps written, and only then the
+    /// host end on the bridge and up (no bypass window).
     fn wire_veth(
         &mut self,
         undo: &mut Undo,
@@ -208,6 +209,7 @@ impl Controller {
         }
         self.install_endpoint(net, &ep)?;
         self.uplink.attach_endpoint(&mut self.datapath, ns, &ep)?;
+        endpoint::plug_into_bridge(net, &ep)?;
         Ok(ep)
     }
 
