@@ -55,8 +55,6 @@ pub enum UplinkError {
 }
 
 pub struct Uplink {
-    /// The uplink's name; `None` when the host has no way out.
-    name: Option<String>,
     /// Set once the uplink programs are attached.
     mode: Option<NatMode>,
     /// Tracked NAT flows at the last expiry pass.
@@ -73,7 +71,6 @@ impl Uplink {
         cgroup: &Path,
     ) -> Result<Self, UplinkError> {
         let mut this = Self {
-            name: uplink.map(str::to_owned),
             mode: None,
             tracked_flows: 0,
         };
@@ -124,10 +121,6 @@ impl Uplink {
         }
         datapath.set_nat_config(config)?;
         Ok(this)
-    }
-
-    pub fn name(&self) -> Option<&str> {
-        self.name.as_deref()
     }
 
     pub fn mode(&self) -> Option<NatMode> {

@@ -173,16 +173,7 @@ impl TestHost {
             .arg(self.netns_prefix())
             .args(args)
             .stdin(Stdio::null());
-        // SAFETY: setns is async-signal-safe; the closure owns `ns`, so the fd stays open
-        // until the child has entered the namespace.
-        unsafe {
-            command.pre_exec(move || {
-                if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        enter_netns(&mut command, ns);
         command
     }
 
@@ -267,15 +258,7 @@ impl TestHost {
         let mut command = Command::new(program);
         command.args(args);
         let ns = File::open(format!("/run/netns/{}", self.outside_ns)).expect("outside netns");
-        // SAFETY: only setns between fork and exec; the closure owns the fd.
-        unsafe {
-            command.pre_exec(move || {
-                if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        enter_netns(&mut command, ns);
         command
     }
 
@@ -540,6 +523,21 @@ impl Drop for TestHost {
             .args(["netns", "del", &self.outside_ns])
             .status();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Makes `command` enter the network namespace `ns` between fork and exec (not `ip netns
+/// exec`, which would also remount /sys).
+fn enter_netns(command: &mut Command, ns: File) {
+    // SAFETY: setns is async-signal-safe; the closure owns `ns`, so the fd stays open
+    // until the child has entered the namespace.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 

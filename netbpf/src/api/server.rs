@@ -274,8 +274,14 @@ async fn container_remove(
 ) -> Result<StatusCode, ApiError> {
     if q.force {
         let n = name.clone();
-        let attached = with(&ctl, move |c| Ok(container_view(c, &n)?.state.attached)).await?;
-        if attached.is_none() {
+        let attached = with(&ctl, move |c| {
+            c.state()
+                .container(&n)
+                .map(|r| r.attached.is_some())
+                .ok_or_else(|| ApiError::not_found(format!("no such container: {n}")))
+        })
+        .await?;
+        if !attached {
             stop(&ctl, name.clone(), Duration::ZERO).await?;
         }
     }

@@ -18,7 +18,7 @@ impl Controller {
 
     /// A new view of the cluster store: overlay networks and which host holds which block.
     pub fn apply_cluster(&mut self, view: ClusterView) {
-        if let Some((_, plan)) = self.overlay.apply(view, &self.state) {
+        if let Some(plan) = self.overlay.apply(view, &self.state) {
             for warning in &plan.warnings {
                 tracing::warn!("{warning}");
             }

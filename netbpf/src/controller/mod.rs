@@ -317,10 +317,6 @@ impl Controller {
         self.datapath.ids()
     }
 
-    pub fn exits(&self) -> &Arc<Exits> {
-        &self.exits
-    }
-
     /// Expires idle NAT flows; the daemon calls it periodically.
     pub fn expire_flows(&mut self) {
         self.uplink.expire_flows(&mut self.datapath);

@@ -185,13 +185,13 @@ impl Overlay {
 
     /// Takes a new view of the store, logging the hosts that joined or left; returns what
     /// this host should do about it (nothing outside a cluster).
-    pub fn apply(&mut self, view: ClusterView, state: &State) -> Option<(Ipv4Addr, plan::Plan)> {
+    pub fn apply(&mut self, view: ClusterView, state: &State) -> Option<plan::Plan> {
         for line in plan::peer_changes(&self.view, &view) {
             tracing::info!("{line}");
         }
         self.view = view;
         let vtep = self.vtep()?;
-        Some((vtep, plan::plan(vtep, &self.view, &state.networks)))
+        Some(plan::plan(vtep, &self.view, &state.networks))
     }
 
     /// MTU for container interfaces on overlay networks.
