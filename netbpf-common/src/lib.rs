@@ -59,13 +59,20 @@ pub struct EndpointTarget {
     pub _pad: [u8; 2],
 }
 
-/// Per host-side veth: which network the packets arriving on it come from.
+/// Per host-side veth: which network the packets arriving on it come from, and who may
+/// send them (anti-spoofing: a container's frames carry its own MAC and address).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct EndpointIface {
     pub network: u32,
     /// `IFACE_FLAG_*` bits. A `u32` rather than `bool`s keeps the layout free of padding.
     pub flags: u32,
+    /// The container interface's MAC: the only Ethernet source (and ARP sender) allowed.
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+    /// The container's address on this network: the only IP source (and ARP sender)
+    /// allowed.
+    pub addr: IpAddrKey,
 }
 
 /// The endpoint's network is `--internal`: nothing outside its own subnet is reachable.
@@ -138,8 +145,9 @@ pub struct EndpointCounters {
     /// Packets handed to the Linux bridge/stack unchanged (ARP, broadcast, unknown, host).
     pub passed_packets: u64,
     pub passed_bytes: u64,
-    /// Packets dropped, indexed by [`DropReason`].
-    pub drops: [u64; DropReason::COUNT],
+    /// Packets dropped, indexed by [`DropReason`]; room for reasons to come, so adding
+    /// one does not change the map's layout.
+    pub drops: [u64; DROP_SLOTS],
 }
 
 impl EndpointCounters {
@@ -149,14 +157,18 @@ impl EndpointCounters {
         self.passed_packets += other.passed_packets;
         self.passed_bytes += other.passed_bytes;
         let mut i = 0;
-        while i < DropReason::COUNT {
+        while i < DROP_SLOTS {
             self.drops[i] += other.drops[i];
             i += 1;
         }
     }
 }
 
-/// Why a packet was dropped. Shared with userspace so `netbpf stats` can say why.
+/// Slots for drop reasons in every drop counter (more than there are reasons today).
+pub const DROP_SLOTS: usize = 16;
+
+/// Why a packet was dropped. Shared with userspace so `netbpf stats` can say why; the
+/// numbers are slots in the counters and never change.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DropReason {
@@ -164,16 +176,51 @@ pub enum DropReason {
     Isolation = 0,
     /// The sender's network is `--internal` and the destination is outside it.
     Internal = 1,
-    /// `bpf_redirect_peer` refused the packet.
+    /// `bpf_redirect_peer` (or `bpf_redirect`) refused the packet.
     RedirectFailed = 2,
+    /// From outside, to a container address on a port that is not published (direct
+    /// routing), and not a reply of a flow a container started.
+    NotPublished = 3,
+    /// A container's frame with an Ethernet, IP or ARP source that is not its own.
+    SpoofedSource = 4,
+    /// VXLAN from a VTEP that does not hold the inner source's block of that VNI, or not
+    /// to this host's VTEP.
+    UnknownVtep = 5,
+    /// A 127/8 destination from the wire.
+    LoopbackDestination = 6,
+    /// A container's packet NAT cannot translate (and so must not leave).
+    Untranslatable = 7,
+    /// Conntrack refused the entry a translation needs.
+    ConntrackFull = 8,
+    /// The kernel refused a header rewrite: half a rewrite never leaves.
+    RewriteFailed = 9,
+    /// An IPv6 router advertisement or solicitation from a container.
+    RouterAdvertisement = 10,
+    /// VXLAN for one of our VNIs to an address no local container has.
+    NoEndpoint = 11,
+    /// Every masquerade source port probed was taken.
+    PortsExhausted = 12,
+    /// From a veth the endpoint maps do not know (one being removed).
+    UnknownInterface = 13,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 3;
+    pub const COUNT: usize = 14;
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Isolation,
         DropReason::Internal,
         DropReason::RedirectFailed,
+        DropReason::NotPublished,
+        DropReason::SpoofedSource,
+        DropReason::UnknownVtep,
+        DropReason::LoopbackDestination,
+        DropReason::Untranslatable,
+        DropReason::ConntrackFull,
+        DropReason::RewriteFailed,
+        DropReason::RouterAdvertisement,
+        DropReason::NoEndpoint,
+        DropReason::PortsExhausted,
+        DropReason::UnknownInterface,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -181,11 +228,72 @@ impl DropReason {
             DropReason::Isolation => "isolation",
             DropReason::Internal => "internal",
             DropReason::RedirectFailed => "redirect_failed",
+            DropReason::NotPublished => "not_published",
+            DropReason::SpoofedSource => "spoofed_source",
+            DropReason::UnknownVtep => "unknown_vtep",
+            DropReason::LoopbackDestination => "loopback_destination",
+            DropReason::Untranslatable => "untranslatable",
+            DropReason::ConntrackFull => "conntrack_full",
+            DropReason::RewriteFailed => "rewrite_failed",
+            DropReason::RouterAdvertisement => "router_advertisement",
+            DropReason::NoEndpoint => "no_endpoint",
+            DropReason::PortsExhausted => "ports_exhausted",
+            DropReason::UnknownInterface => "unknown_interface",
         }
     }
 }
+const _: () = assert!(DropReason::COUNT <= DROP_SLOTS);
+
+/// The program (and attachment point) that dropped a packet: the first index of `DROPS`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// tcx ingress of a container's host veth.
+    FromContainer = 0,
+    /// XDP on the uplink.
+    UplinkXdp = 1,
+    /// tcx ingress of the uplink.
+    UplinkIngress = 2,
+    /// tcx egress of the uplink.
+    UplinkEgress = 3,
+    /// tcx ingress of the VTEP's interface.
+    OverlayIngress = 4,
+}
+
+impl Hook {
+    pub const COUNT: usize = 5;
+    pub const ALL: [Hook; Self::COUNT] = [
+        Hook::FromContainer,
+        Hook::UplinkXdp,
+        Hook::UplinkIngress,
+        Hook::UplinkEgress,
+        Hook::OverlayIngress,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Hook::FromContainer => "from_container",
+            Hook::UplinkXdp => "uplink_xdp",
+            Hook::UplinkIngress => "uplink_ingress",
+            Hook::UplinkEgress => "uplink_egress",
+            Hook::OverlayIngress => "overlay_ingress",
+        }
+    }
+
+    /// The `DROPS` slot counting `reason` at this hook.
+    pub const fn drop_slot(self, reason: DropReason) -> u32 {
+        self as u32 * DROP_SLOTS as u32 + reason as u32
+    }
+}
+
+/// Slots for hooks in `DROPS` (room for hooks to come).
+pub const HOOK_SLOTS: usize = 8;
+const _: () = assert!(Hook::COUNT <= HOOK_SLOTS);
+/// Entries of the per-CPU `DROPS` array: one counter per hook and reason.
+pub const DROPS_LEN: u32 = (HOOK_SLOTS * DROP_SLOTS) as u32;
 
 /// IP protocol numbers as they appear in map keys.
+pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
@@ -306,6 +414,7 @@ pub mod names {
     pub const PROG_UPLINK_XDP: &str = "uplink_xdp";
     pub const PROG_CONTAINER_XDP_PASS: &str = "container_xdp_pass";
     pub const XDP_REDIRECTS: &str = "XDP_REDIRECTS";
+    pub const DROPS: &str = "DROPS";
     pub const PROG_UPLINK_EGRESS: &str = "uplink_egress";
     pub const OVERLAY_ROUTES: &str = "OVERLAY_ROUTES";
     pub const OVERLAY_VNIS: &str = "OVERLAY_VNIS";
@@ -332,7 +441,7 @@ pub const MAX_FLOWS: u32 = 262_144;
 const _: () = assert!(core::mem::size_of::<IpAddrKey>() == 16);
 const _: () = assert!(core::mem::size_of::<EndpointKey>() == 20);
 const _: () = assert!(core::mem::size_of::<EndpointTarget>() == 12);
-const _: () = assert!(core::mem::size_of::<EndpointIface>() == 8);
+const _: () = assert!(core::mem::size_of::<EndpointIface>() == 32);
 const _: () = assert!(core::mem::size_of::<SubnetKey>() == 16);
 const _: () = assert!(core::mem::size_of::<SubnetInfo>() == 24);
 const _: () = assert!(core::mem::size_of::<PublishedKey>() == 20);
@@ -344,7 +453,7 @@ const _: () = assert!(core::mem::size_of::<OverlayRoute>() == 48);
 const _: () = assert!(core::mem::size_of::<OverlayLocal>() == 12);
 const _: () = assert!(core::mem::size_of::<NatEntry>() == 32);
 const _: () = assert!(core::mem::size_of::<NatConfig>() == 32);
-const _: () = assert!(core::mem::size_of::<EndpointCounters>() == 32 + 8 * DropReason::COUNT);
+const _: () = assert!(core::mem::size_of::<EndpointCounters>() == 32 + 8 * DROP_SLOTS);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -11,11 +11,11 @@ use aya_ebpf::{
     maps::{HashMap, LpmTrie, PerCpuHashMap, lpm_trie::Key},
 };
 use netbpf_common::{
-    DropReason, EndpointCounters, EndpointIface, EndpointKey, EndpointTarget, IpAddrKey,
+    DropReason, EndpointCounters, EndpointIface, EndpointKey, EndpointTarget, Hook, IpAddrKey,
     MAX_ENDPOINTS, MAX_SUBNETS, PublishedTarget, SubnetInfo, SubnetKey,
 };
 
-use crate::tc;
+use crate::{drops, tc};
 
 #[map]
 static ENDPOINTS: HashMap<EndpointKey, EndpointTarget> = HashMap::pinned(MAX_ENDPOINTS, 0);
@@ -81,7 +81,7 @@ pub fn target_of(published: &PublishedTarget) -> EndpointTarget {
     }
 }
 
-/// What became of a packet from a container, for its counters.
+/// What became of a packet from a container that was not dropped, for its counters.
 #[derive(Clone, Copy)]
 pub enum Outcome {
     /// NAT translated it (counted as fast only if it was redirected).
@@ -90,30 +90,42 @@ pub enum Outcome {
     Forwarded,
     /// Left to the Linux bridge.
     Passed,
-    Dropped(DropReason),
 }
 
-/// Counts one packet of `bytes` from the endpoint behind `ifindex` on this CPU.
+/// Counts one packet of `bytes` from the endpoint behind `ifindex` on this CPU, and
+/// returns its tc action. A drop is counted on the endpoint and at its hook.
 #[inline(always)]
-pub fn count(ifindex: u32, bytes: u64, outcome: Outcome, action: i32) {
-    let Some(counters) = COUNTERS.get_ptr_mut(&ifindex) else {
-        return;
+pub fn count(ifindex: u32, bytes: u64, outcome: Outcome, result: tc::Action) -> i32 {
+    let counters = COUNTERS.get_ptr_mut(&ifindex);
+    let action = match result {
+        Ok(action) => action,
+        Err(reason) => {
+            drops::count(Hook::FromContainer, reason);
+            if let Some(c) = counters {
+                // SAFETY: a per-CPU map value is only touched by this CPU while the
+                // program runs.
+                count_drop(unsafe { &mut *c }, reason);
+            }
+            return tc::SHOT;
+        }
     };
-    // SAFETY: a per-CPU map value is only touched by this CPU while the program runs.
-    let c = unsafe { &mut *counters };
+    let Some(c) = counters else {
+        return action;
+    };
+    // SAFETY: as above.
+    let c = unsafe { &mut *c };
     match outcome {
         Outcome::Translated | Outcome::Forwarded if action == tc::REDIRECT => {
             c.fast_packets += 1;
             c.fast_bytes += bytes;
         }
-        Outcome::Translated => {}
-        Outcome::Forwarded => count_drop(c, DropReason::RedirectFailed),
+        Outcome::Translated | Outcome::Forwarded => {}
         Outcome::Passed => {
             c.passed_packets += 1;
             c.passed_bytes += bytes;
         }
-        Outcome::Dropped(reason) => count_drop(c, reason),
     }
+    action
 }
 
 /// `get_mut`, not indexing: every reason is in range, but an index the compiler cannot

@@ -6,7 +6,10 @@ mod bridge;
 mod conntrack;
 mod csum;
 mod dns_steer;
+mod drops;
 mod endpoints;
+mod firewall;
+mod guard;
 mod nat;
 mod overlay;
 mod parse;
@@ -19,43 +22,62 @@ use aya_ebpf::{
     macros::{cgroup_sock_addr, classifier, xdp},
     programs::{SockAddrContext, TcContext, XdpContext},
 };
-use netbpf_common::{NAT_REWRITE_DST, NAT_REWRITE_SRC};
+use netbpf_common::{
+    DropReason, EndpointIface, Hook, IFACE_FLAG_INTERNAL, NAT_REWRITE_DST, NAT_REWRITE_SRC,
+};
 
 use bridge::Verdict;
 use endpoints::Outcome;
 
 /// Attached (tcx ingress) to the host-side veth of every container endpoint, so it sees each
-/// packet a container sends. Decides, in order: a tracked or hairpin NAT flow → translated;
-/// same network and known destination → redirected into the peer container's namespace
-/// (bypassing the bridge); another host's block of its overlay network → VXLAN; a network
-/// the sender is not on → dropped (isolation); everything else → the Linux bridge.
+/// packet a container sends. Decides, in order: a source that is not the container's own →
+/// dropped (anti-spoofing); a tracked or hairpin NAT flow → translated; same network and
+/// known destination → redirected into the peer container's namespace (bypassing the
+/// bridge); another host's block of its overlay network → VXLAN; a network the sender is
+/// not on → dropped (isolation); everything else → the Linux bridge.
 #[classifier]
 pub fn from_container(ctx: TcContext) -> i32 {
     let ifindex = tc::ingress_ifindex(&ctx);
     // Only ever attached to container veths, each recorded before it comes up: a packet
     // from one the maps do not know is dropped, never bridged unchecked.
     let Some(iface) = endpoints::endpoint_iface(ifindex) else {
+        drops::count(Hook::FromContainer, DropReason::UnknownInterface);
         return tc::SHOT;
     };
     let bytes = u64::from(ctx.len());
-    let (outcome, action) = match translate_from_container(&ctx) {
-        Some(action) => (Outcome::Translated, action),
-        None => match bridge::decide(&ctx, ifindex, &iface) {
-            Verdict::Redirect(target) => (Outcome::Forwarded, tc::redirect_to_peer(&ctx, &target)),
-            Verdict::Encap(route) => (Outcome::Forwarded, overlay::encap(&ctx, &route)),
-            Verdict::Pass => (Outcome::Passed, tc::PASS),
-            Verdict::Drop(reason) => (Outcome::Dropped(reason), tc::SHOT),
-        },
-    };
-    endpoints::count(ifindex, bytes, outcome, action);
-    action
+    let (outcome, result) = container_verdict(&ctx, ifindex, &iface);
+    endpoints::count(ifindex, bytes, outcome, result)
+}
+
+#[inline(always)]
+fn container_verdict(
+    ctx: &TcContext,
+    ifindex: u32,
+    iface: &EndpointIface,
+) -> (Outcome, tc::Action) {
+    if let Err(reason) = guard::check(ctx, iface) {
+        return (Outcome::Passed, Err(reason));
+    }
+    // An `--internal` network reaches nothing beyond its subnet, published ports on the
+    // host's addresses included (no hairpin), and it has no NAT flows of its own.
+    let internal = iface.flags & IFACE_FLAG_INTERNAL != 0;
+    if !internal && let Some(result) = translate_from_container(ctx) {
+        return (Outcome::Translated, result);
+    }
+    match bridge::decide(ctx, ifindex, iface) {
+        Verdict::Redirect(target) => (Outcome::Forwarded, tc::redirect_to_peer(ctx, &target)),
+        Verdict::Encap(route) => (Outcome::Forwarded, overlay::encap(ctx, &route)),
+        Verdict::Pass => (Outcome::Passed, Ok(tc::PASS)),
+        Verdict::Drop(reason) => (Outcome::Passed, Err(reason)),
+    }
 }
 
 /// Attached (tcx ingress) to the interface holding this host's VTEP address: VXLAN packets
-/// for a local container of one of our overlay networks are decapsulated and delivered.
+/// from a member of one of our overlay networks, for a local container, are decapsulated
+/// and delivered.
 #[classifier]
 pub fn overlay_ingress(ctx: TcContext) -> i32 {
-    overlay::decap(&ctx)
+    drops::settle(Hook::OverlayIngress, overlay::decap(&ctx))
 }
 
 /// NAT for packets leaving a container, before the bridge decision: replies of flows that
@@ -63,7 +85,7 @@ pub fn overlay_ingress(ctx: TcContext) -> i32 {
 /// tracked source back; packets to a published port on a host address (hairpin) go
 /// straight to the published container. `None`: not NAT's business.
 #[inline(always)]
-fn translate_from_container(ctx: &TcContext) -> Option<i32> {
+fn translate_from_container(ctx: &TcContext) -> Option<tc::Action> {
     let flow = parse::ipv4_flow(ctx)?;
     if let Some(entry) = conntrack::lookup(&flow) {
         if entry.action == NAT_REWRITE_SRC {
@@ -79,23 +101,28 @@ fn translate_from_container(ctx: &TcContext) -> Option<i32> {
 
 /// Attached (tcx ingress) to the uplink: packets from outside. Replies of masqueraded flows
 /// go back to their container; new flows to a published port are translated to it and
-/// delivered with `bpf_redirect_peer`. Everything else goes to the host stack unchanged.
+/// delivered with `bpf_redirect_peer`. Nothing else reaches a container (`firewall`); the
+/// rest goes to the host stack unchanged.
 #[classifier]
 pub fn uplink_ingress(ctx: TcContext) -> i32 {
-    let Some(flow) = parse::ipv4_flow(&ctx) else {
-        return tc::NEXT;
-    };
-    if let Some(entry) = conntrack::lookup(&flow) {
-        if entry.action == NAT_REWRITE_DST {
-            return nat::apply(&ctx, &flow, &entry);
+    drops::settle(Hook::UplinkIngress, from_outside(&ctx))
+}
+
+#[inline(always)]
+fn from_outside(ctx: &TcContext) -> tc::Action {
+    if let Some(flow) = parse::ipv4_flow(ctx) {
+        if let Some(entry) = conntrack::lookup(&flow) {
+            if entry.action == NAT_REWRITE_DST {
+                return nat::apply(ctx, &flow, &entry);
+            }
+        }
+        if nat::is_host_addr(flow.dst) {
+            if let Some(target) = nat::published(flow.dst, flow.dport, flow.proto) {
+                return nat::dnat(ctx, &flow, &target);
+            }
         }
     }
-    if nat::is_host_addr(flow.dst) {
-        if let Some(target) = nat::published(flow.dst, flow.dport, flow.proto) {
-            return nat::dnat(&ctx, &flow, &target);
-        }
-    }
-    tc::NEXT
+    firewall::from_outside(ctx)
 }
 
 /// Attached (XDP, driver mode where the NIC supports it) to the uplink: published ports
@@ -130,16 +157,23 @@ pub fn dns_lo_egress(ctx: TcContext) -> i32 {
 /// address as source (masquerade), tracked so replies find their way back.
 #[classifier]
 pub fn uplink_egress(ctx: TcContext) -> i32 {
-    let Some(flow) = parse::ipv4_flow(&ctx) else {
-        return tc::PASS;
+    drops::settle(Hook::UplinkEgress, to_outside(&ctx))
+}
+
+#[inline(always)]
+fn to_outside(ctx: &TcContext) -> tc::Action {
+    let Some(flow) = parse::ipv4_flow(ctx) else {
+        // Fragments, ICMP errors, other protocols: nothing NAT translates may leave with a
+        // container's address.
+        return firewall::untranslated_to_outside(ctx);
     };
     if !endpoints::is_container_addr(flow.src) {
-        return tc::PASS;
+        return Ok(tc::PASS);
     }
     match conntrack::lookup(&flow) {
         // Already on its way out: only the rewrite is left to do.
-        Some(entry) if entry.action == NAT_REWRITE_SRC => nat::rewrite_source(&ctx, &flow, &entry),
-        _ => nat::masquerade(&ctx, &flow),
+        Some(entry) if entry.action == NAT_REWRITE_SRC => nat::rewrite_source(ctx, &flow, &entry),
+        _ => nat::masquerade(ctx, &flow),
     }
 }
 

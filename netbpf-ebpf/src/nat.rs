@@ -7,8 +7,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netbpf_common::{
-    IpAddrKey, MAX_HOST_ADDRS, MAX_PUBLISHED, NAT_REWRITE_DST, NAT_REWRITE_SRC, NatConfig,
-    NatEntry, PublishedKey, PublishedTarget,
+    DropReason, IpAddrKey, MAX_HOST_ADDRS, MAX_PUBLISHED, NAT_REWRITE_DST, NAT_REWRITE_SRC,
+    NatConfig, NatEntry, PublishedKey, PublishedTarget,
 };
 
 use crate::{
@@ -68,7 +68,7 @@ pub fn published(addr: [u8; 4], port: u16, proto: u8) -> Option<PublishedTarget>
 /// Translates a packet for a published port to its container and delivers it there. The
 /// reply direction is recorded so replies get the host address back as their source.
 #[inline(always)]
-pub fn dnat(ctx: &TcContext, flow: &Ipv4Flow, target: &PublishedTarget) -> i32 {
+pub fn dnat(ctx: &TcContext, flow: &Ipv4Flow, target: &PublishedTarget) -> tc::Action {
     let backend = v4(&target.addr);
     let reply = conntrack::key(backend, target.port, flow.src, flow.sport, flow.proto);
     if !conntrack::record(
@@ -78,51 +78,60 @@ pub fn dnat(ctx: &TcContext, flow: &Ipv4Flow, target: &PublishedTarget) -> i32 {
         NAT_REWRITE_SRC,
         flow.tcp_flags,
     ) {
-        return tc::SHOT;
+        return Err(DropReason::ConntrackFull);
     }
-    if !csum::rewrite(ctx, flow, Side::Dst, backend, target.port) {
-        return tc::SHOT;
-    }
+    rewrite(ctx, flow, Side::Dst, backend, target.port)?;
     tc::redirect_to_peer(ctx, &endpoints::target_of(target))
 }
 
 /// Applies a tracked rewrite and sends the packet on: into a container when the
 /// destination is one, otherwise out of the uplink through the neighbour table.
 #[inline(always)]
-pub fn apply(ctx: &TcContext, flow: &Ipv4Flow, entry: &NatEntry) -> i32 {
+pub fn apply(ctx: &TcContext, flow: &Ipv4Flow, entry: &NatEntry) -> tc::Action {
     let (side, dst) = if entry.action == NAT_REWRITE_DST {
         (Side::Dst, v4(&entry.addr))
     } else {
         (Side::Src, flow.dst)
     };
-    if !csum::rewrite(ctx, flow, side, v4(&entry.addr), entry.port) {
-        return tc::SHOT;
-    }
+    rewrite(ctx, flow, side, v4(&entry.addr), entry.port)?;
     if let Some(target) = endpoints::endpoint_by_addr(dst) {
         return tc::redirect_to_peer(ctx, &target);
     }
     match config() {
         Some(cfg) if entry.action == NAT_REWRITE_SRC => tc::redirect_neigh(cfg.uplink_ifindex),
-        _ => tc::PASS,
+        _ => Ok(tc::PASS),
     }
 }
 
 /// Rewrites the source of a packet already leaving through the uplink.
 #[inline(always)]
-pub fn rewrite_source(ctx: &TcContext, flow: &Ipv4Flow, entry: &NatEntry) -> i32 {
-    if csum::rewrite(ctx, flow, Side::Src, v4(&entry.addr), entry.port) {
-        tc::PASS
+pub fn rewrite_source(ctx: &TcContext, flow: &Ipv4Flow, entry: &NatEntry) -> tc::Action {
+    rewrite(ctx, flow, Side::Src, v4(&entry.addr), entry.port)?;
+    Ok(tc::PASS)
+}
+
+/// `csum::rewrite` as an action step: a refused write drops the packet.
+#[inline(always)]
+fn rewrite(
+    ctx: &TcContext,
+    flow: &Ipv4Flow,
+    side: Side,
+    addr: [u8; 4],
+    port: u16,
+) -> Result<(), DropReason> {
+    if csum::rewrite(ctx, flow, side, addr, port) {
+        Ok(())
     } else {
-        tc::SHOT
+        Err(DropReason::RewriteFailed)
     }
 }
 
 /// Source-NATs a container's packet to the uplink address, claiming a source port for a
 /// new flow: its own port if free, else a few hashed probes in the configured range.
 #[inline(always)]
-pub fn masquerade(ctx: &TcContext, flow: &Ipv4Flow) -> i32 {
+pub fn masquerade(ctx: &TcContext, flow: &Ipv4Flow) -> tc::Action {
     let Some(cfg) = config() else {
-        return tc::PASS;
+        return Ok(tc::PASS);
     };
     let host = v4(&cfg.uplink_addr);
     let span = u32::from(cfg.port_max.saturating_sub(cfg.port_min)) + 1;
@@ -153,13 +162,11 @@ pub fn masquerade(ctx: &TcContext, flow: &Ipv4Flow) -> i32 {
         let forward = conntrack::key_of(flow);
         if !conntrack::insert(&forward, host, port, NAT_REWRITE_SRC, false) {
             conntrack::remove(&reply);
-            return tc::SHOT;
+            return Err(DropReason::ConntrackFull);
         }
-        if !csum::rewrite(ctx, flow, Side::Src, host, port) {
-            return tc::SHOT;
-        }
-        return tc::PASS;
+        rewrite(ctx, flow, Side::Src, host, port)?;
+        return Ok(tc::PASS);
     }
     // Every probe collided: drop rather than leak an untranslated container address.
-    tc::SHOT
+    Err(DropReason::PortsExhausted)
 }

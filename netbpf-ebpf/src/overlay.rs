@@ -12,8 +12,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netbpf_common::{
-    EndpointKey, IpAddrKey, MAX_OVERLAY_ROUTES, MAX_OVERLAY_VNIS, OverlayLocal, OverlayRoute,
-    OverlayRouteKey, VXLAN_OVERHEAD,
+    DropReason, EndpointKey, IpAddrKey, MAX_OVERLAY_ROUTES, MAX_OVERLAY_VNIS, OverlayLocal,
+    OverlayRoute, OverlayRouteKey, VXLAN_OVERHEAD,
 };
 use network_types::{
     eth::{EthHdr, EtherType},
@@ -75,9 +75,9 @@ pub fn route(network: u32, dst: IpAddrKey) -> Option<OverlayRoute> {
 /// Wraps the IPv4 packet in outer IPv4/UDP/VXLAN/Ethernet headers and sends it out of the
 /// underlay towards the remote VTEP (`bpf_redirect_neigh` fills in the outer MACs).
 #[inline(always)]
-pub fn encap(ctx: &TcContext, route: &OverlayRoute) -> i32 {
+pub fn encap(ctx: &TcContext, route: &OverlayRoute) -> tc::Action {
     let Some(inner) = ptr_at::<EthHdr>(ctx, 0) else {
-        return tc::SHOT;
+        return Err(DropReason::RewriteFailed);
     };
     // SAFETY: bounds checked by ptr_at.
     let inner_src_mac = unsafe { (*inner).src_addr };
@@ -125,20 +125,22 @@ pub fn encap(ctx: &TcContext, route: &OverlayRoute) -> i32 {
         .is_err()
         || ctx.store(EthHdr::LEN, &headers, 0).is_err()
     {
-        return tc::SHOT;
+        return Err(DropReason::RewriteFailed);
     }
     tc::redirect_neigh(route.underlay_ifindex)
 }
 
-/// On the underlay: a VXLAN packet for a VNI of ours, to a container of ours, is stripped
-/// and delivered into that container. Everything else goes on unchanged.
+/// On the underlay: a VXLAN packet for a VNI of ours, from the member holding the inner
+/// source's block, to a container of ours, is stripped and delivered into that container.
+/// Other traffic (not VXLAN, another VNI or port) goes on unchanged; VXLAN of ours that
+/// fails a check is dropped.
 #[inline(always)]
-pub fn decap(ctx: &TcContext) -> i32 {
+pub fn decap(ctx: &TcContext) -> tc::Action {
     if !ensure_linear(ctx, core::mem::size_of::<VxlanFrame>()) {
-        return tc::NEXT;
+        return Ok(tc::NEXT);
     }
     let Some(frame) = ptr_at::<VxlanFrame>(ctx, 0) else {
-        return tc::NEXT;
+        return Ok(tc::NEXT);
     };
     // SAFETY: bounds checked by ptr_at.
     let f = unsafe { &*frame };
@@ -147,35 +149,51 @@ pub fn decap(ctx: &TcContext) -> i32 {
         || f.outer_ip.vihl != 0x45
         || f.outer_ip.proto != IPPROTO_UDP
     {
-        return tc::NEXT;
+        return Ok(tc::NEXT);
     }
     if u16::from_be_bytes(f.outer_ip.frags) & 0x3fff != 0 || f.vxlan.flags & VXLAN_I_FLAG_MASK == 0
     {
-        return tc::NEXT;
+        return Ok(tc::NEXT);
     }
     // SAFETY: plain data replaced whole by the controller.
     let Some(local) = (unsafe { OVERLAY_VNIS.get(&f.vxlan.vni()) }).copied() else {
-        return tc::NEXT;
+        return Ok(tc::NEXT);
     };
     if u16::from_be_bytes(f.udp.dst) != local.port
         || f.inner_eth.ether_type != EtherType::Ipv4 as u16
     {
-        return tc::NEXT;
+        return Ok(tc::NEXT);
     }
+    check_sender(f, &local)?;
     let key = EndpointKey {
         network: local.network,
         addr: IpAddrKey::from_v4(f.inner_ip.dst_addr),
     };
-    let Some(target) = endpoints::endpoint(&key) else {
-        // Our VNI, but no such container here: dropped by rule, never passed on.
-        return tc::SHOT;
-    };
+    // Our VNI, but no such container here: dropped by rule, never passed on.
+    let target = endpoints::endpoint(&key).ok_or(DropReason::NoEndpoint)?;
     if ctx
         .adjust_room(-(VXLAN_OVERHEAD as i32), BPF_ADJ_ROOM_MAC, 0)
         .is_err()
         || ctx.store(6, &local.gateway_mac, 0).is_err()
     {
-        return tc::SHOT;
+        return Err(DropReason::RewriteFailed);
     }
     tc::redirect_to_peer(ctx, &target)
+}
+
+/// Only a member may send into our overlay: the inner source must lie in a block of this
+/// VNI's network that the cluster view gives to exactly the VTEP the packet comes from, and
+/// the packet must be addressed to our VTEP. The route towards the inner source's block says
+/// both, so no map of its own is needed. Anything else is a host on the underlay forging
+/// VXLAN (a VNI and a container address are easy to guess).
+#[inline(always)]
+fn check_sender(f: &VxlanFrame, local: &OverlayLocal) -> Result<(), DropReason> {
+    let sender = route(local.network, IpAddrKey::from_v4(f.inner_ip.src_addr))
+        .ok_or(DropReason::UnknownVtep)?;
+    if v4(&sender.remote_vtep) != f.outer_ip.src_addr
+        || v4(&sender.local_vtep) != f.outer_ip.dst_addr
+    {
+        return Err(DropReason::UnknownVtep);
+    }
+    Ok(())
 }

@@ -90,17 +90,7 @@ pub const TCP_RST: u8 = 0x04;
 /// (bad version, header length, TCP data offset) and truncated packets.
 #[inline(always)]
 pub fn ipv4_flow(ctx: &TcContext) -> Option<Ipv4Flow> {
-    if !ensure_linear(ctx, EthHdr::LEN + Ipv4Hdr::LEN) {
-        return None;
-    }
-    let eth = ptr_at::<EthHdr>(ctx, 0)?;
-    // SAFETY: ptr_at checked the header lies inside the packet.
-    if unsafe { (*eth).ether_type } != EtherType::Ipv4 as u16 {
-        return None;
-    }
-    let ip = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN)?;
-    // SAFETY: as above.
-    let ip = unsafe { &*ip };
+    let ip = ipv4_header(ctx)?;
     let ihl = usize::from(ip.ihl());
     if ip.version() != 4 || ihl < Ipv4Hdr::LEN || ihl > 60 {
         return None;
@@ -156,4 +146,29 @@ pub fn ipv4_flow(ctx: &TcContext) -> Option<Ipv4Flow> {
         dport: u16::from_be_bytes([ports[2], ports[3]]),
         tcp_flags,
     })
+}
+
+/// The source and destination of any IPv4 packet (fragment, any protocol), for the checks
+/// that judge by address alone. `None` for everything that is not IPv4.
+#[inline(always)]
+pub fn ipv4_addrs(ctx: &TcContext) -> Option<([u8; 4], [u8; 4])> {
+    let ip = ipv4_header(ctx)?;
+    Some((ip.src_addr, ip.dst_addr))
+}
+
+/// The IPv4 header of an untagged IPv4 frame, pulled into the linear area.
+#[inline(always)]
+fn ipv4_header(ctx: &TcContext) -> Option<&Ipv4Hdr> {
+    if !ensure_linear(ctx, EthHdr::LEN + Ipv4Hdr::LEN) {
+        return None;
+    }
+    let eth = ptr_at::<EthHdr>(ctx, 0)?;
+    // SAFETY: ptr_at checked the header lies inside the packet.
+    if unsafe { (*eth).ether_type } != EtherType::Ipv4 as u16 {
+        return None;
+    }
+    let ip = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN)?;
+    // SAFETY: as above; the reference lives no longer than the borrow of `ctx`, and nothing
+    // writes the packet while it is held.
+    Some(unsafe { &*ip })
 }

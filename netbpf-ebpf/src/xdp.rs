@@ -6,13 +6,13 @@
 //! XDP has no checksum helpers, so checksums are updated with `csum`'s RFC 1624 arithmetic.
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_ABORTED, XDP_PASS, XDP_REDIRECT},
+    bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_REDIRECT},
     helpers::generated::{bpf_redirect, bpf_xdp_store_bytes},
     macros::map,
     maps::PerCpuArray,
     programs::XdpContext,
 };
-use netbpf_common::{NAT_REWRITE_SRC, PublishedTarget};
+use netbpf_common::{DropReason, Hook, NAT_REWRITE_SRC, PublishedTarget};
 use network_types::{
     eth::{EthHdr, EtherType},
     ip::Ipv4Hdr,
@@ -20,7 +20,7 @@ use network_types::{
 
 use crate::{
     conntrack::{self, v4},
-    csum, nat,
+    csum, drops, nat,
     parse::{IPPROTO_TCP, IPPROTO_UDP, ptr_at},
 };
 
@@ -103,7 +103,13 @@ pub fn uplink(ctx: &XdpContext) -> u32 {
     let Some(target) = nat::published(dst, dport, d.proto) else {
         return XDP_PASS;
     };
-    translate(ctx, &d, src, sport, dst, dport, &target)
+    match translate(ctx, &d, src, sport, dst, dport, &target) {
+        Ok(action) => action,
+        Err(reason) => {
+            drops::count(Hook::UplinkXdp, reason);
+            XDP_DROP
+        }
+    }
 }
 
 #[inline(always)]
@@ -115,19 +121,15 @@ fn translate(
     dst: [u8; 4],
     dport: u16,
     target: &PublishedTarget,
-) -> u32 {
+) -> Result<u32, DropReason> {
     let backend = v4(&target.addr);
     let reply = conntrack::key(backend, target.port, src, sport, d.proto);
     if !conntrack::record(&reply, dst, dport, NAT_REWRITE_SRC, d.tcp_flags) {
-        return XDP_ABORTED;
+        return Err(DropReason::ConntrackFull);
     }
     let csum_offset = d.l4_offset + if d.proto == IPPROTO_UDP { 6 } else { 16 };
-    let Some(l4_csum) = ptr_at::<u16>(ctx, csum_offset) else {
-        return XDP_ABORTED;
-    };
-    let Some(dport_ptr) = ptr_at::<u16>(ctx, d.l4_offset + 2) else {
-        return XDP_ABORTED;
-    };
+    let l4_csum = ptr_at::<u16>(ctx, csum_offset).ok_or(DropReason::RewriteFailed)?;
+    let dport_ptr = ptr_at::<u16>(ctx, d.l4_offset + 2).ok_or(DropReason::RewriteFailed)?;
     let new_port = target.port.to_be();
     // SAFETY: every pointer was bounds-checked above; XDP owns the frame while it runs.
     unsafe {
@@ -149,15 +151,15 @@ fn translate(
         // ones, which the verifier cannot follow.
         let mut mac = target.mac;
         if bpf_xdp_store_bytes(ctx.ctx, 0, mac.as_mut_ptr().cast(), 6) != 0 {
-            return XDP_ABORTED;
+            return Err(DropReason::RewriteFailed);
         }
         // An unknown ifindex makes bpf_redirect return XDP_ABORTED.
-        let action = bpf_redirect(target.host_ifindex, 0) as u32;
-        if action == XDP_REDIRECT {
-            if let Some(count) = XDP_REDIRECTS.get_ptr_mut(0) {
-                *count += 1;
-            }
+        if bpf_redirect(target.host_ifindex, 0) as u32 != XDP_REDIRECT {
+            return Err(DropReason::RedirectFailed);
         }
-        action
+        if let Some(count) = XDP_REDIRECTS.get_ptr_mut(0) {
+            *count += 1;
+        }
+        Ok(XDP_REDIRECT)
     }
 }

@@ -14,7 +14,7 @@
 //!   [`uplink`] (`Uplink`), [`overlay`] (`Overlay`), [`exits`] (`Exits`).
 //! - Mechanisms: [`network`] (bridges), [`endpoint`] (veth pairs), [`macvlan`] (macvlan and
 //!   ipvlan), [`container`] (processes), [`dns`] (the embedded DNS), [`ipam`] (pure address
-//!   allocation), [`datapath`] (the only aya user), [`netlink`], [`netns`].
+//!   allocation), [`datapath`] (the only aya user), [`netlink`], [`netns`], [`sysctl`].
 //! - [`state`]: the records and the crash-safe state file; [`lock`]: taking locks.
 
 pub mod api;
@@ -35,4 +35,5 @@ pub mod network;
 pub mod overlay;
 pub mod publish;
 pub mod state;
+pub mod sysctl;
 pub mod uplink;

@@ -8,7 +8,8 @@ use netbpf_common::{EndpointIface, IFACE_FLAG_INTERNAL, IpAddrKey, SubnetInfo};
 use crate::{
     ipam,
     netlink::{self, Netlink, NetlinkError},
-    state::NetworkRecord,
+    state::{EndpointRecord, NetworkRecord},
+    sysctl::{self, SysctlError},
 };
 
 /// The network containers join when `--network` is not given; like Docker's `bridge`.
@@ -75,6 +76,15 @@ pub fn ensure_bridge(network: &NetworkRecord) -> Result<u32, NetlinkError> {
     })
 }
 
+/// The host routes for a bridge's containers, and only for them: IPv4 forwarding is on for
+/// packets arriving on the bridge, not host-wide, so enabling netbpf does not make the host
+/// a router between its other interfaces (replies and published ports come in through BPF
+/// redirects, which need no forwarding). The bridge takes no IPv6 router advertisements.
+pub fn route_for_containers(network: &NetworkRecord) -> Result<(), SysctlError> {
+    sysctl::set_iface("ipv4", &network.bridge, "forwarding", "1")?;
+    sysctl::refuse_router_advertisements(&network.bridge)
+}
+
 pub fn delete_bridge(network: &NetworkRecord) {
     netlink::remove_link(None, &network.bridge, "bridge");
 }
@@ -119,8 +129,8 @@ pub fn subnet_info(network: &NetworkRecord) -> SubnetInfo {
 }
 
 /// The `ENDPOINT_IFACES` entry of an endpoint's host veth on `network`: which network the
-/// packets it sends belong to.
-pub fn endpoint_iface(network: &NetworkRecord) -> EndpointIface {
+/// packets it sends belong to, and the only MAC and address they may carry as source.
+pub fn endpoint_iface(network: &NetworkRecord, endpoint: &EndpointRecord) -> EndpointIface {
     EndpointIface {
         network: network.index,
         flags: if network.internal {
@@ -128,6 +138,9 @@ pub fn endpoint_iface(network: &NetworkRecord) -> EndpointIface {
         } else {
             0
         },
+        mac: endpoint.mac,
+        _pad: [0; 2],
+        addr: IpAddrKey::from_v4(endpoint.ip.octets()),
     }
 }
 

@@ -49,6 +49,8 @@ pub struct TestHost {
     daemon: Option<Child>,
     /// Extra processes a test started (e.g. for `attach --pid`), killed on drop.
     pub extra: Vec<Child>,
+    /// Namespaces a test added (a second LAN), deleted on drop.
+    extra_ns: Vec<String>,
 }
 
 impl TestHost {
@@ -89,6 +91,7 @@ impl TestHost {
             id,
             daemon: None,
             extra: vec![],
+            extra_ns: vec![],
         };
         std::fs::create_dir_all(&host.cgroup).expect("test cgroup");
         must("ip", &["netns", "add", &host.host_ns]);
@@ -152,6 +155,56 @@ impl TestHost {
             ],
         );
         host
+    }
+
+    /// A second LAN on the host: interface `lan0` with 203.0.113.1/24, leading to a
+    /// namespace (returned) with 203.0.113.2 whose default route is the host — a network
+    /// the host is attached to but must not route to from the uplink.
+    pub fn add_lan(&mut self) -> String {
+        let ns = format!("{}-lan", self.id);
+        must("ip", &["netns", "add", &ns]);
+        self.extra_ns.push(ns.clone());
+        must(
+            "ip",
+            &[
+                "-n",
+                &self.host_ns,
+                "link",
+                "add",
+                "lan0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "lan0",
+                "netns",
+                &ns,
+            ],
+        );
+        must(
+            "ip",
+            &[
+                "-n",
+                &self.host_ns,
+                "addr",
+                "add",
+                "203.0.113.1/24",
+                "dev",
+                "lan0",
+            ],
+        );
+        must(
+            "ip",
+            &["-n", &ns, "addr", "add", "203.0.113.2/24", "dev", "lan0"],
+        );
+        for (n, ifname) in [(&self.host_ns, "lan0"), (&ns, "lan0"), (&ns, "lo")] {
+            must("ip", &["-n", n, "link", "set", ifname, "up"]);
+        }
+        must(
+            "ip",
+            &["-n", &ns, "route", "add", "default", "via", "203.0.113.1"],
+        );
+        ns
     }
 
     /// `netbpf daemon` for this host, entering the host namespace with setns before exec
@@ -401,13 +454,19 @@ impl TestHost {
     /// Counters of one endpoint from `netbpf stats`.
     pub fn counters(&self, container: &str, network: &str) -> Value {
         let stats = self.json(&["stats", "--format", "json"]);
-        stats
+        stats["endpoints"]
             .as_array()
             .unwrap()
             .iter()
             .find(|s| s["container"] == container && s["network"] == network)
             .cloned()
             .unwrap_or_else(|| panic!("no stats for {container} on {network}: {stats}"))
+    }
+
+    /// How many packets `hook` dropped for `reason`, from `netbpf stats`.
+    pub fn drops(&self, hook: &str, reason: &str) -> u64 {
+        let stats = self.json(&["stats", "--format", "json"]);
+        stats["drops"][hook][reason].as_u64().unwrap_or(0)
     }
 
     /// The MAC address of `ifname` in namespace `ns`.
@@ -522,6 +581,9 @@ impl Drop for TestHost {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.outside_ns])
             .status();
+        for ns in &self.extra_ns {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -7,8 +7,10 @@
 //! - [`cluster`]: [`Underlay`], an L2 segment between hosts, and [`Etcd`], a real cluster
 //!   store on it.
 //! - [`sandbox`]: [`ProgramSandbox`], the real programs run on crafted packets.
+//! - [`hostile`]: raw frames from a hostile container or neighbour.
 //! - [`packet`]: building frames and checking checksums independently of the programs.
 //! - [`records`]: networks and endpoints as the daemon records them, for filling maps.
+//! - [`sink`]: UDP sinks that log each datagram, to tell whether one packet arrived.
 //!
 //! Nothing touches the machine's root namespace, so tests run in parallel. `Drop` tears
 //! everything down on every path, panics included. Tests need root and fail (never skip)
@@ -22,9 +24,11 @@ use std::{
 
 pub mod cluster;
 pub mod host;
+pub mod hostile;
 pub mod packet;
 pub mod records;
 pub mod sandbox;
+pub mod sink;
 
 pub use cluster::{Etcd, Underlay};
 pub use host::{HOST_UPLINK_IP, OUTSIDE_IP, Run, TestHost};

@@ -187,3 +187,71 @@ pub fn check(frame: &[u8]) -> Result<Seen, String> {
         dport,
     })
 }
+
+/// `inner` (a whole Ethernet frame) in VXLAN (RFC 7348) over UDP to port 4789 with `vni`,
+/// from `outer_src` to `outer_dst`, with placeholder outer MACs (see [`with_macs`]). The
+/// outer UDP checksum is 0, as Linux's VXLAN device sends it.
+pub fn vxlan(outer_src: &str, outer_dst: &str, vni: u32, inner: &[u8]) -> Vec<u8> {
+    let mut l4 = vec![0u8; 8];
+    l4[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    l4[2..4].copy_from_slice(&4789u16.to_be_bytes());
+    l4.extend([0x08, 0, 0, 0]);
+    l4.extend(&(vni << 8).to_be_bytes());
+    l4.extend(inner);
+    let len = l4.len() as u16;
+    l4[4..6].copy_from_slice(&len.to_be_bytes());
+    let mut out = frame(outer_src, outer_dst, UDP, l4);
+    // `frame` filled in a UDP checksum; VXLAN senders leave it 0.
+    out[ETH + 20 + 6..ETH + 20 + 8].copy_from_slice(&[0, 0]);
+    out
+}
+
+/// An ARP reply (gratuitous when `sender_ip` is the target too) from `sender_mac` claiming
+/// `sender_ip`, broadcast.
+pub fn arp_reply(sender_mac: [u8; 6], sender_ip: &str, target_ip: &str) -> Vec<u8> {
+    let mut out = vec![0xff; 6];
+    out.extend(sender_mac);
+    out.extend([0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 2]);
+    out.extend(sender_mac);
+    out.extend(ip(sender_ip));
+    out.extend([0xff; 6]);
+    out.extend(ip(target_ip));
+    out
+}
+
+/// An IPv6 router advertisement to all nodes from `src_mac` (and the link-local address
+/// made from it), announcing `prefix`/64 for autoconfiguration — what a rogue router
+/// sends. Checksummed, hop limit 255: a receiving kernel accepts it.
+pub fn router_advertisement(src_mac: [u8; 6], prefix: std::net::Ipv6Addr) -> Vec<u8> {
+    let mut src = [0u8; 16];
+    src[0] = 0xfe;
+    src[1] = 0x80;
+    src[8..11].copy_from_slice(&[src_mac[0] ^ 2, src_mac[1], src_mac[2]]);
+    src[11..13].copy_from_slice(&[0xff, 0xfe]);
+    src[13..16].copy_from_slice(&src_mac[3..6]);
+    let dst: [u8; 16] = "ff02::1".parse::<std::net::Ipv6Addr>().unwrap().octets();
+    // Type 134, code 0, checksum, hop limit 64, flags 0, router lifetime 1800 s, reachable
+    // and retransmit timers 0; a prefix information option (type 3, 4 × 8 bytes): /64,
+    // on-link and autonomous, valid and preferred for a day.
+    let mut icmp = vec![134, 0, 0, 0, 64, 0, 0x07, 0x08, 0, 0, 0, 0, 0, 0, 0, 0];
+    icmp.extend([3, 4, 64, 0xc0]);
+    icmp.extend(86_400u32.to_be_bytes());
+    icmp.extend(86_400u32.to_be_bytes());
+    icmp.extend([0; 4]);
+    icmp.extend(prefix.octets());
+    // The source link-layer address option (type 1, 8 bytes).
+    icmp.extend([1, 1]);
+    icmp.extend(src_mac);
+    let len = icmp.len() as u32;
+    let sum = sum16(&src) + sum16(&dst) + len + 58 + sum16(&icmp);
+    icmp[2..4].copy_from_slice(&fold(sum).to_be_bytes());
+    let mut out = vec![0x33, 0x33, 0, 0, 0, 1];
+    out.extend(src_mac);
+    out.extend([0x86, 0xdd, 0x60, 0, 0, 0]);
+    out.extend((len as u16).to_be_bytes());
+    out.extend([58, 255]);
+    out.extend(src);
+    out.extend(dst);
+    out.extend(icmp);
+    out
+}

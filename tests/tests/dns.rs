@@ -460,3 +460,42 @@ fn names_come_back_after_a_daemon_restart() {
     host.start_daemon(&[]);
     assert_eq!(dig_short(&host, "y", "x"), x);
 }
+
+#[test]
+fn internal_networks_get_no_names_from_outside() {
+    let mut host = TestHost::new();
+    start_upstream(&mut host);
+    host.ok(&["network", "create", "--internal", "sealed"]);
+    host.ok(&["network", "create", "open"]);
+    for (name, network) in [("inner", "sealed"), ("both", "open")] {
+        host.ok(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            network,
+            "--dns",
+            OUTSIDE_IP,
+            "--",
+            "sleep",
+            "600",
+        ]);
+    }
+    host.ok(&["network", "connect", "sealed", "both"]);
+    // Only on an internal network: no name from outside, at once; its network's names do.
+    let started = Instant::now();
+    let refused = dig(&host, "inner", &["www.outside.test"]);
+    assert!(refused.contains("status: SERVFAIL"), "{refused}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "SERVFAIL took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        !dig_short(&host, "inner", "both").is_empty(),
+        "names on the internal network"
+    );
+    // Also on a network with a way out: forwarded as usual.
+    assert_eq!(dig_short(&host, "both", "www.outside.test"), "192.0.2.77");
+}

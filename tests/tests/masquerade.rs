@@ -3,7 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use netbpf_tests::{HOST_UPLINK_IP, OUTSIDE_IP, TestHost};
+use netbpf_tests::{
+    HOST_UPLINK_IP, OUTSIDE_IP, TestHost,
+    sink::{self, UDP_SEND, UDP_SINK, count_in_log, wait_for_log},
+};
 
 #[test]
 fn containers_reach_outside_masqueraded_to_the_uplink_address() {
@@ -86,4 +89,85 @@ fn containers_reach_outside_masqueraded_to_the_uplink_address() {
     );
     assert!(host.pings("a", OUTSIDE_IP), "ping through masquerade");
     assert!(host.json(&["info"])["tracked_flows"].as_u64().is_some());
+}
+
+/// From UDP port 5000, says `hello` to `argv[1]`:7000, then logs what comes back as
+/// [`UDP_SINK`] does.
+const CHATTER: &str = "import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(('0.0.0.0', 5000))
+s.sendto(b'hello', (sys.argv[1], 7000))
+print('ready', flush=True)
+while True:
+    data, peer = s.recvfrom(2048)
+    print('got', data.decode(errors='replace'), peer[0], peer[1], flush=True)";
+
+#[test]
+fn an_address_given_again_inherits_no_flows() {
+    let mut host = TestHost::new();
+    host.ok(&["network", "create", "--subnet", "10.93.0.0/24", "app"]);
+    let log = host.dir.join("outside-sink.log");
+    sink::outside(&mut host, 7000, &log);
+    host.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "one",
+        "--network",
+        "app",
+        "--",
+        "python3",
+        "-c",
+        CHATTER,
+        OUTSIDE_IP,
+    ]);
+    wait_for_log(&host, "one", "ready", 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sink::lines_with(&log, "got hello") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the first tenant's flow never arrived"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let port = sink::peer_port(&log, "hello").to_string();
+    let ip = host.ip_of("one", "app");
+    // The outside server answers on that flow (its sink stops, so the answer can come from
+    // port 7000): it reaches the first tenant.
+    let mut server = host.extra.pop().expect("the outside sink");
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let answer = |payload: &str| {
+        sink::send(host.outside(
+            "python3",
+            &["-c", UDP_SEND, HOST_UPLINK_IP, &port, payload, "7000"],
+        ));
+    };
+    answer("reply");
+    wait_for_log(&host, "one", "got reply", 1);
+
+    // The address goes to a new tenant, listening on the same port.
+    host.ok(&["rm", "-f", "one"]);
+    host.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "two",
+        "--network",
+        "app",
+        "--",
+        "python3",
+        "-c",
+        UDP_SINK,
+        "5000",
+    ]);
+    wait_for_log(&host, "two", "ready", 1);
+    assert_eq!(host.ip_of("two", "app"), ip, "IPAM gave the address again");
+    answer("stale");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        count_in_log(&host, "two", "got stale"),
+        0,
+        "the new tenant received the old one's flow"
+    );
 }

@@ -25,6 +25,7 @@ use netbpf_tests::{
 };
 
 const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
 /// TC_ACT_UNSPEC (-1): tcx's "next program", what the uplink's ingress program returns for
 /// packets it leaves alone (another program, the overlay's decapsulation, may want them).
 const TCX_NEXT: u32 = u32::MAX;
@@ -112,7 +113,7 @@ fn setup(bpffs: &Path, uplink: u32, backend_veth: u32) -> Programs {
     let mut ifaces: HashMap<_, u32, EndpointIface> =
         HashMap::try_from(ebpf.map_mut(names::ENDPOINT_IFACES).unwrap()).unwrap();
     ifaces
-        .insert(backend_veth, network::endpoint_iface(&net), 0)
+        .insert(backend_veth, network::endpoint_iface(&net, &backend), 0)
         .unwrap();
     let mut host_addrs: HashMap<_, IpAddrKey, u32> =
         HashMap::try_from(ebpf.map_mut(names::HOST_ADDRS).unwrap()).unwrap();
@@ -202,6 +203,7 @@ fn nat_programs_translate_with_correct_checksums_and_leave_the_rest_alone() {
         );
         // Its reply, at the backend's veth: the host address and published port come back.
         let reply = packet::tcp(("10.50.0.3", 80), ("198.18.0.1", 40000), 0x12);
+        let reply = packet::with_macs(&reply, [0x02, 0x42, 10, 50, 0, 1], BACKEND_MAC);
         expect(
             "reply of published tcp",
             from_container,
@@ -262,6 +264,29 @@ fn nat_programs_translate_with_correct_checksums_and_leave_the_rest_alone() {
         for (what, frame) in left_alone {
             expect(what, ingress, frame, uplink, TCX_NEXT, None);
         }
+        // Never let in: a container address from outside (direct routing), whatever the
+        // protocol, port or fragment; a loopback destination.
+        let to_container = packet::tcp(("198.18.0.1", 40000), ("10.50.0.3", 80), TCP_SYN);
+        let mut to_container_fragment = to_container.clone();
+        to_container_fragment[14 + 7] = 0x10;
+        let mut to_container_gre = packet::udp(("198.18.0.1", 40000), ("10.50.0.3", 9999));
+        to_container_gre[14 + 9] = 47;
+        let never_in = [
+            ("direct tcp to a container", to_container),
+            (
+                "direct udp to a container",
+                packet::udp(("198.18.0.1", 40000), ("10.50.0.3", 9999)),
+            ),
+            ("direct fragment to a container", to_container_fragment),
+            ("direct GRE to a container", to_container_gre),
+            (
+                "to a loopback address",
+                packet::udp(("198.18.0.1", 40000), ("127.0.0.1", 5353)),
+            ),
+        ];
+        for (what, frame) in never_in {
+            expect(what, ingress, frame, uplink, TC_ACT_SHOT, None);
+        }
 
         // Masquerade: out with the uplink address (own port when free, another when taken),
         // and the reply back to the right container.
@@ -304,6 +329,20 @@ fn nat_programs_translate_with_correct_checksums_and_leave_the_rest_alone() {
             TC_ACT_OK,
             Some(seen("198.18.0.2", 77, "198.18.0.1", 77)),
         );
+        // Never let out with a container address: what NAT cannot translate.
+        let mut fragment_out = packet::udp(("10.50.0.3", 45001), ("198.18.0.1", 8000));
+        fragment_out[14 + 6] |= 0x20;
+        let mut unreachable_out = packet::icmp_echo("10.50.0.3", "198.18.0.1", 5);
+        unreachable_out[14 + 20] = 3;
+        let mut gre_out = packet::udp(("10.50.0.3", 45001), ("198.18.0.1", 8000));
+        gre_out[14 + 9] = 47;
+        for (what, frame) in [
+            ("container fragment out", fragment_out),
+            ("container ICMP error out", unreachable_out),
+            ("container GRE out", gre_out),
+        ] {
+            expect(what, egress, frame, uplink, TC_ACT_SHOT, None);
+        }
         expect(
             "host's own traffic",
             egress,

@@ -1,87 +1,11 @@
 //! Overlay networks across hosts: membership in a real etcd. Hosts are namespaces whose
 //! `eth1` share an underlay segment with the etcd server.
 
-use std::time::{Duration, Instant};
-
-use netbpf_tests::{Etcd, TestHost, Underlay, must};
-
-/// A host on the underlay at `10.0.0.<n>`, its daemon using `etcd` as cluster store.
-fn host_on(underlay: &Underlay, etcd: &Etcd, n: u8) -> TestHost {
-    host_with(underlay, etcd, n, &[])
-}
-
-/// As `host_on`, with more daemon flags.
-fn host_with(underlay: &Underlay, etcd: &Etcd, n: u8, extra: &[&str]) -> TestHost {
-    let mut host = TestHost::bare();
-    underlay.plug(&host, "eth1");
-    let vtep = format!("10.0.0.{n}");
-    must(
-        "ip",
-        &[
-            "-n",
-            &host.host_ns,
-            "addr",
-            "add",
-            &format!("{vtep}/24"),
-            "dev",
-            "eth1",
-        ],
-    );
-    let url = etcd.url();
-    let mut args = vec!["--cluster-store", &url, "--vtep-addr", &vtep];
-    args.extend(extra);
-    host.start_daemon(&args);
-    host
-}
-
-/// The blocks of `network` as `host` sees them: (block, VTEP) pairs, sorted.
-fn peers(host: &TestHost, network: &str) -> Vec<(String, String)> {
-    let run = host.netbpf(&["network", "inspect", network]);
-    if run.code != 0 {
-        return vec![];
-    }
-    let view: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
-    let mut peers: Vec<(String, String)> = view[0]["Peers"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|p| {
-                    (
-                        p["Block"].as_str().unwrap().to_owned(),
-                        p["IP"].as_str().unwrap().to_owned(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    peers.sort();
-    peers
-}
-
-/// Creates overlay network `ovl` on `subnet` from `hosts[0]` (with `opts`, e.g. `vni=77`)
-/// and waits until every one of `hosts` holds a block of it.
-fn create_overlay(hosts: &[&TestHost], subnet: &str, opts: &[&str]) {
-    let mut args = vec!["network", "create", "-d", "overlay", "--subnet", subnet];
-    for opt in opts {
-        args.extend(["-o", opt]);
-    }
-    args.push("ovl");
-    hosts[0].ok(&args);
-    for host in hosts {
-        eventually(10, "every host to hold a block", || {
-            peers(host, "ovl").len() == hosts.len()
-        });
-    }
-}
-
-/// Polls until `done` holds, for up to `secs`.
-fn eventually(secs: u64, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
+use netbpf_tests::{
+    Etcd, TestHost, Underlay,
+    cluster::{create_overlay, eventually, host_on, host_with, peers},
+    must,
+};
 
 #[test]
 fn an_overlay_network_is_defined_once_and_every_host_leases_a_block_until_it_dies() {

@@ -24,11 +24,16 @@ const BRIDGE_MAC: [u8; 6] = [0x02, 0x42, 10, 50, 0, 1];
 const SENDER_MAC: [u8; 6] = [0x02, 0x42, 10, 50, 0, 2];
 const PEER_MAC: [u8; 6] = [0x02, 0x42, 10, 50, 0, 3];
 
-/// Ethernet + IPv4 + UDP from 10.50.0.2 to `dst`.
+/// Ethernet + IPv4 + UDP from the sender (10.50.0.2) to `dst`.
 fn udp_frame(dst: &str) -> Vec<u8> {
+    udp_frame_as(SENDER_MAC, "10.50.0.2", dst)
+}
+
+/// The same from whatever MAC and address a container cares to write.
+fn udp_frame_as(src_mac: [u8; 6], src: &str, dst: &str) -> Vec<u8> {
     let mut frame = vec![];
     frame.extend(BRIDGE_MAC);
-    frame.extend(SENDER_MAC);
+    frame.extend(src_mac);
     frame.extend([0x08, 0x00]);
     let payload = b"netbpf test";
     let total = (20 + 8 + payload.len()) as u16;
@@ -46,7 +51,7 @@ fn udp_frame(dst: &str) -> Vec<u8> {
         0,
         0,
     ]);
-    frame.extend([10, 50, 0, 2]);
+    frame.extend(src.parse::<Ipv4Addr>().unwrap().octets());
     frame.extend(dst.parse::<Ipv4Addr>().unwrap().octets());
     let udp_len = (8 + payload.len()) as u16;
     frame.extend([
@@ -63,13 +68,35 @@ fn udp_frame(dst: &str) -> Vec<u8> {
     frame
 }
 
-fn arp_frame() -> Vec<u8> {
+/// An ARP request for 10.50.0.3 with these sender fields.
+fn arp_frame_as(sender_mac: [u8; 6], sender_ip: [u8; 4]) -> Vec<u8> {
     let mut frame = vec![0xff; 6];
     frame.extend(SENDER_MAC);
     frame.extend([0x08, 0x06]);
     frame.extend([0, 1, 8, 0, 6, 4, 0, 1]);
+    frame.extend(sender_mac);
+    frame.extend(sender_ip);
+    frame.extend([0, 0, 0, 0, 0, 0, 10, 50, 0, 3]);
+    frame
+}
+
+fn arp_frame() -> Vec<u8> {
+    arp_frame_as(SENDER_MAC, [10, 50, 0, 2])
+}
+
+/// An ICMPv6 message of `icmp_type` from the sender's link-local address to all routers
+/// or all nodes (the checksum is not the program's business).
+fn icmpv6_frame(icmp_type: u8) -> Vec<u8> {
+    let mut frame = vec![0x33, 0x33, 0, 0, 0, 1];
     frame.extend(SENDER_MAC);
-    frame.extend([10, 50, 0, 2, 0, 0, 0, 0, 0, 0, 10, 50, 0, 3]);
+    frame.extend([0x86, 0xdd]);
+    let body = [icmp_type, 0, 0, 0, 0, 0, 0, 0];
+    frame.extend([0x60, 0, 0, 0, 0, body.len() as u8, 58, 255]);
+    frame.extend([
+        0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0x42, 10, 0xff, 0xfe, 50, 0, 2,
+    ]);
+    frame.extend([0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    frame.extend(body);
     frame
 }
 
@@ -108,8 +135,10 @@ fn run_cases(bpffs: &std::path::Path, sender: u32, peer: u32) {
     );
     let peer_ep = records::endpoint(&app, "10.50.0.3", peer);
     assert_eq!(peer_ep.mac, PEER_MAC);
+    let sender_ep = records::endpoint(&app, "10.50.0.2", sender);
+    assert_eq!(sender_ep.mac, SENDER_MAC);
     ifaces
-        .insert(sender, network::endpoint_iface(&app), 0)
+        .insert(sender, network::endpoint_iface(&app, &sender_ep), 0)
         .unwrap();
     for net in [&app, &other] {
         subnets
@@ -194,6 +223,18 @@ fn run_cases(bpffs: &std::path::Path, sender: u32, peer: u32) {
         ),
         ("to outside", udp_frame("198.18.0.1"), sender, TC_ACT_OK),
         ("ARP", arp_frame(), sender, TC_ACT_OK),
+        (
+            "ARP probe (sender 0.0.0.0)",
+            arp_frame_as(SENDER_MAC, [0; 4]),
+            sender,
+            TC_ACT_OK,
+        ),
+        (
+            "IPv6 neighbour solicitation",
+            icmpv6_frame(135),
+            sender,
+            TC_ACT_OK,
+        ),
         ("IPv4 ethertype, version 6", bad_version, sender, TC_ACT_OK),
         ("IPv4 header length 16", bad_ihl, sender, TC_ACT_OK),
         // A veth the maps do not know: never bridged unchecked.
@@ -209,20 +250,59 @@ fn run_cases(bpffs: &std::path::Path, sender: u32, peer: u32) {
             sender,
             TC_ACT_SHOT,
         ),
+        // Anti-spoofing: only the container's own MAC and address, ARP included.
+        (
+            "with the peer's source address",
+            udp_frame_as(SENDER_MAC, "10.50.0.3", "198.18.0.1"),
+            sender,
+            TC_ACT_SHOT,
+        ),
+        (
+            "with the peer's MAC",
+            udp_frame_as(PEER_MAC, "10.50.0.2", "10.50.0.3"),
+            sender,
+            TC_ACT_SHOT,
+        ),
+        (
+            "ARP claiming the peer's address",
+            arp_frame_as(SENDER_MAC, [10, 50, 0, 3]),
+            sender,
+            TC_ACT_SHOT,
+        ),
+        (
+            "ARP with another sender MAC",
+            arp_frame_as(PEER_MAC, [10, 50, 0, 2]),
+            sender,
+            TC_ACT_SHOT,
+        ),
+        (
+            "IPv6 router advertisement",
+            icmpv6_frame(134),
+            sender,
+            TC_ACT_SHOT,
+        ),
+        (
+            "IPv6 router solicitation",
+            icmpv6_frame(133),
+            sender,
+            TC_ACT_SHOT,
+        ),
     ];
     for (what, frame, from, verdict) in cases {
         expect(what, frame, from, verdict, verdict == TC_ACT_OK);
     }
     let c = total(&counters);
     assert_eq!(c.drops[DropReason::Isolation as usize], 1);
-    assert_eq!(c.passed_packets, 7, "passed packets counted: {c:?}");
+    assert_eq!(c.drops[DropReason::SpoofedSource as usize], 4);
+    assert_eq!(c.drops[DropReason::RouterAdvertisement as usize], 2);
+    assert_eq!(c.passed_packets, 9, "passed packets counted: {c:?}");
 
     // Internal network: only its own subnet.
     let internal = NetworkRecord {
         internal: true,
         ..app.clone()
     };
-    let iface = network::endpoint_iface(&internal);
+    let iface = network::endpoint_iface(&internal, &sender_ep);
     assert_eq!(iface.flags, IFACE_FLAG_INTERNAL);
     ifaces.insert(sender, iface, 0).unwrap();
     let cases = [

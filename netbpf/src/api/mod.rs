@@ -283,6 +283,14 @@ pub struct CountersView {
     pub drops: BTreeMap<String, u64>,
 }
 
+/// `netbpf stats`: per endpoint, and per hook (`from_container`, `uplink_ingress`, ...)
+/// the drops by reason that are not zero.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StatsView {
+    pub endpoints: Vec<EndpointStats>,
+    pub drops: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
 /// One row of `netbpf stats`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EndpointStats {

@@ -399,8 +399,10 @@ async fn container_port(
     .map(Json)
 }
 
-async fn stats(State(ctl): State<Shared>) -> ApiResult<Vec<super::EndpointStats>> {
-    with(&ctl, |c| Ok(views::stats(c.state(), |i| c.counters(i))))
-        .await
-        .map(Json)
+async fn stats(State(ctl): State<Shared>) -> ApiResult<super::StatsView> {
+    with(&ctl, |c| {
+        Ok(views::stats(c.state(), |i| c.counters(i), &c.drops()))
+    })
+    .await
+    .map(Json)
 }

@@ -4,12 +4,12 @@
 
 use std::collections::BTreeMap;
 
-use netbpf_common::{DropReason, EndpointCounters};
+use netbpf_common::{DropReason, EndpointCounters, Hook};
 
 use super::{
     ContainerEndpointView, ContainerStateView, ContainerSummary, ContainerView, CountersView,
     DaemonInfo, EndpointStats, IpamConfigView, IpamView, NetworkEndpointView, NetworkView,
-    PeerView,
+    PeerView, StatsView,
 };
 use crate::{
     ipam::format_mac,
@@ -236,8 +236,14 @@ pub fn container_list(state: &State, all: bool) -> Vec<ContainerSummary> {
 
 /// `stats`: one row per endpoint with a veth (macvlan and ipvlan endpoints are outside the
 /// fast path: nothing counts them).
-pub fn stats(state: &State, counters_of: impl Fn(u32) -> EndpointCounters) -> Vec<EndpointStats> {
-    state
+/// `stats`: every veth endpoint's counters, and every hook's drops by reason (those
+/// that are not zero, as `drops` lists them).
+pub fn stats(
+    state: &State,
+    counters_of: impl Fn(u32) -> EndpointCounters,
+    drops: &[(Hook, DropReason, u64)],
+) -> StatsView {
+    let endpoints = state
         .containers
         .values()
         .flat_map(|c| c.endpoints.iter().map(move |ep| (c, ep)))
@@ -249,7 +255,18 @@ pub fn stats(state: &State, counters_of: impl Fn(u32) -> EndpointCounters) -> Ve
             host_interface: ep.host_veth.clone(),
             counters: counters(&counters_of(ep.host_ifindex)),
         })
-        .collect()
+        .collect();
+    let mut by_hook: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    for (hook, reason, n) in drops {
+        by_hook
+            .entry(hook.name().to_owned())
+            .or_default()
+            .insert(reason.name().to_owned(), *n);
+    }
+    StatsView {
+        endpoints,
+        drops: by_hook,
+    }
 }
 
 /// What `info` reports about the daemon, from what the controller and datapath say.
@@ -436,8 +453,9 @@ mod tests {
         s.containers.get_mut("api").unwrap().endpoints[0]
             .host_veth
             .clear();
-        let rows = stats(&s, counted);
-        let rows: Vec<(&str, &str, u64)> = rows
+        let view = stats(&s, counted, &[]);
+        let rows: Vec<(&str, &str, u64)> = view
+            .endpoints
             .iter()
             .map(|r| {
                 (
@@ -448,5 +466,19 @@ mod tests {
             })
             .collect();
         assert_eq!(rows, [("web", "app", 1000), ("web", "db", 1100)]);
+    }
+
+    #[test]
+    fn stats_lists_drops_by_hook_and_reason() {
+        let drops = [
+            (Hook::UplinkIngress, DropReason::NotPublished, 7),
+            (Hook::UplinkIngress, DropReason::LoopbackDestination, 2),
+            (Hook::FromContainer, DropReason::SpoofedSource, 1),
+        ];
+        let view = stats(&state(), counted, &drops);
+        assert_eq!(view.drops["uplink_ingress"]["not_published"], 7);
+        assert_eq!(view.drops["uplink_ingress"]["loopback_destination"], 2);
+        assert_eq!(view.drops["from_container"]["spoofed_source"], 1);
+        assert_eq!(view.drops.len(), 2);
     }
 }

@@ -195,12 +195,6 @@ fn start_cluster(
     }))
 }
 
-/// Containers, bridges and routing live in this namespace; forwarding must be on for
-/// traffic between networks and to the uplink.
-fn enable_forwarding() -> anyhow::Result<()> {
-    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling net.ipv4.ip_forward")
-}
-
 /// The uplink: the one named, or the interface of the default route.
 fn find_uplink(named: Option<&str>) -> anyhow::Result<Option<String>> {
     let uplink = match named {
@@ -218,12 +212,12 @@ fn find_uplink(named: Option<&str>) -> anyhow::Result<Option<String>> {
     Ok(uplink)
 }
 
-/// Prepares the host for a daemon with `args`: forwarding on, the bpffs and namespace
-/// directory ready. Returns the controller's config and whether the bpffs is ours to
+/// Prepares the host for a daemon with `args`: the bpffs and namespace directory ready. Returns the controller's config and whether the bpffs is ours to
 /// unmount at the end.
 fn prepare(state_dir: PathBuf, args: &DaemonArgs) -> anyhow::Result<(Config, bool)> {
+    // No host-wide `ip_forward`: each bridge forwards for its own containers
+    // (`network::route_for_containers`), so the host routes nothing else because of netbpf.
     let uplink = find_uplink(args.uplink.as_deref())?;
-    enable_forwarding()?;
     let bpffs = std::path::absolute(&args.bpffs)?;
     let mounted_bpffs = prepare_bpffs(&bpffs)?;
     let cgroup = match &args.cgroup {

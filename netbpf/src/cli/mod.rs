@@ -11,7 +11,7 @@ use hyper::Method;
 
 use crate::api::{
     AttachRequest, ConnectRequest, ContainerCreate, ContainerSummary, ContainerView, DaemonInfo,
-    DisconnectRequest, EndpointStats, ExecRequest, ExecResponse, NetworkCreate, NetworkView,
+    DisconnectRequest, ExecRequest, ExecResponse, NetworkCreate, NetworkView, StatsView,
     WaitResponse,
     client::{Client, ClientError},
 };
@@ -297,7 +297,7 @@ pub async fn run_client(socket: PathBuf, command: Command) -> Result<i32, Client
             .await?;
         }
         Command::Stats { format } => {
-            let stats: Vec<EndpointStats> = client.get("/stats").await?;
+            let stats: StatsView = client.get("/stats").await?;
             output::stats(&stats, format);
             if format == Format::Table {
                 let info: DaemonInfo = client.get("/info").await?;

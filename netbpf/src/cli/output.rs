@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use super::Format;
-use crate::api::{ContainerSummary, EndpointStats, NetworkView};
+use crate::api::{ContainerSummary, NetworkView, StatsView};
 
 pub fn json(value: &impl Serialize) {
     println!(
@@ -92,11 +92,13 @@ pub fn containers(list: &[ContainerSummary], quiet: bool, format: Format) {
     );
 }
 
-pub fn stats(list: &[EndpointStats], format: Format) {
+/// Endpoints first, then the drops of every hook by reason.
+pub fn stats(stats: &StatsView, format: Format) {
     if format == Format::Json {
-        return json(&list);
+        return json(stats);
     }
-    let rows = list
+    let rows = stats
+        .endpoints
         .iter()
         .map(|s| {
             let drops: Vec<String> = s
@@ -129,4 +131,15 @@ pub fn stats(list: &[EndpointStats], format: Format) {
         ],
         rows,
     );
+    println!();
+    let rows = stats
+        .drops
+        .iter()
+        .flat_map(|(hook, reasons)| {
+            reasons
+                .iter()
+                .map(move |(reason, n)| vec![hook.clone(), reason.clone(), n.to_string()])
+        })
+        .collect();
+    table(&["HOOK", "DROP REASON", "PACKETS"], rows);
 }

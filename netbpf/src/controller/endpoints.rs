@@ -13,6 +13,7 @@ use crate::{
     state::{
         ContainerRecord, EndpointRecord, NetworkKind, NetworkMode, NetworkRecord, NetworkRequest,
     },
+    sysctl,
 };
 
 /// What [`Controller::plug`] made, for the caller to record.
@@ -207,6 +208,7 @@ impl Controller {
         if let NetworkKind::OverlayBlock(_) = kind {
             endpoint::set_mtu(ns, &ep, self.overlay.container_mtu())?;
         }
+        sysctl::refuse_router_advertisements(&ep.host_veth)?;
         self.install_endpoint(net, &ep)?;
         self.uplink.attach_endpoint(&mut self.datapath, ns, &ep)?;
         endpoint::plug_into_bridge(net, &ep)?;
@@ -224,17 +226,20 @@ impl Controller {
             .collect()
     }
 
-    /// Attaches the fast path to the endpoint's veth and publishes it in the maps.
+    /// Publishes the endpoint in the maps, then attaches the fast path to its veth: a
+    /// program swapped into a re-adopted veth's link finds its entry already there (the
+    /// maps may have been recreated by an upgrade), so no packet of it meets an unknown
+    /// interface.
     pub(super) fn install_endpoint(
         &mut self,
         net: &NetworkRecord,
         ep: &EndpointRecord,
     ) -> Result<(), crate::datapath::DatapathError> {
-        self.datapath.attach(&ep.host_veth)?;
         self.datapath
-            .set_iface(ep.host_ifindex, network::endpoint_iface(net))?;
+            .set_iface(ep.host_ifindex, network::endpoint_iface(net, ep))?;
         self.datapath
-            .set_endpoint(net.index, ep.ip, endpoint::map_target(ep))
+            .set_endpoint(net.index, ep.ip, endpoint::map_target(ep))?;
+        self.datapath.attach(&ep.host_veth)
     }
 
     /// `network connect`: a new endpoint, live if the container runs, and the request kept

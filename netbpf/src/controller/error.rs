@@ -39,6 +39,8 @@ pub enum Error {
     #[error(transparent)]
     Uplink(#[from] UplinkError),
     #[error(transparent)]
+    Sysctl(#[from] crate::sysctl::SysctlError),
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error("{0:#}")]
     Other(#[from] anyhow::Error),

@@ -221,7 +221,7 @@ impl Controller {
     }
 
     /// Takes a veth endpoint out of the maps (its `ENDPOINTS` entry only if its network is
-    /// known), then deletes its veth; never fails half-way.
+    /// known), deletes its veth and forgets its tracked flows; never fails half-way.
     fn remove_endpoint(&mut self, network_index: Option<u32>, ep: &EndpointRecord) {
         if let Some(index) = network_index {
             self.datapath.remove_endpoint(index, ep.ip);
@@ -229,6 +229,8 @@ impl Controller {
         self.datapath.remove_iface(ep.host_ifindex);
         self.datapath.detach(&ep.host_veth);
         endpoint::unwire(&ep.host_veth);
+        // The address goes back to the pool: its next holder must not inherit its flows.
+        self.datapath.forget_flows_of(ep.ip);
     }
 
     /// With the XDP stage on, every running endpoint gets the receiving XDP program.
@@ -299,6 +301,11 @@ impl Controller {
     /// An endpoint's counters, summed over CPUs.
     pub fn counters(&self, host_ifindex: u32) -> EndpointCounters {
         self.datapath.counters(host_ifindex)
+    }
+
+    /// Drops by hook and reason (the non-zero ones).
+    pub fn drops(&self) -> Vec<(netbpf_common::Hook, netbpf_common::DropReason, u64)> {
+        self.datapath.drops()
     }
 
     pub fn nat_mode(&self) -> Option<NatMode> {

@@ -145,6 +145,7 @@ impl Controller {
         };
         network::ensure_bridge(&record)?;
         undo.push(Step::Bridge(record.clone()));
+        network::route_for_containers(&record)?;
         self.datapath
             .set_subnet(record.subnet, network::subnet_info(&record))?;
         undo.push(Step::Subnet(record.subnet));

@@ -23,6 +23,7 @@ impl Controller {
             match net.kind() {
                 NetworkKind::Bridge | NetworkKind::OverlayBlock(_) => {
                     network::ensure_bridge(net)?;
+                    network::route_for_containers(net)?;
                 }
                 NetworkKind::Direct(parent) => match macvlan::ensure_parent(parent) {
                     Ok(parent) => net.parent = Some(parent),
@@ -194,7 +195,7 @@ impl Controller {
             };
             desired
                 .ifaces
-                .insert(ep.host_ifindex, network::endpoint_iface(net));
+                .insert(ep.host_ifindex, network::endpoint_iface(net, ep));
             desired
                 .endpoints
                 .insert((net.index, ep.ip), endpoint::map_target(ep));

@@ -3,17 +3,17 @@
 //! and the expiry of tracked flows.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     net::Ipv4Addr,
 };
 
 use aya::maps::{LpmTrie, MapData, PerCpuValues, lpm_trie::Key};
 use ipnet::Ipv4Net;
 use netbpf_common::{
-    EndpointCounters, EndpointIface, EndpointKey, EndpointTarget, FlowKey, IpAddrKey,
-    NAT_TIMEOUT_TCP_CLOSING_NS, NAT_TIMEOUT_TCP_NS, NAT_TIMEOUT_UDP_NS, NatConfig, NatEntry,
-    OverlayLocal, OverlayRoute, OverlayRouteKey, PROTO_TCP, PublishedKey, PublishedTarget,
-    SubnetInfo, SubnetKey,
+    DropReason, EndpointCounters, EndpointIface, EndpointKey, EndpointTarget, FlowKey, Hook,
+    IpAddrKey, NAT_REWRITE_DST, NAT_REWRITE_SRC, NAT_TIMEOUT_TCP_CLOSING_NS, NAT_TIMEOUT_TCP_NS,
+    NAT_TIMEOUT_UDP_NS, NatConfig, NatEntry, OverlayLocal, OverlayRoute, OverlayRouteKey,
+    PROTO_ICMP, PROTO_TCP, PublishedKey, PublishedTarget, SubnetInfo, SubnetKey,
 };
 
 use super::{Datapath, DatapathError, Desired};
@@ -64,6 +64,24 @@ impl Datapath {
             .unwrap_or(0)
     }
 
+    /// Drops by hook and reason, summed over CPUs; only the counts that are not zero.
+    pub fn drops(&self) -> Vec<(Hook, DropReason, u64)> {
+        let mut out = vec![];
+        for hook in Hook::ALL {
+            for reason in DropReason::ALL {
+                let n: u64 = self
+                    .drops
+                    .get(&hook.drop_slot(reason), 0)
+                    .map(|v| v.iter().sum())
+                    .unwrap_or(0);
+                if n > 0 {
+                    out.push((hook, reason, n));
+                }
+            }
+        }
+        out
+    }
+
     pub fn set_published(
         &mut self,
         key: PublishedKey,
@@ -106,21 +124,31 @@ impl Datapath {
         Ok(self.nat_config.set(0, config, 0)?)
     }
 
-    /// Deletes tracked flows idle for longer than their timeout; returns how many remain.
+    /// Deletes tracked flows idle for longer than their timeout, each half of a masqueraded
+    /// flow only with the other (see [`expired_flows`]); returns how many remain.
     pub fn expire_flows(&mut self, now_ns: u64) -> usize {
-        let mut expired = vec![];
-        let mut live = 0;
-        for (key, entry) in self.conntrack.iter().flatten() {
-            if is_expired(&key, &entry, now_ns) {
-                expired.push(key);
-            } else {
-                live += 1;
-            }
+        let flows: HashMap<FlowKey, NatEntry> = self.conntrack.iter().flatten().collect();
+        let expired = expired_flows(&flows, now_ns);
+        for key in &expired {
+            let _ = self.conntrack.remove(key);
         }
-        for key in expired {
-            let _ = self.conntrack.remove(&key);
+        flows.len() - expired.len()
+    }
+
+    /// Deletes every tracked flow of `ip` (as either end, or as the address a rewrite
+    /// writes): the next endpoint given that address must not receive the old one's flows.
+    pub fn forget_flows_of(&mut self, ip: Ipv4Addr) {
+        let addr = IpAddrKey::from_v4(ip.octets());
+        let stale: Vec<FlowKey> = self
+            .conntrack
+            .iter()
+            .flatten()
+            .filter(|(key, entry)| key.src == addr || key.dst == addr || entry.addr == addr)
+            .map(|(key, _)| key)
+            .collect();
+        for key in &stale {
+            let _ = self.conntrack.remove(key);
         }
-        live
     }
 
     pub fn set_endpoint(
@@ -239,6 +267,51 @@ pub fn is_expired(key: &FlowKey, entry: &NatEntry, now_ns: u64) -> bool {
     now_ns.saturating_sub(entry.last_seen_ns) > timeout
 }
 
+/// The tracked flows to delete at `now_ns`: those idle past their timeout whose other half
+/// (a masqueraded flow has two entries, see [`partner`]) is gone or idle too. A one-way flow
+/// refreshes only the half its packets use; dropping the other would free its port claim
+/// for a second flow while the first still sends.
+pub fn expired_flows(flows: &HashMap<FlowKey, NatEntry>, now_ns: u64) -> Vec<FlowKey> {
+    let idle = |key: &FlowKey, entry: &NatEntry| is_expired(key, entry, now_ns);
+    flows
+        .iter()
+        .filter(|(key, entry)| idle(key, entry))
+        .filter(|(key, entry)| {
+            partner(key, entry)
+                .and_then(|other| flows.get(&other).map(|e| (other, e)))
+                .is_none_or(|(other, e)| idle(&other, e))
+        })
+        .map(|(key, _)| *key)
+        .collect()
+}
+
+/// The other half of a masqueraded flow: the reply entry (`NAT_REWRITE_DST`, remote → host
+/// port, rewritten to the container) and the forward entry (`NAT_REWRITE_SRC`, container →
+/// remote, rewritten to the host port) name each other. An ICMP echo's identifier stands
+/// for both ports. A published port's entry has no partner in the map.
+pub fn partner(key: &FlowKey, entry: &NatEntry) -> Option<FlowKey> {
+    let icmp = key.proto == PROTO_ICMP;
+    let flow = |src, sport, dst, dport| FlowKey {
+        src,
+        dst,
+        sport,
+        dport,
+        proto: key.proto,
+        _pad: [0; 3],
+    };
+    match entry.action {
+        NAT_REWRITE_DST => {
+            let remote_port = if icmp { entry.port } else { key.sport };
+            Some(flow(entry.addr, entry.port, key.src, remote_port))
+        }
+        NAT_REWRITE_SRC => {
+            let remote_port = if icmp { entry.port } else { key.dport };
+            Some(flow(key.dst, remote_port, entry.addr, entry.port))
+        }
+        _ => None,
+    }
+}
+
 /// The `ENDPOINTS` key of address `ip` on network `network`.
 pub fn endpoint_key(network: u32, ip: Ipv4Addr) -> EndpointKey {
     EndpointKey {
@@ -303,5 +376,80 @@ mod tests {
         assert!(is_expired(&key(PROTO_TCP), &entry(TCP_SEEN_FIN), later(11)));
         // A clock older than the entry (it was just touched) never expires it.
         assert!(!is_expired(&key(PROTO_UDP), &entry(0), 0));
+    }
+
+    fn v4(s: &str) -> IpAddrKey {
+        IpAddrKey::from_v4(s.parse::<Ipv4Addr>().unwrap().octets())
+    }
+
+    /// The two entries masquerade makes for container 10.1.0.2:5000 → 192.0.2.9:53 over
+    /// host port 61000, as `nat::masquerade` writes them.
+    fn masqueraded(proto: u8, last_seen: [u64; 2]) -> [(FlowKey, NatEntry); 2] {
+        let icmp = proto == PROTO_ICMP;
+        let remote_port = if icmp { 61_000 } else { 53 };
+        let reply = FlowKey {
+            src: v4("192.0.2.9"),
+            dst: v4("198.18.0.2"),
+            sport: remote_port,
+            dport: 61_000,
+            proto,
+            _pad: [0; 3],
+        };
+        let forward = FlowKey {
+            src: v4("10.1.0.2"),
+            dst: v4("192.0.2.9"),
+            sport: 5_000,
+            dport: if icmp { 5_000 } else { 53 },
+            proto,
+            _pad: [0; 3],
+        };
+        let entry = |addr, port, action, seen| NatEntry {
+            addr,
+            port,
+            action,
+            last_seen_ns: seen * SEC,
+            ..NatEntry::default()
+        };
+        [
+            (
+                reply,
+                entry(v4("10.1.0.2"), 5_000, NAT_REWRITE_DST, last_seen[0]),
+            ),
+            (
+                forward,
+                entry(v4("198.18.0.2"), 61_000, NAT_REWRITE_SRC, last_seen[1]),
+            ),
+        ]
+    }
+
+    #[test]
+    fn the_halves_of_a_masqueraded_flow_name_each_other() {
+        for proto in [PROTO_UDP, PROTO_TCP, PROTO_ICMP] {
+            let [(reply, reply_entry), (forward, forward_entry)] = masqueraded(proto, [0, 0]);
+            assert_eq!(
+                partner(&reply, &reply_entry),
+                Some(forward),
+                "proto {proto}"
+            );
+            assert_eq!(
+                partner(&forward, &forward_entry),
+                Some(reply),
+                "proto {proto}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_one_way_flow_keeps_its_port_claim() {
+        // Only the forward half is used (the container sends, nothing comes back).
+        let flows: HashMap<FlowKey, NatEntry> = masqueraded(PROTO_UDP, [0, 100]).into();
+        assert_eq!(expired_flows(&flows, 120 * SEC), vec![]);
+        // Both idle: both go, together.
+        assert_eq!(expired_flows(&flows, 200 * SEC).len(), 2);
+        // A published port's entry has no partner and expires alone.
+        let [(reply, mut entry), _] = masqueraded(PROTO_UDP, [0, 0]);
+        entry.action = NAT_REWRITE_SRC;
+        let flows = HashMap::from([(reply, entry)]);
+        assert_eq!(expired_flows(&flows, 61 * SEC), vec![reply]);
     }
 }

@@ -95,6 +95,7 @@ pub struct Datapath {
     nat_config: Array<MapData, NatConfig>,
     conntrack: HashMap<MapData, FlowKey, NatEntry>,
     xdp_redirects: PerCpuArray<MapData, u64>,
+    drops: PerCpuArray<MapData, u64>,
     overlay_routes: LpmTrie<MapData, OverlayRouteKey, OverlayRoute>,
     overlay_vnis: HashMap<MapData, u32, OverlayLocal>,
     links_dir: PathBuf,
@@ -135,6 +136,36 @@ fn pins_in(dir: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Maps the daemon rebuilds whole from its state (or that only count), with the layout
+/// this release gives their values. A pin of an older layout is removed before loading, so
+/// a new map is made: reusing it would make the new programs fail the verifier (or read
+/// past the old values). The old programs keep the old map until their links are swapped.
+const REBUILT_MAPS: [(&str, usize); 3] = [
+    (names::ENDPOINT_IFACES, size_of::<EndpointIface>()),
+    (names::COUNTERS, size_of::<EndpointCounters>()),
+    (names::DROPS, size_of::<u64>()),
+];
+
+fn unpin_outgrown(maps_dir: &Path) {
+    for (name, value_size) in REBUILT_MAPS {
+        let pin = maps_dir.join(name);
+        let Ok(info) = aya::maps::MapInfo::from_pin(&pin) else {
+            continue;
+        };
+        if info.value_size() as usize != value_size {
+            tracing::info!(
+                map = name,
+                old = info.value_size(),
+                new = value_size,
+                "map layout changed: made anew"
+            );
+            if let Err(error) = std::fs::remove_file(&pin) {
+                tracing::warn!(%error, map = name, "cannot remove the outgrown pin");
+            }
+        }
+    }
+}
+
 mod links;
 mod maps;
 
@@ -153,6 +184,7 @@ impl Datapath {
                 source,
             })?;
         }
+        unpin_outgrown(&maps_dir);
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
             .load(EBPF_OBJECT)?;
@@ -168,6 +200,7 @@ impl Datapath {
         let nat_config = Array::try_from(take(names::NAT_CONFIG)?)?;
         let conntrack = HashMap::try_from(take(names::CONNTRACK)?)?;
         let xdp_redirects = PerCpuArray::try_from(take(names::XDP_REDIRECTS)?)?;
+        let drops = PerCpuArray::try_from(take(names::DROPS)?)?;
         let overlay_routes = LpmTrie::try_from(take(names::OVERLAY_ROUTES)?)?;
         let overlay_vnis = HashMap::try_from(take(names::OVERLAY_VNIS)?)?;
         Ok(Self {
@@ -183,6 +216,7 @@ impl Datapath {
             nat_config,
             conntrack,
             xdp_redirects,
+            drops,
             links_dir,
             host_links_dir,
             xdp_links_dir,
@@ -207,6 +241,7 @@ impl Datapath {
             (names::NAT_CONFIG, map_id(&self.nat_config)),
             (names::CONNTRACK, map_id(&self.conntrack)),
             (names::XDP_REDIRECTS, map_id(&self.xdp_redirects)),
+            (names::DROPS, map_id(&self.drops)),
             (names::OVERLAY_ROUTES, map_id(&self.overlay_routes)),
             (names::OVERLAY_VNIS, map_id(&self.overlay_vnis)),
         ];

@@ -9,7 +9,7 @@ use std::{
 
 use crate::{
     network::DEFAULT_NETWORK,
-    state::{NetworkMode, State},
+    state::{ContainerRecord, NetworkMode, State},
 };
 
 /// One name on one network.
@@ -62,7 +62,11 @@ impl Table {
         for c in state.containers.values().filter(|c| c.is_running()) {
             let mut asker = Asker {
                 networks: BTreeSet::new(),
-                upstreams: if c.dns.is_empty() {
+                upstreams: if only_internal(state, c) {
+                    // Docker ≥ 26: a container only on `--internal` networks gets no
+                    // names from outside, so DNS cannot tunnel data out of it.
+                    vec![]
+                } else if c.dns.is_empty() {
                     host_upstreams.to_vec()
                 } else {
                     c.dns.iter().map(|ip| SocketAddr::new(*ip, 53)).collect()
@@ -162,6 +166,14 @@ fn parse_in_addr_arpa(name: &str) -> Option<Ipv4Addr> {
         [d, c, b, a] => Some(Ipv4Addr::new(*a, *b, *c, *d)),
         _ => None,
     }
+}
+
+/// Whether every network `c` has an endpoint on is `--internal` (and it has one).
+fn only_internal(state: &State, c: &ContainerRecord) -> bool {
+    !c.endpoints.is_empty()
+        && c.endpoints
+            .iter()
+            .all(|ep| state.networks.get(&ep.network).is_some_and(|n| n.internal))
 }
 
 /// The host's upstream resolvers from a resolv.conf, leaving out loopback ones (a local
@@ -266,6 +278,32 @@ mod tests {
         assert_eq!(
             table.reverse(&nets(&["front"]), "9.9.9.9.in-addr.arpa"),
             Answer::Forward
+        );
+    }
+
+    #[test]
+    fn containers_only_on_internal_networks_get_no_upstreams() {
+        let mut state = state();
+        for (name, index, internal) in [("front", 1, false), ("back", 2, true), ("other", 3, true)]
+        {
+            let mut net = crate::state::fixtures::network(name, "10.9.0.0/24", index);
+            net.internal = internal;
+            state.networks.insert(name.into(), net);
+        }
+        let upstream: SocketAddr = "192.0.2.1:53".parse().unwrap();
+        let table = Table::from_state(&state, &[upstream]);
+        let upstreams_of = |id: &str| {
+            table
+                .asker(&format!("{id:0<64}"))
+                .unwrap()
+                .upstreams
+                .clone()
+        };
+        assert_eq!(upstreams_of("ccc"), vec![], "only on an internal network");
+        assert_eq!(
+            upstreams_of("aaa"),
+            vec![upstream],
+            "also on a network with a way out"
         );
     }
 
