@@ -359,7 +359,9 @@ pub struct NatEntry {
     pub action: u8,
     /// `TCP_SEEN_*` bits, to expire closed TCP flows quickly.
     pub tcp_seen: u8,
-    pub _pad: u32,
+    /// In `CONNTRACK_NEW`: the container's SYN-ACK sequence number, which the client's ACK
+    /// must acknowledge to confirm the flow (host order; 0 elsewhere).
+    pub isn: u32,
     /// `bpf_ktime_get_ns` of the last packet; the daemon expires idle entries.
     pub last_seen_ns: u64,
 }
@@ -368,12 +370,16 @@ pub const NAT_REWRITE_SRC: u8 = 1;
 pub const NAT_REWRITE_DST: u8 = 2;
 pub const TCP_SEEN_FIN: u8 = 1 << 0;
 pub const TCP_SEEN_RST: u8 = 1 << 1;
+/// `isn` holds the SYN-ACK's sequence number.
+pub const TCP_SEEN_SYNACK: u8 = 1 << 2;
 
 /// How long an idle flow is kept. TCP uses the established timeout until a FIN or RST is
 /// seen, then the closing one.
 pub const NAT_TIMEOUT_UDP_NS: u64 = 60 * 1_000_000_000;
 pub const NAT_TIMEOUT_TCP_NS: u64 = 2 * 3600 * 1_000_000_000;
 pub const NAT_TIMEOUT_TCP_CLOSING_NS: u64 = 10 * 1_000_000_000;
+/// How long a flow from outside may stay unconfirmed while idle (as a SYN_RECV).
+pub const NAT_TIMEOUT_NEW_NS: u64 = 30 * 1_000_000_000;
 
 /// The host-wide settings the NAT programs need, in a one-element array.
 #[repr(C)]
@@ -405,6 +411,7 @@ pub mod names {
     pub const BACKENDS: &str = "BACKENDS";
     pub const HOST_ADDRS: &str = "HOST_ADDRS";
     pub const CONNTRACK: &str = "CONNTRACK";
+    pub const CONNTRACK_NEW: &str = "CONNTRACK_NEW";
     pub const NAT_CONFIG: &str = "NAT_CONFIG";
     pub const SOCK_ORIGINAL: &str = "SOCK_ORIGINAL";
     pub const PROG_FROM_CONTAINER: &str = "from_container";
@@ -437,6 +444,9 @@ pub const MAX_OVERLAY_ROUTES: u32 = 16_384;
 pub const MAX_OVERLAY_VNIS: u32 = 1_024;
 /// Tracked flows; the map is LRU, so a full table evicts the oldest flows, never wedges.
 pub const MAX_FLOWS: u32 = 262_144;
+/// Flows from outside not yet confirmed by their client (`CONNTRACK_NEW`): what a flood of
+/// spoofed SYNs fills instead of `CONNTRACK`.
+pub const MAX_NEW_FLOWS: u32 = 131_072;
 
 const _: () = assert!(core::mem::size_of::<IpAddrKey>() == 16);
 const _: () = assert!(core::mem::size_of::<EndpointKey>() == 20);

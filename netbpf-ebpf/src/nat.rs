@@ -12,7 +12,7 @@ use netbpf_common::{
 };
 
 use crate::{
-    conntrack::{self, v4},
+    conntrack::{self, ClientPacket, v4},
     csum::{self, Side},
     endpoints,
     parse::{IPPROTO_ICMP, Ipv4Flow},
@@ -71,13 +71,12 @@ pub fn published(addr: [u8; 4], port: u16, proto: u8) -> Option<PublishedTarget>
 pub fn dnat(ctx: &TcContext, flow: &Ipv4Flow, target: &PublishedTarget) -> tc::Action {
     let backend = v4(&target.addr);
     let reply = conntrack::key(backend, target.port, flow.src, flow.sport, flow.proto);
-    if !conntrack::record(
-        &reply,
-        flow.dst,
-        flow.dport,
-        NAT_REWRITE_SRC,
-        flow.tcp_flags,
-    ) {
+    let packet = ClientPacket {
+        proto: flow.proto,
+        tcp_flags: flow.tcp_flags,
+        ack: flow.ack,
+    };
+    if !conntrack::record_inbound(&reply, flow.dst, flow.dport, NAT_REWRITE_SRC, &packet) {
         return Err(DropReason::ConntrackFull);
     }
     rewrite(ctx, flow, Side::Dst, backend, target.port)?;
@@ -127,7 +126,9 @@ fn rewrite(
 }
 
 /// Source-NATs a container's packet to the uplink address, claiming a source port for a
-/// new flow: its own port if free, else a few hashed probes in the configured range.
+/// new flow: a few hashed probes in the configured range, which the host reserves for
+/// masquerade, so a container's flow never takes a host socket's 4-tuple (its own port is
+/// not kept: the host may be using it).
 #[inline(always)]
 pub fn masquerade(ctx: &TcContext, flow: &Ipv4Flow) -> tc::Action {
     let Some(cfg) = config() else {
@@ -140,11 +141,8 @@ pub fn masquerade(ctx: &TcContext, flow: &Ipv4Flow) -> tc::Action {
         ^ (u32::from(flow.sport) << 16 | u32::from(flow.dport));
     let mut i: u32 = 0;
     while i < 8 {
-        let port = if i == 0 {
-            flow.sport
-        } else {
-            cfg.port_min + (seed.wrapping_mul(2_654_435_761).wrapping_add(i * 40_503) % span) as u16
-        };
+        let port = cfg.port_min
+            + (seed.wrapping_mul(2_654_435_761).wrapping_add(i * 40_503) % span) as u16;
         i += 1;
         if published(host, port, flow.proto).is_some() {
             continue;

@@ -75,6 +75,9 @@ pub struct Ipv4Flow {
     pub dport: u16,
     /// TCP flags byte (0 for UDP).
     pub tcp_flags: u8,
+    /// TCP sequence and acknowledgment numbers, host order (0 for UDP and ICMP).
+    pub seq: u32,
+    pub ack: u32,
 }
 
 pub const IPPROTO_ICMP: u8 = 1;
@@ -83,6 +86,7 @@ pub const IPPROTO_UDP: u8 = 17;
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
 
 /// Parses Ethernet + IPv4 + TCP/UDP, or an ICMP echo request/reply, whose identifier
 /// plays the part of both ports (that is how masquerade tells pings apart). `None` for anything NAT must leave alone: other
@@ -103,20 +107,22 @@ pub fn ipv4_flow(ctx: &TcContext) -> Option<Ipv4Flow> {
     let (src, dst) = (ip.src_addr, ip.dst_addr);
     let l4_offset = EthHdr::LEN + ihl;
     let ports: [u8; 4] = ctx.load(l4_offset).ok()?;
-    let tcp_flags = match proto {
+    let (tcp_flags, seq, ack) = match proto {
         IPPROTO_TCP => {
-            // Data offset byte and flags byte; the header must be at least 20 bytes.
-            let [data_offset, flags]: [u8; 2] = ctx.load(l4_offset + 12).ok()?;
-            if usize::from(data_offset >> 4) * 4 < 20 || ctx.len() as usize <= l4_offset + 13 {
+            // Sequence and acknowledgment numbers, data offset and flags, in one load; the
+            // header must be at least 20 bytes.
+            let t: [u8; 10] = ctx.load(l4_offset + 4).ok()?;
+            if usize::from(t[8] >> 4) * 4 < 20 {
                 return None;
             }
-            flags
+            let seq = u32::from_be_bytes([t[0], t[1], t[2], t[3]]);
+            (t[9], seq, u32::from_be_bytes([t[4], t[5], t[6], t[7]]))
         }
         IPPROTO_UDP => {
             if (ctx.len() as usize) < l4_offset + 8 {
                 return None;
             }
-            0
+            (0, 0, 0)
         }
         IPPROTO_ICMP => {
             // Echo reply (0) or request (8); other ICMP is left to the kernel.
@@ -133,6 +139,8 @@ pub fn ipv4_flow(ctx: &TcContext) -> Option<Ipv4Flow> {
                 sport: id,
                 dport: id,
                 tcp_flags: 0,
+                seq: 0,
+                ack: 0,
             });
         }
         _ => return None,
@@ -145,6 +153,8 @@ pub fn ipv4_flow(ctx: &TcContext) -> Option<Ipv4Flow> {
         sport: u16::from_be_bytes([ports[0], ports[1]]),
         dport: u16::from_be_bytes([ports[2], ports[3]]),
         tcp_flags,
+        seq,
+        ack,
     })
 }
 

@@ -19,7 +19,7 @@ use network_types::{
 };
 
 use crate::{
-    conntrack::{self, v4},
+    conntrack::{self, ClientPacket, v4},
     csum, drops, nat,
     parse::{IPPROTO_TCP, IPPROTO_UDP, ptr_at},
 };
@@ -36,6 +36,8 @@ struct Datagram {
     proto: u8,
     /// TCP flags byte (0 for UDP).
     tcp_flags: u8,
+    /// TCP acknowledgment number, host order (0 for UDP).
+    ack: u32,
 }
 
 #[inline(always)]
@@ -57,7 +59,7 @@ fn parse(ctx: &XdpContext) -> Option<Datagram> {
     }
     let proto = hdr.proto;
     let l4_offset = EthHdr::LEN + ihl;
-    let tcp_flags = match proto {
+    let (tcp_flags, ack) = match proto {
         IPPROTO_TCP => {
             let tcp = ptr_at::<[u8; 20]>(ctx, l4_offset)?;
             // SAFETY: bounds checked by ptr_at.
@@ -65,11 +67,14 @@ fn parse(ctx: &XdpContext) -> Option<Datagram> {
             if usize::from(tcp[12] >> 4) * 4 < 20 {
                 return None;
             }
-            tcp[13]
+            (
+                tcp[13],
+                u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]),
+            )
         }
         IPPROTO_UDP => {
             ptr_at::<[u8; 8]>(ctx, l4_offset)?;
-            0
+            (0, 0)
         }
         _ => return None,
     };
@@ -78,6 +83,7 @@ fn parse(ctx: &XdpContext) -> Option<Datagram> {
         l4_offset,
         proto,
         tcp_flags,
+        ack,
     })
 }
 
@@ -124,7 +130,12 @@ fn translate(
 ) -> Result<u32, DropReason> {
     let backend = v4(&target.addr);
     let reply = conntrack::key(backend, target.port, src, sport, d.proto);
-    if !conntrack::record(&reply, dst, dport, NAT_REWRITE_SRC, d.tcp_flags) {
+    let packet = ClientPacket {
+        proto: d.proto,
+        tcp_flags: d.tcp_flags,
+        ack: d.ack,
+    };
+    if !conntrack::record_inbound(&reply, dst, dport, NAT_REWRITE_SRC, &packet) {
         return Err(DropReason::ConntrackFull);
     }
     let csum_offset = d.l4_offset + if d.proto == IPPROTO_UDP { 6 } else { 16 };

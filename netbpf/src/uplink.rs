@@ -7,11 +7,20 @@ use std::{fs::File, net::Ipv4Addr, path::Path};
 use netbpf_common::{IpAddrKey, NatConfig};
 
 use crate::{
-    datapath::{Datapath, DatapathError},
+    datapath::{Datapath, DatapathError, TrackedFlows},
     netlink::{Netlink, NetlinkError},
-    netns, publish,
+    netns,
     state::EndpointRecord,
+    sysctl::{self, SysctlError},
 };
+
+/// The source ports masquerade gives containers' flows on the uplink address: above the
+/// kernel's default ephemeral range (32768–60999) and below the embedded DNS's port, and
+/// reserved (`ip_local_reserved_ports`) so that no host socket binding port 0 or connecting
+/// unbound gets one. A container's flow can then never take the 4-tuple of a host
+/// connection. 4000 ports for each remote address, port and protocol.
+pub const MASQUERADE_PORTS: (u16, u16) = (61000, 64999);
+const _: () = assert!(MASQUERADE_PORTS.1 < netbpf_common::DNS_SERVER_PORT);
 
 /// Whether published ports from outside get the XDP stage on the uplink.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -52,13 +61,15 @@ pub enum UplinkError {
     Netlink(#[from] NetlinkError),
     #[error("reading this namespace's cookie: {0}")]
     Cookie(std::io::Error),
+    #[error("reserving the masquerade ports: {0}")]
+    Reserve(#[from] SysctlError),
 }
 
 pub struct Uplink {
     /// Set once the uplink programs are attached.
     mode: Option<NatMode>,
     /// Tracked NAT flows at the last expiry pass.
-    tracked_flows: usize,
+    tracked_flows: TrackedFlows,
 }
 
 impl Uplink {
@@ -72,11 +83,12 @@ impl Uplink {
     ) -> Result<Self, UplinkError> {
         let mut this = Self {
             mode: None,
-            tracked_flows: 0,
+            tracked_flows: TrackedFlows::default(),
         };
         this.refresh_host_addrs(datapath)?;
         datapath.attach_cgroup(cgroup)?;
-        let (port_min, port_max) = publish::ephemeral_range();
+        let (port_min, port_max) = MASQUERADE_PORTS;
+        sysctl::reserve_local_ports(port_min, port_max)?;
         let mut config = NatConfig {
             port_min,
             port_max,
@@ -127,7 +139,7 @@ impl Uplink {
         self.mode
     }
 
-    pub fn tracked_flows(&self) -> usize {
+    pub fn tracked_flows(&self) -> TrackedFlows {
         self.tracked_flows
     }
 

@@ -255,3 +255,42 @@ pub fn router_advertisement(src_mac: [u8; 6], prefix: std::net::Ipv6Addr) -> Vec
     out.extend(icmp);
     out
 }
+
+/// Rewrites an Ethernet + IPv4 + TCP/UDP frame's source address in place, updating the IP
+/// and L4 checksums incrementally (RFC 1624), as a flooder varies one template.
+pub fn set_ipv4_src(frame: &mut [u8], src: [u8; 4]) {
+    let old: [u8; 4] = frame[ETH + 12..ETH + 16].try_into().unwrap();
+    let update = |csum: u16| {
+        // ~(~HC + ~m + m'), over the two 16-bit words of the address.
+        let mut sum = u32::from(!csum);
+        for i in [0, 2] {
+            sum += u32::from(!u16::from_be_bytes([old[i], old[i + 1]]));
+            sum += u32::from(u16::from_be_bytes([src[i], src[i + 1]]));
+        }
+        fold(sum)
+    };
+    let ip_csum = u16::from_be_bytes([frame[ETH + 10], frame[ETH + 11]]);
+    frame[ETH + 10..ETH + 12].copy_from_slice(&update(ip_csum).to_be_bytes());
+    let l4 = ETH + usize::from(frame[ETH] & 0xf) * 4;
+    let at = l4 + if frame[ETH + 9] == UDP { 6 } else { 16 };
+    let l4_csum = u16::from_be_bytes([frame[at], frame[at + 1]]);
+    frame[at..at + 2].copy_from_slice(&update(l4_csum).to_be_bytes());
+    frame[ETH + 12..ETH + 16].copy_from_slice(&src);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_source_keeps_both_checksums_right() {
+        for mut frame in [
+            tcp(("100.64.0.0", 40000), ("198.18.0.2", 8080), TCP_SYN),
+            udp(("100.64.0.0", 40000), ("198.18.0.2", 53)),
+        ] {
+            set_ipv4_src(&mut frame, [100, 70, 255, 3]);
+            let seen = check(&frame).unwrap();
+            assert_eq!(seen.src, Ipv4Addr::new(100, 70, 255, 3));
+        }
+    }
+}

@@ -171,3 +171,83 @@ fn an_address_given_again_inherits_no_flows() {
         "the new tenant received the old one's flow"
     );
 }
+
+/// A TCP echo server on port 8000.
+const ECHO_SERVER: &str = "import socketserver
+class Echo(socketserver.BaseRequestHandler):
+    def handle(self):
+        while True:
+            data = self.request.recv(1024)
+            if not data:
+                return
+            self.request.sendall(data)
+socketserver.ThreadingTCPServer.allow_reuse_address = True
+socketserver.ThreadingTCPServer(('0.0.0.0', 8000), Echo).serve_forever()";
+
+/// From TCP port 45000, to `argv[1]`:8000: `argv[3]` rounds of sending `argv[2]` and
+/// reading it back, half a second apart, on one connection; prints `ok` if all came back.
+const ECHO_CLIENT: &str = "import socket, sys, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('0.0.0.0', 45000))
+s.settimeout(3)
+s.connect((sys.argv[1], 8000))
+for _ in range(int(sys.argv[3])):
+    s.sendall(sys.argv[2].encode())
+    assert s.recv(100) == sys.argv[2].encode()
+    time.sleep(0.5)
+print('ok')";
+
+#[test]
+fn masquerade_never_takes_a_host_connections_ports() {
+    let mut host = TestHost::new();
+    let server = host.outside("python3", &["-c", ECHO_SERVER]);
+    host.background(server);
+    host.ok(&["run", "-d", "--name", "c", "--", "sleep", "600"]);
+    std::thread::sleep(Duration::from_millis(500));
+    // A host connection from port 45000 to the server, alive for 4 s...
+    let host_client = host
+        .on_host("python3", &["-c", ECHO_CLIENT, OUTSIDE_IP, "host", "8"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    std::thread::sleep(Duration::from_secs(1));
+    // ...and meanwhile a container's, from the same port to the same server.
+    let container = host.ok(&[
+        "exec",
+        "c",
+        "--",
+        "python3",
+        "-c",
+        ECHO_CLIENT,
+        OUTSIDE_IP,
+        "c",
+        "2",
+    ]);
+    assert_eq!(container.trim(), "ok");
+    let out = host_client.wait_with_output().expect("python3");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
+        "the host's connection broke: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The range is the kernel's to keep from the host's sockets, and says so.
+    let reserved = netbpf_tests::must(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &host.host_ns,
+            "sysctl",
+            "-n",
+            "net.ipv4.ip_local_reserved_ports",
+        ],
+    );
+    let range = host.json(&["info"])["masquerade_ports"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(range, "61000-64999");
+    assert!(reserved.contains(&range), "reserved: {reserved}");
+}

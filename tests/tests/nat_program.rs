@@ -13,6 +13,7 @@ use aya::{
 use netbpf::{
     datapath, endpoint, network,
     publish::{self, Proto, PublishedPort},
+    uplink::MASQUERADE_PORTS,
 };
 use netbpf_common::{
     EndpointIface, EndpointKey, EndpointTarget, IpAddrKey, NatConfig, PublishedKey,
@@ -123,8 +124,8 @@ fn setup(bpffs: &Path, uplink: u32, backend_veth: u32) -> Programs {
     let nat = NatConfig {
         uplink_addr: v4("198.18.0.2"),
         uplink_ifindex: uplink,
-        port_min: 32768,
-        port_max: 60999,
+        port_min: MASQUERADE_PORTS.0,
+        port_max: MASQUERADE_PORTS.1,
         netns_cookie: 0,
     };
     config.set(0, nat, 0).unwrap();
@@ -288,30 +289,30 @@ fn nat_programs_translate_with_correct_checksums_and_leave_the_rest_alone() {
             expect(what, ingress, frame, uplink, TC_ACT_SHOT, None);
         }
 
-        // Masquerade: out with the uplink address (own port when free, another when taken),
-        // and the reply back to the right container.
-        let out_a = packet::tcp(("10.50.0.3", 45000), ("198.18.0.1", 8000), TCP_SYN);
-        expect(
-            "masquerade",
-            egress,
-            out_a,
-            uplink,
-            TC_ACT_OK,
-            Some(seen("198.18.0.2", 45000, "198.18.0.1", 8000)),
-        );
-        let out_b = packet::tcp(("10.50.0.4", 45000), ("198.18.0.1", 8000), TCP_SYN);
-        let (verdict, out) = p.run(egress, &out_b, uplink);
-        assert_eq!(verdict, TC_ACT_OK);
-        let translated = packet::check(&out).unwrap();
-        assert_eq!(
-            translated.src,
-            "198.18.0.2".parse::<std::net::Ipv4Addr>().unwrap()
-        );
-        assert_ne!(
-            translated.sport, 45000,
-            "two flows share one translated port"
-        );
-        let back = packet::tcp(("198.18.0.1", 8000), ("198.18.0.2", 45000), 0x12);
+        // Masquerade: out with the uplink address and a port of the masquerade range (never
+        // the container's own: the host may use it), distinct per flow; the reply goes back
+        // to the right container.
+        let masquerade = |frame: &[u8]| {
+            let (verdict, out) = p.run(egress, frame, uplink);
+            assert_eq!(verdict, TC_ACT_OK);
+            let translated = packet::check(&out).unwrap();
+            assert_eq!(translated.src.to_string(), "198.18.0.2");
+            let range = MASQUERADE_PORTS.0..=MASQUERADE_PORTS.1;
+            assert!(range.contains(&translated.sport), "{translated:?}");
+            translated
+        };
+        let a = masquerade(&packet::tcp(
+            ("10.50.0.3", 45000),
+            ("198.18.0.1", 8000),
+            TCP_SYN,
+        ));
+        let b = masquerade(&packet::tcp(
+            ("10.50.0.4", 45000),
+            ("198.18.0.1", 8000),
+            TCP_SYN,
+        ));
+        assert_ne!(a.sport, b.sport, "two flows share one translated port");
+        let back = packet::tcp(("198.18.0.1", 8000), ("198.18.0.2", a.sport), 0x12);
         expect(
             "masquerade reply",
             ingress,
@@ -320,15 +321,8 @@ fn nat_programs_translate_with_correct_checksums_and_leave_the_rest_alone() {
             TC_ACT_REDIRECT,
             Some(seen("198.18.0.1", 8000, "10.50.0.3", 45000)),
         );
-        let ping = packet::icmp_echo("10.50.0.3", "198.18.0.1", 77);
-        expect(
-            "masquerade ping",
-            egress,
-            ping,
-            uplink,
-            TC_ACT_OK,
-            Some(seen("198.18.0.2", 77, "198.18.0.1", 77)),
-        );
+        let ping = masquerade(&packet::icmp_echo("10.50.0.3", "198.18.0.1", 77));
+        assert_eq!(ping.sport, ping.dport, "an echo's identifier is both ports");
         // Never let out with a container address: what NAT cannot translate.
         let mut fragment_out = packet::udp(("10.50.0.3", 45001), ("198.18.0.1", 8000));
         fragment_out[14 + 6] |= 0x20;

@@ -291,6 +291,27 @@ pub struct StatsView {
     pub drops: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
+/// `/stats` as any daemon answers it: a daemon of the first release sent the endpoint rows
+/// alone, so a client talking to one during an upgrade still reads its answer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum StatsAnswer {
+    View(StatsView),
+    Rows(Vec<EndpointStats>),
+}
+
+impl From<StatsAnswer> for StatsView {
+    fn from(answer: StatsAnswer) -> Self {
+        match answer {
+            StatsAnswer::View(view) => view,
+            StatsAnswer::Rows(endpoints) => StatsView {
+                endpoints,
+                drops: BTreeMap::new(),
+            },
+        }
+    }
+}
+
 /// One row of `netbpf stats`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EndpointStats {
@@ -325,8 +346,18 @@ pub struct DaemonInfo {
     pub nat_mode: Option<String>,
     /// Packets the uplink XDP stage translated and redirected.
     pub xdp_redirects: u64,
-    /// Tracked NAT flows at the last expiry pass.
+    /// Tracked NAT flows at the last expiry pass: masqueraded and confirmed ones...
     pub tracked_flows: usize,
+    /// ...and flows from outside whose client has not confirmed them yet (where a flood of
+    /// spoofed SYNs lands).
+    #[serde(default)]
+    pub unconfirmed_flows: usize,
+    /// The source ports masquerade uses (`MIN-MAX`), reserved in
+    /// `net.ipv4.ip_local_reserved_ports` so the host's own sockets never take one. (Fields
+    /// added after the first release have defaults, so this client reads an older
+    /// daemon's answer.)
+    #[serde(default)]
+    pub masquerade_ports: String,
     pub cgroup: String,
     pub program_ids: BTreeMap<String, u32>,
     pub map_ids: BTreeMap<String, u32>,

@@ -276,7 +276,7 @@ pub struct DaemonFacts {
     pub uplink: Option<String>,
     pub nat_mode: Option<crate::uplink::NatMode>,
     pub xdp_redirects: u64,
-    pub tracked_flows: usize,
+    pub tracked_flows: crate::datapath::TrackedFlows,
     pub cgroup: String,
     pub ids: crate::datapath::DatapathIds,
 }
@@ -290,7 +290,13 @@ pub fn info(facts: DaemonFacts) -> DaemonInfo {
         uplink: facts.uplink,
         nat_mode: facts.nat_mode.map(|m| m.name().to_owned()),
         xdp_redirects: facts.xdp_redirects,
-        tracked_flows: facts.tracked_flows,
+        tracked_flows: facts.tracked_flows.confirmed,
+        unconfirmed_flows: facts.tracked_flows.unconfirmed,
+        masquerade_ports: format!(
+            "{}-{}",
+            crate::uplink::MASQUERADE_PORTS.0,
+            crate::uplink::MASQUERADE_PORTS.1
+        ),
         cgroup: facts.cgroup,
         program_ids: facts.ids.program_ids,
         map_ids: facts.ids.map_ids,

@@ -11,8 +11,8 @@ use hyper::Method;
 
 use crate::api::{
     AttachRequest, ConnectRequest, ContainerCreate, ContainerSummary, ContainerView, DaemonInfo,
-    DisconnectRequest, ExecRequest, ExecResponse, NetworkCreate, NetworkView, StatsView,
-    WaitResponse,
+    DisconnectRequest, ExecRequest, ExecResponse, NetworkCreate, NetworkView, StatsAnswer,
+    StatsView, WaitResponse,
     client::{Client, ClientError},
 };
 use daemon::DaemonArgs;
@@ -297,14 +297,14 @@ pub async fn run_client(socket: PathBuf, command: Command) -> Result<i32, Client
             .await?;
         }
         Command::Stats { format } => {
-            let stats: StatsView = client.get("/stats").await?;
+            let stats: StatsView = client.get::<StatsAnswer>("/stats").await?.into();
             output::stats(&stats, format);
             if format == Format::Table {
                 let info: DaemonInfo = client.get("/info").await?;
                 match (&info.uplink, &info.nat_mode) {
                     (Some(uplink), Some(mode)) => println!(
-                        "uplink {uplink}: published ports and masquerade in {mode} mode, {} tracked flows",
-                        info.tracked_flows
+                        "uplink {uplink}: published ports and masquerade in {mode} mode, {} tracked flows, {} unconfirmed",
+                        info.tracked_flows, info.unconfirmed_flows
                     ),
                     _ => println!("no uplink: published ports only for the host and containers"),
                 }

@@ -312,7 +312,7 @@ impl Controller {
         self.uplink.mode()
     }
 
-    pub fn tracked_flows(&self) -> usize {
+    pub fn tracked_flows(&self) -> crate::datapath::TrackedFlows {
         self.uplink.tracked_flows()
     }
 

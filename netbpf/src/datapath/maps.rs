@@ -11,12 +11,21 @@ use aya::maps::{LpmTrie, MapData, PerCpuValues, lpm_trie::Key};
 use ipnet::Ipv4Net;
 use netbpf_common::{
     DropReason, EndpointCounters, EndpointIface, EndpointKey, EndpointTarget, FlowKey, Hook,
-    IpAddrKey, NAT_REWRITE_DST, NAT_REWRITE_SRC, NAT_TIMEOUT_TCP_CLOSING_NS, NAT_TIMEOUT_TCP_NS,
-    NAT_TIMEOUT_UDP_NS, NatConfig, NatEntry, OverlayLocal, OverlayRoute, OverlayRouteKey,
-    PROTO_ICMP, PROTO_TCP, PublishedKey, PublishedTarget, SubnetInfo, SubnetKey,
+    IpAddrKey, NAT_REWRITE_DST, NAT_REWRITE_SRC, NAT_TIMEOUT_NEW_NS, NAT_TIMEOUT_TCP_CLOSING_NS,
+    NAT_TIMEOUT_TCP_NS, NAT_TIMEOUT_UDP_NS, NatConfig, NatEntry, OverlayLocal, OverlayRoute,
+    OverlayRouteKey, PROTO_ICMP, PROTO_TCP, PublishedKey, PublishedTarget, SubnetInfo, SubnetKey,
 };
 
 use super::{Datapath, DatapathError, Desired};
+
+/// How many flows conntrack holds, after an expiry pass.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TrackedFlows {
+    /// In `CONNTRACK`: masqueraded flows, and flows from outside their client confirmed.
+    pub confirmed: usize,
+    /// In `CONNTRACK_NEW`: flows from outside not confirmed yet (a SYN flood lands here).
+    pub unconfirmed: usize,
+}
 
 impl Datapath {
     /// Makes the overlay maps hold exactly these routes (per local network and remote
@@ -125,29 +134,46 @@ impl Datapath {
     }
 
     /// Deletes tracked flows idle for longer than their timeout, each half of a masqueraded
-    /// flow only with the other (see [`expired_flows`]); returns how many remain.
-    pub fn expire_flows(&mut self, now_ns: u64) -> usize {
+    /// flow only with the other (see [`expired_flows`]), and unconfirmed flows idle for
+    /// [`NAT_TIMEOUT_NEW_NS`]; returns how many of each remain.
+    pub fn expire_flows(&mut self, now_ns: u64) -> TrackedFlows {
         let flows: HashMap<FlowKey, NatEntry> = self.conntrack.iter().flatten().collect();
         let expired = expired_flows(&flows, now_ns);
         for key in &expired {
             let _ = self.conntrack.remove(key);
         }
-        flows.len() - expired.len()
+        let new: Vec<(FlowKey, NatEntry)> = self.conntrack_new.iter().flatten().collect();
+        let mut unconfirmed = new.len();
+        for (key, entry) in &new {
+            if now_ns.saturating_sub(entry.last_seen_ns) > NAT_TIMEOUT_NEW_NS {
+                let _ = self.conntrack_new.remove(key);
+                unconfirmed -= 1;
+            }
+        }
+        TrackedFlows {
+            confirmed: flows.len() - expired.len(),
+            unconfirmed,
+        }
     }
 
     /// Deletes every tracked flow of `ip` (as either end, or as the address a rewrite
-    /// writes): the next endpoint given that address must not receive the old one's flows.
+    /// writes), confirmed or not: the next endpoint given that address must not receive the
+    /// old one's flows.
     pub fn forget_flows_of(&mut self, ip: Ipv4Addr) {
         let addr = IpAddrKey::from_v4(ip.octets());
-        let stale: Vec<FlowKey> = self
-            .conntrack
-            .iter()
-            .flatten()
-            .filter(|(key, entry)| key.src == addr || key.dst == addr || entry.addr == addr)
-            .map(|(key, _)| key)
-            .collect();
-        for key in &stale {
-            let _ = self.conntrack.remove(key);
+        let of_ip = |key: &FlowKey, entry: &NatEntry| {
+            key.src == addr || key.dst == addr || entry.addr == addr
+        };
+        for map in [&mut self.conntrack, &mut self.conntrack_new] {
+            let stale: Vec<FlowKey> = map
+                .iter()
+                .flatten()
+                .filter(|(key, entry)| of_ip(key, entry))
+                .map(|(key, _)| key)
+                .collect();
+            for key in &stale {
+                let _ = map.remove(key);
+            }
         }
     }
 

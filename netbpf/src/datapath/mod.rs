@@ -94,6 +94,7 @@ pub struct Datapath {
     host_addrs: HashMap<MapData, IpAddrKey, u32>,
     nat_config: Array<MapData, NatConfig>,
     conntrack: HashMap<MapData, FlowKey, NatEntry>,
+    conntrack_new: HashMap<MapData, FlowKey, NatEntry>,
     xdp_redirects: PerCpuArray<MapData, u64>,
     drops: PerCpuArray<MapData, u64>,
     overlay_routes: LpmTrie<MapData, OverlayRouteKey, OverlayRoute>,
@@ -169,7 +170,7 @@ fn unpin_outgrown(maps_dir: &Path) {
 mod links;
 mod maps;
 
-pub use maps::{endpoint_key, is_expired, subnet_key};
+pub use maps::{TrackedFlows, endpoint_key, is_expired, subnet_key};
 
 impl Datapath {
     /// Loads (and so verifies) every program, reusing maps already pinned under `root`.
@@ -199,6 +200,7 @@ impl Datapath {
         let host_addrs = HashMap::try_from(take(names::HOST_ADDRS)?)?;
         let nat_config = Array::try_from(take(names::NAT_CONFIG)?)?;
         let conntrack = HashMap::try_from(take(names::CONNTRACK)?)?;
+        let conntrack_new = HashMap::try_from(take(names::CONNTRACK_NEW)?)?;
         let xdp_redirects = PerCpuArray::try_from(take(names::XDP_REDIRECTS)?)?;
         let drops = PerCpuArray::try_from(take(names::DROPS)?)?;
         let overlay_routes = LpmTrie::try_from(take(names::OVERLAY_ROUTES)?)?;
@@ -215,6 +217,7 @@ impl Datapath {
             host_addrs,
             nat_config,
             conntrack,
+            conntrack_new,
             xdp_redirects,
             drops,
             links_dir,
@@ -240,6 +243,7 @@ impl Datapath {
             (names::HOST_ADDRS, map_id(&self.host_addrs)),
             (names::NAT_CONFIG, map_id(&self.nat_config)),
             (names::CONNTRACK, map_id(&self.conntrack)),
+            (names::CONNTRACK_NEW, map_id(&self.conntrack_new)),
             (names::XDP_REDIRECTS, map_id(&self.xdp_redirects)),
             (names::DROPS, map_id(&self.drops)),
             (names::OVERLAY_ROUTES, map_id(&self.overlay_routes)),
