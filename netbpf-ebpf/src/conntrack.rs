@@ -84,6 +84,14 @@ pub fn lookup(flow: &Ipv4Flow) -> Option<NatEntry> {
     Some(touch(entry, flow))
 }
 
+/// The entry for `key`, confirmed or not, without noting the flow alive (an ICMP error
+/// about a flow is no sign of life).
+#[inline(always)]
+pub fn peek(key: &FlowKey) -> Option<NatEntry> {
+    // SAFETY: plain data; a racing update yields the old or the new entry, both whole.
+    unsafe { CONNTRACK.get(key).or_else(|| CONNTRACK_NEW.get(key)) }.copied()
+}
+
 #[inline(always)]
 fn touch(entry: &mut NatEntry, flow: &Ipv4Flow) -> NatEntry {
     entry.last_seen_ns = now_ns();

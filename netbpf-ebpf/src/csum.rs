@@ -125,3 +125,41 @@ pub fn update_addr(csum: u16, old: [u8; 4], new: [u8; 4]) -> u16 {
         u16::from_ne_bytes([new[2], new[3]]),
     )
 }
+
+/// Replaces the 4 bytes `old` with `new` in a checksum at `csum_offset` that covers them
+/// without a pseudo-header (ICMP's, over the packet an error quotes).
+#[inline(always)]
+pub fn replace_in_l4(ctx: &TcContext, csum_offset: usize, old: &[u8; 4], new: &[u8; 4]) -> bool {
+    ctx.l4_csum_replace(
+        csum_offset,
+        u64::from(u32::from_ne_bytes(*old)),
+        u64::from(u32::from_ne_bytes(*new)),
+        4,
+    )
+    .is_ok()
+}
+
+/// The same for a 16-bit word (values as they are in the packet).
+#[inline(always)]
+pub fn replace_word_in_l4(ctx: &TcContext, csum_offset: usize, old: u16, new: u16) -> bool {
+    ctx.l4_csum_replace(csum_offset, u64::from(old), u64::from(new), 2)
+        .is_ok()
+}
+
+/// Writes a new source or destination address in the (outer) IPv4 header, fixing its
+/// checksum; the L4 checksum is the caller's (ICMP's has no pseudo-header).
+#[inline(always)]
+pub fn replace_outer_addr(ctx: &TcContext, side: Side, old: [u8; 4], new: [u8; 4]) -> bool {
+    let at = match side {
+        Side::Src => IP_SRC,
+        Side::Dst => IP_DST,
+    };
+    ctx.l3_csum_replace(
+        IP_CSUM,
+        u64::from(u32::from_ne_bytes(old)),
+        u64::from(u32::from_ne_bytes(new)),
+        4,
+    )
+    .is_ok()
+        && ctx.store(at, &new, 0).is_ok()
+}

@@ -10,6 +10,7 @@ mod drops;
 mod endpoints;
 mod firewall;
 mod guard;
+mod icmp;
 mod nat;
 mod overlay;
 mod parse;
@@ -82,11 +83,14 @@ pub fn overlay_ingress(ctx: TcContext) -> i32 {
 
 /// NAT for packets leaving a container, before the bridge decision: replies of flows that
 /// came in through a published port (and later packets of masqueraded flows) get their
-/// tracked source back; packets to a published port on a host address (hairpin) go
-/// straight to the published container. `None`: not NAT's business.
+/// tracked source back, and so do the container's ICMP errors about them; packets to a
+/// published port on a host address (hairpin) go straight to the published container.
+/// `None`: not NAT's business.
 #[inline(always)]
 fn translate_from_container(ctx: &TcContext) -> Option<tc::Action> {
-    let flow = parse::ipv4_flow(ctx)?;
+    let Some(flow) = parse::ipv4_flow(ctx) else {
+        return icmp::from_container(ctx, &parse::icmp_error(ctx)?);
+    };
     if let Some(entry) = conntrack::lookup(&flow) {
         if entry.action == NAT_REWRITE_SRC {
             return Some(nat::apply(ctx, &flow, &entry));
@@ -101,7 +105,7 @@ fn translate_from_container(ctx: &TcContext) -> Option<tc::Action> {
 
 /// Attached (tcx ingress) to the uplink: packets from outside. Replies of masqueraded flows
 /// go back to their container; new flows to a published port are translated to it and
-/// delivered with `bpf_redirect_peer`. Nothing else reaches a container (`firewall`); the
+/// delivered with `bpf_redirect_peer`; ICMP errors about either reach the container. Nothing else reaches a container (`firewall`); the
 /// rest goes to the host stack unchanged.
 #[classifier]
 pub fn uplink_ingress(ctx: TcContext) -> i32 {
@@ -121,6 +125,8 @@ fn from_outside(ctx: &TcContext) -> tc::Action {
                 return nat::dnat(ctx, &flow, &target);
             }
         }
+    } else if let Some(result) = parse::icmp_error(ctx).and_then(|e| icmp::from_outside(ctx, &e)) {
+        return result;
     }
     firewall::from_outside(ctx)
 }

@@ -182,3 +182,82 @@ fn ipv4_header(ctx: &TcContext) -> Option<&Ipv4Hdr> {
     // writes the packet while it is held.
     Some(unsafe { &*ip })
 }
+
+/// An ICMP error (destination unreachable, fragmentation needed included; time exceeded;
+/// parameter problem) about a TCP, UDP or ICMP echo packet: where its parts are, and the
+/// flow of the packet it quotes, as that packet was sent.
+pub struct IcmpError {
+    /// The error's own addresses.
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub icmp_offset: usize,
+    pub inner_ip_offset: usize,
+    /// The quoted packet: addresses, protocol, ports (an echo's identifier as both), and
+    /// where its L4 header starts.
+    pub inner: Ipv4Flow,
+}
+
+const ICMP_DEST_UNREACHABLE: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_PARAMETER_PROBLEM: u8 = 12;
+
+/// Parses an ICMP error; `None` for everything else. Reads through `load` (bounds checked
+/// by the helper), as the quoted header's offset depends on two header lengths.
+#[inline(always)]
+pub fn icmp_error(ctx: &TcContext) -> Option<IcmpError> {
+    let ip = ipv4_header(ctx)?;
+    let ihl = usize::from(ip.ihl());
+    if ip.version() != 4 || ihl < Ipv4Hdr::LEN || ihl > 60 || ip.proto != IPPROTO_ICMP {
+        return None;
+    }
+    if u16::from_be_bytes(ip.frags) & 0x3fff != 0 {
+        return None;
+    }
+    let (src, dst) = (ip.src_addr, ip.dst_addr);
+    let icmp_offset = EthHdr::LEN + ihl;
+    let icmp_type: u8 = ctx.load(icmp_offset).ok()?;
+    if !matches!(
+        icmp_type,
+        ICMP_DEST_UNREACHABLE | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM
+    ) {
+        return None;
+    }
+    let inner_ip_offset = icmp_offset + 8;
+    let inner: [u8; 20] = ctx.load(inner_ip_offset).ok()?;
+    let inner_ihl = usize::from(inner[0] & 0xf) * 4;
+    if inner[0] >> 4 != 4 || inner_ihl < Ipv4Hdr::LEN {
+        return None;
+    }
+    let l4_offset = inner_ip_offset + inner_ihl;
+    // RFC 792: the error quotes at least the first 8 bytes of the L4 header.
+    let l4: [u8; 8] = ctx.load(l4_offset).ok()?;
+    let proto = inner[9];
+    let (sport, dport) = match proto {
+        IPPROTO_TCP | IPPROTO_UDP => (
+            u16::from_be_bytes([l4[0], l4[1]]),
+            u16::from_be_bytes([l4[2], l4[3]]),
+        ),
+        IPPROTO_ICMP if l4[0] == 0 || l4[0] == 8 => {
+            let id = u16::from_be_bytes([l4[4], l4[5]]);
+            (id, id)
+        }
+        _ => return None,
+    };
+    Some(IcmpError {
+        src,
+        dst,
+        icmp_offset,
+        inner_ip_offset,
+        inner: Ipv4Flow {
+            l4_offset,
+            src: [inner[12], inner[13], inner[14], inner[15]],
+            dst: [inner[16], inner[17], inner[18], inner[19]],
+            proto,
+            sport,
+            dport,
+            tcp_flags: 0,
+            seq: 0,
+            ack: 0,
+        },
+    })
+}

@@ -9,6 +9,7 @@
 //! - [`sandbox`]: [`ProgramSandbox`], the real programs run on crafted packets.
 //! - [`hostile`]: raw frames from a hostile container or neighbour.
 //! - [`packet`]: building frames and checking checksums independently of the programs.
+//! - [`path`]: a client beyond a narrower link, for path-MTU discovery.
 //! - [`records`]: networks and endpoints as the daemon records them, for filling maps.
 //! - [`sink`]: UDP sinks that log each datagram, to tell whether one packet arrived.
 //!
@@ -26,6 +27,7 @@ pub mod cluster;
 pub mod host;
 pub mod hostile;
 pub mod packet;
+pub mod path;
 pub mod records;
 pub mod sandbox;
 pub mod sink;

@@ -278,6 +278,51 @@ pub fn set_ipv4_src(frame: &mut [u8], src: [u8; 4]) {
     frame[ETH + 12..ETH + 16].copy_from_slice(&src);
 }
 
+/// An ICMP error of `icmp_type`/`code` from `src` to `dst` quoting `about` (an Ethernet
+/// frame from the builders above): its IP header and the first 8 bytes after it, as a
+/// router quotes them. "Fragmentation needed" (3/4) carries next-hop MTU 1400.
+pub fn icmp_error(src: &str, dst: &str, icmp_type: u8, code: u8, about: &[u8]) -> Vec<u8> {
+    let ihl = usize::from(about[ETH] & 0xf) * 4;
+    let mut l4 = vec![icmp_type, code, 0, 0, 0, 0];
+    l4.extend(
+        if (icmp_type, code) == (3, 4) {
+            1400u16
+        } else {
+            0
+        }
+        .to_be_bytes(),
+    );
+    l4.extend(&about[ETH..ETH + ihl + 8]);
+    frame(src, dst, ICMP, l4)
+}
+
+/// The packet an ICMP error quotes: its addresses and ports (an echo's identifier as both),
+/// after checking the quoted IP header's checksum. [`check`] verifies the rest.
+pub fn quoted(frame: &[u8]) -> Result<Seen, String> {
+    let at = ETH + usize::from(frame[ETH] & 0xf) * 4 + 8;
+    let ihl = usize::from(frame[at] & 0xf) * 4;
+    if fold(sum16(&frame[at..at + ihl])) != 0 {
+        return Err("the quoted IPv4 header's checksum is wrong".into());
+    }
+    let l4 = &frame[at + ihl..];
+    let port = |i: usize| u16::from_be_bytes([l4[i], l4[i + 1]]);
+    let (sport, dport) = if frame[at + 9] == ICMP {
+        (port(4), port(4))
+    } else {
+        (port(0), port(2))
+    };
+    Ok(Seen {
+        src: <[u8; 4]>::try_from(&frame[at + 12..at + 16])
+            .unwrap()
+            .into(),
+        dst: <[u8; 4]>::try_from(&frame[at + 16..at + 20])
+            .unwrap()
+            .into(),
+        sport,
+        dport,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -323,6 +323,73 @@ fn nat_programs_translate_with_correct_checksums_and_leave_the_rest_alone() {
         );
         let ping = masquerade(&packet::icmp_echo("10.50.0.3", "198.18.0.1", 77));
         assert_eq!(ping.sport, ping.dport, "an echo's identifier is both ports");
+
+        // ICMP errors about translated flows, both ways, every checksum recomputed. A router
+        // (198.18.0.254) cannot forward the published flow's reply, nor the masqueraded
+        // flow's packet, and says so to the host...
+        let mut failures_quoted: Vec<String> = vec![];
+        let mut quoted_ok = |what: &str, out: &[u8], want: Seen| match packet::quoted(out) {
+            Ok(q) if q == want => {}
+            Ok(q) => failures_quoted.push(format!("{what}: quoted {q:?} != {want:?}")),
+            Err(e) => failures_quoted.push(format!("{what}: {e}")),
+        };
+        let published_reply = packet::tcp(("198.18.0.2", 5050), ("198.18.0.1", 40000), 0x12);
+        let error = packet::icmp_error("198.18.0.254", "198.18.0.2", 3, 4, &published_reply);
+        let out = expect(
+            "frag needed about a published flow",
+            ingress,
+            error,
+            uplink,
+            TC_ACT_REDIRECT,
+            Some(seen("198.18.0.254", 0, "10.50.0.3", 0)),
+        );
+        quoted_ok(
+            "frag needed about a published flow",
+            &out,
+            seen("10.50.0.3", 80, "198.18.0.1", 40000),
+        );
+        let masqueraded = packet::tcp(("198.18.0.2", a.sport), ("198.18.0.1", 8000), 0x10);
+        let error = packet::icmp_error("198.18.0.254", "198.18.0.2", 11, 0, &masqueraded);
+        let out = expect(
+            "time exceeded about a masqueraded flow",
+            ingress,
+            error,
+            uplink,
+            TC_ACT_REDIRECT,
+            Some(seen("198.18.0.254", 0, "10.50.0.3", 0)),
+        );
+        quoted_ok(
+            "time exceeded about a masqueraded flow",
+            &out,
+            seen("10.50.0.3", 45000, "198.18.0.1", 8000),
+        );
+        // ...and the backend cannot take a published UDP query, and says so to the client.
+        let query = packet::udp(("198.18.0.1", 40001), ("10.50.0.3", 53));
+        let error = packet::icmp_error("10.50.0.3", "198.18.0.1", 3, 3, &query);
+        let error = packet::with_macs(&error, [0x02, 0x42, 10, 50, 0, 1], BACKEND_MAC);
+        let out = expect(
+            "a container's port unreachable about a published flow",
+            from_container,
+            error,
+            backend,
+            TC_ACT_REDIRECT,
+            Some(seen("198.18.0.2", 0, "198.18.0.1", 0)),
+        );
+        quoted_ok(
+            "a container's port unreachable about a published flow",
+            &out,
+            seen("198.18.0.1", 40001, "198.18.0.2", 5353),
+        );
+        // An error about no flow of ours is the host's own business.
+        let stranger = packet::tcp(("198.18.0.2", 41000), ("198.18.0.1", 9), 0x10);
+        expect(
+            "frag needed about the host's own flow",
+            ingress,
+            packet::icmp_error("198.18.0.254", "198.18.0.2", 3, 4, &stranger),
+            uplink,
+            TCX_NEXT,
+            None,
+        );
         // Never let out with a container address: what NAT cannot translate.
         let mut fragment_out = packet::udp(("10.50.0.3", 45001), ("198.18.0.1", 8000));
         fragment_out[14 + 6] |= 0x20;
@@ -346,6 +413,7 @@ fn nat_programs_translate_with_correct_checksums_and_leave_the_rest_alone() {
             None,
         );
 
+        failures.extend(failures_quoted);
         assert!(failures.is_empty(), "{}", failures.join("\n"));
     });
 }
