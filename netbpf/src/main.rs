@@ -2,6 +2,11 @@ use clap::Parser as _;
 use netbpf::cli::{Cli, Command};
 
 fn main() {
+    // Run by a container runtime as its CNI plugin: no command line, the call is in the
+    // environment and on stdin.
+    if netbpf::cli::cni::invoked_as_plugin() {
+        std::process::exit(netbpf::cli::cni::run());
+    }
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let code = match cli.command {

@@ -219,6 +219,10 @@ pub struct NetworkRequest {
     /// `--network-alias` names on this network, for the embedded DNS.
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// The interface's name in the container, when its runtime chose one (a CNI
+    /// runtime's `CNI_IFNAME`); the next free `ethN` otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ifname: Option<String>,
 }
 
 /// One interface of a running container on one network; its `ip` is the lease.
@@ -253,6 +257,14 @@ impl EndpointRecord {
     pub fn has_veth(&self) -> bool {
         !self.host_veth.is_empty()
     }
+}
+
+/// A CNI runtime's name for one attachment: its container id and the interface it asked
+/// for. CNI calls `DEL` and `CHECK` by these, never by netbpf's names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CniKey {
+    pub container_id: String,
+    pub ifname: String,
 }
 
 /// Where the namespace of an attached (not daemon-started) container comes from.
@@ -299,6 +311,9 @@ pub struct ContainerRecord {
     /// `--dns-search` domains for its resolv.conf.
     #[serde(default)]
     pub dns_search: Vec<String>,
+    /// Set when a CNI runtime attached it (`netbpf` invoked as a CNI plugin).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni: Option<CniKey>,
 }
 
 impl ContainerRecord {
@@ -324,6 +339,7 @@ impl ContainerRecord {
             links: vec![],
             dns: vec![],
             dns_search: vec![],
+            cni: None,
         }
     }
 
@@ -464,6 +480,7 @@ pub mod fixtures {
         let networks = eps
             .iter()
             .map(|(n, _, aliases)| NetworkRequest {
+                ifname: None,
                 network: (*n).into(),
                 ip: None,
                 aliases: aliases.iter().map(|a| (*a).into()).collect(),

@@ -17,7 +17,7 @@ use crate::{cgroup2_root, must, unique_id};
 pub const HOST_UPLINK_IP: &str = "198.18.0.2";
 pub const OUTSIDE_IP: &str = "198.18.0.1";
 
-fn netbpf_bin() -> PathBuf {
+pub(crate) fn netbpf_bin() -> PathBuf {
     let bin = std::env::var_os("NETBPF_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/netbpf"));

@@ -6,6 +6,7 @@
 //!   own state dir, socket, bpffs mount and cgroup.
 //! - [`cluster`]: [`Underlay`], an L2 segment between hosts, and [`Etcd`], a real cluster
 //!   store on it.
+//! - [`cni`]: calling `netbpf` as a CNI runtime calls its plugin.
 //! - [`sandbox`]: [`ProgramSandbox`], the real programs run on crafted packets.
 //! - [`hostile`]: raw frames from a hostile container or neighbour.
 //! - [`packet`]: building frames and checking checksums independently of the programs.
@@ -24,6 +25,7 @@ use std::{
 };
 
 pub mod cluster;
+pub mod cni;
 pub mod host;
 pub mod hostile;
 pub mod packet;

@@ -33,6 +33,14 @@ const PACKAGES: &[&str] = &[
     "libprotobuf-dev",
     // The cluster store the overlay tests run (as Flannel and Calico use it).
     "etcd-server",
+    // A real runtime for the CNI plugin's tests: Podman 4 with its CNI backend, the
+    // reference plugins it wants to find, its OCI runtime and monitor.
+    "podman",
+    "containernetworking-plugins",
+    "crun",
+    "conmon",
+    "catatonit",
+    "busybox-static",
 ];
 
 fn output(program: &str, args: &[&str]) -> String {

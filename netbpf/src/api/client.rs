@@ -87,6 +87,14 @@ impl Client {
         self.call(Method::GET, path, None::<&()>).await
     }
 
+    pub async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> Result<T, ClientError> {
+        self.call(Method::POST, path, Some(body)).await
+    }
+
     /// Streams a response body, handing each chunk to `sink`.
     pub async fn stream(&self, path: &str, mut sink: impl FnMut(&[u8])) -> Result<(), ClientError> {
         let mut body = self.send(Method::GET, path, None).await?.into_body();

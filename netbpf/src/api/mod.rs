@@ -18,9 +18,11 @@
 //! GET    /containers/{name}/logs?follow=true    raw bytes, streamed while it runs
 //! GET    /containers/{name}/port         published ports, as `docker port` prints them
 //! GET    /stats                          per-endpoint counters from the BPF maps
+//! POST   /cni/{add,del,check,gc}         the CNI plugin's calls ([`cni`])
 //! ```
 
 pub mod client;
+pub mod cni;
 pub mod requests;
 pub mod server;
 pub mod views;

@@ -125,6 +125,9 @@ impl TryFrom<AttachRequest> for AttachSpec {
             name: req.name,
             netns,
             network: req.network,
+            ifname: None,
+            aliases: vec![],
+            cni: None,
         })
     }
 }

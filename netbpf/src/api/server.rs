@@ -36,7 +36,7 @@ impl IntoResponse for ApiError {
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
 /// Runs `op` with the controller locked, off the async threads.
-async fn with<T: Send + 'static>(
+pub(super) async fn with<T: Send + 'static>(
     ctl: &Shared,
     op: impl FnOnce(&mut Controller) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -84,6 +84,7 @@ pub fn router(ctl: Shared) -> Router {
         .route("/containers/{name}/logs", get(container_logs))
         .route("/containers/{name}/port", get(container_port))
         .route("/stats", get(stats))
+        .merge(super::cni::routes())
         .with_state(ctl)
 }
 

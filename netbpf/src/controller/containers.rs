@@ -323,9 +323,13 @@ impl Controller {
                 "that namespace is the daemon's own (host) namespace: nothing to attach",
             ));
         }
-        let (mode, networks) = self.parse_mode(spec.network.as_deref(), spec.ip, &[])?;
+        let (mode, mut networks) = self.parse_mode(spec.network.as_deref(), spec.ip, &[])?;
         if mode != NetworkMode::Networks {
             return Err(Error::invalid("attach needs a bridge network"));
+        }
+        if let Some(request) = networks.first_mut() {
+            request.ifname = spec.ifname;
+            request.aliases = spec.aliases;
         }
         check_ports_allowed(&spec.ports, &mode)?;
         let mut record = ContainerRecord {
@@ -335,6 +339,7 @@ impl Controller {
             pid_start_time: pid.and_then(container::start_time),
             netns: Some(path.clone()),
             attached: Some(attached),
+            cni: spec.cni,
             ..ContainerRecord::new(&spec.name, mode, networks)
         };
         self.transaction(|ctl, undo| {
@@ -443,6 +448,7 @@ impl Controller {
                 Ok((
                     NetworkMode::Networks,
                     vec![NetworkRequest {
+                        ifname: None,
                         network: net.name.clone(),
                         ip,
                         aliases: aliases.to_vec(),

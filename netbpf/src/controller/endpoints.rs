@@ -57,7 +57,7 @@ impl Controller {
                 })?;
             let taken: Vec<&EndpointRecord> =
                 c.endpoints.iter().chain(&plugged.endpoints).collect();
-            let ep = self.add_endpoint(undo, c, &taken, ns, &net, request.ip)?;
+            let ep = self.add_endpoint(undo, c, &taken, ns, &net, request)?;
             plugged.endpoints.push(ep);
         }
         if !ports.is_empty() {
@@ -141,7 +141,7 @@ impl Controller {
         taken: &[&EndpointRecord],
         ns: &File,
         net: &NetworkRecord,
-        ip: Option<Ipv4Addr>,
+        request: &NetworkRequest,
     ) -> Result<EndpointRecord> {
         let mut in_use = self.in_use(&net.name);
         in_use.extend(undo.addresses_on(net.index));
@@ -150,13 +150,16 @@ impl Controller {
             gateway: net.gateway,
             range: net.ip_range,
         }
-        .allocate(&in_use, ip)
+        .allocate(&in_use, request.ip)
         .map_err(|e| Error::conflict(format!("network {}: {e}", net.name)))?;
         let id = crate::state::random_id();
-        let ifname = (0..)
-            .map(|i| format!("eth{i}"))
-            .find(|n| !taken.iter().any(|ep| &ep.ifname == n))
-            .expect("unbounded");
+        let ifname = match &request.ifname {
+            Some(ifname) => ifname.clone(),
+            None => (0..)
+                .map(|i| format!("eth{i}"))
+                .find(|n| !taken.iter().any(|ep| &ep.ifname == n))
+                .expect("unbounded"),
+        };
         let ep = EndpointRecord {
             network: net.name.clone(),
             host_veth: String::new(),
@@ -263,6 +266,7 @@ impl Controller {
         check_fixed_ip_allowed(&net, spec.ip)?;
         check_aliases_allowed(&net, &spec.aliases)?;
         let request = NetworkRequest {
+            ifname: None,
             aliases: spec.aliases,
             network: net.name.clone(),
             ip: spec.ip,

@@ -16,6 +16,7 @@
 //! [`Exits`] (which has a lock of its own, so waiting never holds this one).
 
 pub mod cluster;
+pub mod cni;
 pub mod containers;
 pub mod endpoints;
 pub mod error;

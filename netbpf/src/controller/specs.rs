@@ -71,6 +71,12 @@ pub struct AttachSpec {
     pub network: Option<String>,
     pub ip: Option<Ipv4Addr>,
     pub ports: Vec<PortSpec>,
+    /// The interface name in the namespace (a CNI runtime's); `eth0` otherwise.
+    pub ifname: Option<String>,
+    /// Names for the embedded DNS on the network.
+    pub aliases: Vec<String>,
+    /// Set by the CNI front-end: the runtime's names for this attachment.
+    pub cni: Option<crate::state::CniKey>,
 }
 
 /// `network connect`.
