@@ -292,8 +292,10 @@ pub enum PortsError {
 }
 
 impl Ports {
-    /// Publishes `specs` to `target`: host ports chosen and held, map entries written. All
-    /// or nothing. `taken` lists the ports other containers publish, with their names.
+    /// Publishes `specs` to `target`: host ports chosen and (with `hold`) held, map entries
+    /// written. All or nothing. `taken` lists the ports other containers publish, with
+    /// their names. Without `hold` a port is only checked free: a CNI runtime holds its
+    /// containers' host ports itself (Podman's conmon binds them after `ADD`).
     pub fn publish(
         &mut self,
         datapath: &mut Datapath,
@@ -301,6 +303,7 @@ impl Ports {
         target: &EndpointRecord,
         taken: &[(PublishedPort, String)],
         owner: &str,
+        hold: bool,
     ) -> Result<Vec<PublishedPort>, PortsError> {
         let ephemeral = ephemeral_range();
         let mut done: Vec<PublishedPort> = vec![];
@@ -315,8 +318,10 @@ impl Ports {
                 }
             };
             for (port, fd) in allocated {
-                self.reservations
-                    .insert((port.host_ip, port.host_port, port.proto), fd);
+                if hold {
+                    self.reservations
+                        .insert((port.host_ip, port.host_port, port.proto), fd);
+                }
                 done.push(port);
                 let entry = (published_key(&port), published_target(target, &port));
                 if let Err(e) = datapath.set_published(entry.0, entry.1) {

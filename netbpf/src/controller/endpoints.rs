@@ -68,9 +68,11 @@ impl Controller {
                 ))
             })?;
             let taken = self.published_by_others(&c.name);
+            // A CNI runtime holds the host ports itself.
+            let hold = c.cni.is_none();
             plugged.published =
                 self.ports
-                    .publish(&mut self.datapath, ports, &ep, &taken, &c.name)?;
+                    .publish(&mut self.datapath, ports, &ep, &taken, &c.name, hold)?;
             undo.push(Step::Ports(plugged.published.clone()));
             let shown: Vec<String> = plugged.published.iter().map(|p| p.to_string()).collect();
             tracing::info!(container = c.name, ports = ?shown, "ports published");

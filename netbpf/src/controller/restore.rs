@@ -83,7 +83,10 @@ impl Controller {
                 }
             }
         }
-        self.ports.restore(&c.published);
+        if c.cni.is_none() {
+            // (A CNI runtime holds its containers' host ports itself.)
+            self.ports.restore(&c.published);
+        }
         let record = self.state.containers.get_mut(&c.name).expect("exists");
         record.endpoints = kept;
         let live = record.clone();
