@@ -6,7 +6,9 @@
 //! services → [`netlink`]/[`netns`]/[`datapath`]. Nothing below the API knows HTTP; nothing
 //! above the services touches the kernel. docs/architecture.md has the full map.
 //!
-//! - [`cli`]: the commands; [`cli::daemon`] runs the daemon, the rest are thin API clients.
+//! - [`cli`]: the commands; [`cli::daemon`] runs the daemon, the rest are thin API clients
+//!   ([`cli::cni`] too: the CNI plugin).
+//! - [`docker`]: Docker's remote network driver protocol, served by the daemon.
 //! - [`api`]: routes, request and view types, body → typed spec, pure views of the state.
 //! - [`controller`]: the one place that changes networks and containers, in order, with one
 //!   undo list per operation; the endpoint operation every front-end uses.
@@ -23,6 +25,7 @@ pub mod container;
 pub mod controller;
 pub mod datapath;
 pub mod dns;
+pub mod docker;
 pub mod endpoint;
 pub mod exits;
 pub mod ipam;

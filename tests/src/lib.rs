@@ -7,6 +7,7 @@
 //! - [`cluster`]: [`Underlay`], an L2 segment between hosts, and [`Etcd`], a real cluster
 //!   store on it.
 //! - [`cni`]: calling `netbpf` as a CNI runtime calls its plugin.
+//! - [`docker`]: a real dockerd per test, finding the test's own `netbpf` driver.
 //! - [`sandbox`]: [`ProgramSandbox`], the real programs run on crafted packets.
 //! - [`hostile`]: raw frames from a hostile container or neighbour.
 //! - [`packet`]: building frames and checking checksums independently of the programs.
@@ -26,6 +27,7 @@ use std::{
 
 pub mod cluster;
 pub mod cni;
+pub mod docker;
 pub mod host;
 pub mod hostile;
 pub mod packet;

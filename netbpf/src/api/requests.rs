@@ -66,6 +66,7 @@ impl TryFrom<NetworkCreate> for NetworkSpec {
             ip_range: parse_opt("ip range", req.ip_range.as_deref())?,
             internal: req.internal,
             name: req.name,
+            id: None,
         })
     }
 }

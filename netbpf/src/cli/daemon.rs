@@ -62,6 +62,10 @@ pub struct DaemonArgs {
     /// tracing filter, e.g. `info`, `netbpf=debug`.
     #[arg(long, default_value = "info")]
     pub log_level: String,
+    /// Also serve Docker's remote network driver protocol (driver `netbpf`), on this socket
+    /// or /run/docker/plugins/netbpf.sock, where Docker looks for it.
+    #[arg(long, num_args = 0..=1, default_missing_value = crate::docker::DEFAULT_SOCKET)]
+    pub docker_plugin: Option<PathBuf>,
 }
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -291,6 +295,7 @@ pub async fn run(socket: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
             anyhow::anyhow!("another daemon is using state dir {}", state_dir.display())
         })?;
     let listener = bind_socket(&socket)?;
+    let docker_listener = args.docker_plugin.as_deref().map(bind_socket).transpose()?;
     let (config, mounted_bpffs) = prepare(state_dir, &args)?;
 
     let (exits_tx, exits_rx) = mpsc::unbounded_channel();
@@ -316,6 +321,15 @@ pub async fn run(socket: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
         )?);
     }
 
+    if let (Some(listener), Some(path)) = (docker_listener, &args.docker_plugin) {
+        tracing::info!(socket = %path.display(), "serving Docker's remote network driver protocol");
+        let router = crate::docker::router(ctl.clone());
+        loops.push(tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, router).await {
+                tracing::warn!(%error, "the Docker plugin socket stopped");
+            }
+        }));
+    }
     tracing::info!(socket = %socket.display(), state_dir = %config.state_dir.display(), bpffs = %config.bpffs.display(), "netbpf daemon ready");
     axum::serve(listener, server::router(ctl.clone()))
         .with_graceful_shutdown(shutdown_signal()?)
@@ -329,6 +343,9 @@ pub async fn run(socket: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
     }
     ctl.run(Controller::teardown).await?;
     unprepare(&config, &socket, mounted_bpffs);
+    if let Some(path) = &args.docker_plugin {
+        let _ = std::fs::remove_file(path);
+    }
     tracing::info!("netbpf daemon stopped");
     Ok(())
 }

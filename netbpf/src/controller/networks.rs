@@ -69,7 +69,7 @@ impl Controller {
         };
         let network = BridgeNetwork {
             name: &spec.name,
-            id: random_id(),
+            id: spec.id.clone().unwrap_or_else(random_id),
             bridge: None,
             pool: pool(subnet, spec.gateway, spec.ip_range)?,
             internal: spec.internal,

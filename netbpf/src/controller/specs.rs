@@ -14,6 +14,8 @@ use crate::{publish::PortSpec, state::ParentRecord};
 #[derive(Debug, Clone)]
 pub struct NetworkSpec {
     pub name: String,
+    /// The id to give it: a front-end's own (Docker's network id); a new one if `None`.
+    pub id: Option<String>,
     pub driver: DriverSpec,
     pub subnet: Option<Ipv4Net>,
     pub gateway: Option<Ipv4Addr>,

@@ -1,0 +1,116 @@
+//! [`Dockerd`]: a real Docker daemon (Debian's `docker.io`) for one test, in the test host's
+//! network namespace and a private mount namespace where the test's own plugin directory
+//! is `/run/docker/plugins`, so parallel tests each find their own `netbpf` driver.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::{Run, TestHost, must};
+
+pub struct Dockerd {
+    dir: PathBuf,
+    child: Child,
+}
+
+impl Dockerd {
+    /// Starts dockerd for `host`, with `plugins` as its plugin socket directory, and waits
+    /// until it answers. It touches neither iptables nor forwarding: netbpf does the work.
+    pub fn start(host: &TestHost, plugins: &Path) -> Self {
+        let dir = host.dir.join("docker");
+        for sub in ["data", "exec"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        // The mount point, made once on the machine; each test's dockerd sees its own dir.
+        std::fs::create_dir_all("/run/docker/plugins").unwrap();
+        let d = dir.display();
+        let script = format!(
+            "mount --bind {plugins} /run/docker/plugins && exec nsenter --net=/run/netns/{ns} \
+             dockerd --data-root {d}/data --exec-root {d}/exec -H unix://{d}/docker.sock \
+             --pidfile {d}/docker.pid --iptables=false --ip-forward=false --bridge=none \
+             --userland-proxy=false",
+            plugins = plugins.display(),
+            ns = host.host_ns,
+        );
+        let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
+        let child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("dockerd");
+        let dockerd = Self { dir, child };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while dockerd.docker(&["version"]).code != 0 {
+            assert!(
+                Instant::now() < deadline,
+                "dockerd never answered:\n{}",
+                dockerd.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        dockerd
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default()
+    }
+
+    /// The `docker` CLI against this daemon.
+    pub fn docker(&self, args: &[&str]) -> Run {
+        let out = Command::new("docker")
+            .arg("-H")
+            .arg(format!("unix://{}/docker.sock", self.dir.display()))
+            .args(args)
+            .output()
+            .expect("docker CLI");
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let run = self.docker(args);
+        assert_eq!(run.code, 0, "docker {args:?}: {}{}", run.stdout, run.stderr);
+        run.stdout
+    }
+
+    pub fn fails(&self, args: &[&str]) -> String {
+        let run = self.docker(args);
+        assert_ne!(run.code, 0, "docker {args:?} should fail: {}", run.stdout);
+        run.stderr
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        let pid = std::fs::read_to_string(self.dir.join("docker.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok());
+        if let Some(pid) = pid {
+            // SAFETY: kill(2) on the dockerd this test started.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- dockerd log ---\n{}", self.log());
+        }
+        let _ = must(
+            "sh",
+            &[
+                "-c",
+                &format!("umount -R {}/exec 2>/dev/null; true", self.dir.display()),
+            ],
+        );
+    }
+}
