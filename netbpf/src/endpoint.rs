@@ -65,6 +65,28 @@ fn wire_inner(
     Ok(host_index)
 }
 
+/// A veth pair whose container end stays in the host namespace, down, with the endpoint's
+/// MAC, for a runtime that moves and configures it itself (Docker's `Join`: it moves the
+/// returned interface into the sandbox, renames it and sets the address). Returns the host
+/// end's ifindex and the container end's name. The host end stays down and off the bridge,
+/// as in [`wire`].
+pub fn pair_for_runtime(endpoint: &EndpointRecord) -> Result<(u32, String), NetlinkError> {
+    let peer = peer_temp_name(&endpoint.host_veth);
+    let result = Netlink::run(None, |nl| {
+        nl.create_veth(&endpoint.host_veth, &peer)?;
+        let container_end = nl.link(&peer)?;
+        nl.rename_with_mac(container_end.index, &peer, endpoint.mac)?;
+        Ok(nl.link(&endpoint.host_veth)?.index)
+    });
+    match result {
+        Ok(index) => Ok((index, peer)),
+        Err(error) => {
+            unwire(&endpoint.host_veth);
+            Err(error)
+        }
+    }
+}
+
 /// The last step of a veth endpoint: its host end joins the network's bridge and comes up.
 pub fn plug_into_bridge(
     network: &NetworkRecord,

@@ -223,6 +223,10 @@ pub struct NetworkRequest {
     /// runtime's `CNI_IFNAME`); the next free `ethN` otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ifname: Option<String>,
+    /// The interface's MAC, when its runtime chose one (Docker's `CreateEndpoint`); else
+    /// the one derived from the address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<[u8; 6]>,
 }
 
 /// One interface of a running container on one network; its `ip` is the lease.
@@ -265,6 +269,13 @@ impl EndpointRecord {
 pub struct CniKey {
     pub container_id: String,
     pub ifname: String,
+}
+
+/// Docker's name for one endpoint of the remote driver: its network and endpoint ids.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DockerKey {
+    pub network_id: String,
+    pub endpoint_id: String,
 }
 
 /// Where the namespace of an attached (not daemon-started) container comes from.
@@ -314,6 +325,9 @@ pub struct ContainerRecord {
     /// Set when a CNI runtime attached it (`netbpf` invoked as a CNI plugin).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cni: Option<CniKey>,
+    /// Set for an endpoint of the Docker remote driver (Docker wires the sandbox itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker: Option<DockerKey>,
 }
 
 impl ContainerRecord {
@@ -340,6 +354,7 @@ impl ContainerRecord {
             dns: vec![],
             dns_search: vec![],
             cni: None,
+            docker: None,
         }
     }
 
@@ -481,6 +496,7 @@ pub mod fixtures {
             .iter()
             .map(|(n, _, aliases)| NetworkRequest {
                 ifname: None,
+                mac: None,
                 network: (*n).into(),
                 ip: None,
                 aliases: aliases.iter().map(|a| (*a).into()).collect(),

@@ -10,6 +10,7 @@
 //! - [`docker`]: a real dockerd per test, finding the test's own `netbpf` driver.
 //! - [`sandbox`]: [`ProgramSandbox`], the real programs run on crafted packets.
 //! - [`hostile`]: raw frames from a hostile container or neighbour.
+//! - [`image`]: a busybox image for real runtimes, without a registry.
 //! - [`packet`]: building frames and checking checksums independently of the programs.
 //! - [`path`]: a client beyond a narrower link, for path-MTU discovery.
 //! - [`records`]: networks and endpoints as the daemon records them, for filling maps.
@@ -30,6 +31,7 @@ pub mod cni;
 pub mod docker;
 pub mod host;
 pub mod hostile;
+pub mod image;
 pub mod packet;
 pub mod path;
 pub mod records;

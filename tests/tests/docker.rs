@@ -62,3 +62,129 @@ fn docker_networks_on_the_netbpf_driver_are_netbpf_networks() {
         c
     }));
 }
+
+#[test]
+fn docker_run_puts_containers_on_the_netbpf_data_plane() {
+    let mut host = TestHost::bare();
+    let plugins = host.dir.join("plugins");
+    let socket = plugins.join("netbpf.sock");
+    host.start_daemon(&["--docker-plugin", socket.to_str().unwrap()]);
+    let dockerd = Dockerd::start(&host, &plugins);
+    let tar = netbpf_tests::image::busybox_tar(&host.dir, "hello from docker\n");
+    dockerd.ok(&["import", tar.to_str().unwrap(), "bb"]);
+    dockerd.ok(&[
+        "network",
+        "create",
+        "-d",
+        "netbpf",
+        "--subnet",
+        "10.124.0.0/24",
+        "nb1",
+    ]);
+    dockerd.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "nb1",
+        "-p",
+        "8080:80",
+        "bb",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ]);
+    let web_ip = dockerd.ok(&[
+        "inspect",
+        "-f",
+        "{{.NetworkSettings.Networks.nb1.IPAddress}}",
+        "web",
+    ]);
+    let web_ip = web_ip.trim().to_owned();
+    assert!(web_ip.starts_with("10.124.0."), "{web_ip}");
+    let ps = host.ok(&["ps"]);
+    assert!(
+        ps.contains("docker-ep-"),
+        "netbpf does not show the endpoint: {ps}"
+    );
+
+    // From outside, through netbpf's BPF DNAT: no docker-proxy, no DNAT rule.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !netbpf_tests::succeeds(host.outside(
+        "curl",
+        &["-sf", "--max-time", "1", "http://198.18.0.2:8080/"],
+    )) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the published port never answered"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    let rules = must("ip", &["netns", "exec", &host.host_ns, "iptables-save"]);
+    assert!(!rules.contains("DNAT"), "{rules}");
+    assert!(
+        !netbpf_tests::succeeds({
+            let mut c = std::process::Command::new("pgrep");
+            c.arg("-f").arg("docker-proxy.*8080");
+            c
+        }),
+        "a docker-proxy runs"
+    );
+
+    // By name through Docker's embedded DNS, and the page through netbpf's fast path.
+    let found = dockerd.ok(&["run", "--rm", "--network", "nb1", "bb", "nslookup", "web"]);
+    assert!(found.contains(&web_ip), "{found}");
+    let request = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {web_ip} 80");
+    let page = dockerd.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "nb1",
+        "bb",
+        "sh",
+        "-c",
+        &request,
+    ]);
+    assert!(page.contains("hello from docker"), "{page}");
+    let stats = host.json(&["stats", "--format", "json"]);
+    let fast: u64 = stats["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["fast_packets"].as_u64())
+        .sum();
+    assert!(fast > 0, "nothing took the fast path: {stats}");
+
+    // netbpf's daemon killed and restarted: Docker's containers keep their network, and
+    // the driver answers again on the same socket.
+    host.kill_daemon();
+    host.start_daemon(&["--docker-plugin", socket.to_str().unwrap()]);
+    assert!(
+        netbpf_tests::succeeds(host.outside(
+            "curl",
+            &["-sf", "--max-time", "2", "http://198.18.0.2:8080/"]
+        )),
+        "the published port died with the daemon"
+    );
+    assert!(
+        host.ok(&["ps"]).contains("docker-ep-"),
+        "the endpoint was not re-adopted"
+    );
+
+    // rm -f and network rm leave nothing behind.
+    dockerd.ok(&["rm", "-f", "web"]);
+    assert!(
+        !host.ok(&["ps", "-a"]).contains("docker-ep-"),
+        "the endpoint outlived the container"
+    );
+    assert!(!netbpf_tests::succeeds(host.outside(
+        "curl",
+        &["-sf", "--max-time", "1", "http://198.18.0.2:8080/"]
+    )));
+    dockerd.ok(&["network", "rm", "nb1"]);
+    assert!(!host.ok(&["network", "ls"]).contains("docker-"));
+}

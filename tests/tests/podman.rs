@@ -74,27 +74,7 @@ impl Podman {
 
     /// `localhost/bb`: busybox-static as /bin/*, and a page for its httpd.
     fn import_busybox(&self) {
-        let root = self.dir.join("rootfs");
-        std::fs::create_dir_all(root.join("bin")).unwrap();
-        std::fs::create_dir_all(root.join("www")).unwrap();
-        std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-        for applet in [
-            "sh", "httpd", "wget", "sleep", "ping", "cat", "ip", "nslookup",
-        ] {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-        }
-        std::fs::write(root.join("www/index.html"), "hello from podman\n").unwrap();
-        let tar = self.dir.join("rootfs.tar");
-        must(
-            "tar",
-            &[
-                "-C",
-                root.to_str().unwrap(),
-                "-cf",
-                tar.to_str().unwrap(),
-                ".",
-            ],
-        );
+        let tar = netbpf_tests::image::busybox_tar(&self.dir, "hello from podman\n");
         self.ok(&["import", tar.to_str().unwrap(), "localhost/bb"]);
     }
 }
@@ -106,6 +86,7 @@ impl Drop for Podman {
         let _ = Command::new("umount")
             .arg("-R")
             .arg(self.dir.join("st"))
+            .stderr(std::process::Stdio::null())
             .status();
     }
 }

@@ -332,6 +332,7 @@ mod tests {
         let mut stopped = fixtures::container("old", "ccc", &[]);
         stopped.networks = vec![crate::state::NetworkRequest {
             ifname: None,
+            mac: None,
             network: "app".into(),
             ip: None,
             aliases: vec![],

@@ -449,6 +449,7 @@ impl Controller {
                     NetworkMode::Networks,
                     vec![NetworkRequest {
                         ifname: None,
+                        mac: None,
                         network: net.name.clone(),
                         ip,
                         aliases: aliases.to_vec(),

@@ -107,7 +107,7 @@ impl Controller {
     }
 
     /// Ports other containers publish, with their names (for collision messages).
-    fn published_by_others(&self, name: &str) -> Vec<(PublishedPort, String)> {
+    pub(super) fn published_by_others(&self, name: &str) -> Vec<(PublishedPort, String)> {
         self.state
             .containers
             .values()
@@ -166,7 +166,7 @@ impl Controller {
             network: net.name.clone(),
             host_veth: String::new(),
             ip,
-            mac: ipam::mac_for(ip),
+            mac: request.mac.unwrap_or_else(|| ipam::mac_for(ip)),
             ifname,
             host_ifindex: 0,
             id,
@@ -269,6 +269,7 @@ impl Controller {
         check_aliases_allowed(&net, &spec.aliases)?;
         let request = NetworkRequest {
             ifname: None,
+            mac: None,
             aliases: spec.aliases,
             network: net.name.clone(),
             ip: spec.ip,

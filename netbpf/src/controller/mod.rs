@@ -18,6 +18,7 @@
 pub mod cluster;
 pub mod cni;
 pub mod containers;
+pub mod docker;
 pub mod endpoints;
 pub mod error;
 pub mod networks;

@@ -93,7 +93,9 @@ impl Controller {
         if let Some(pid) = c.pid {
             self.exits.watch_foreign(&c.id, pid);
         }
-        if uses_embedded_dns(&live.mode, &live.endpoints)
+        // Docker serves names on its networks itself.
+        if live.docker.is_none()
+            && uses_embedded_dns(&live.mode, &live.endpoints)
             && let Ok(ns) = self.open_netns(&live)
             && let Err(error) = self.names.start_dns(&live.id, &ns, &mut self.datapath)
         {
@@ -237,6 +239,11 @@ impl Controller {
 /// Whether a container recorded as running still is: its process (or, attached with
 /// `--netns`, its namespace) is there.
 fn is_alive(c: &ContainerRecord) -> bool {
+    if c.docker.is_some() {
+        // Docker owns the sandbox (its path lives in dockerd's mount namespace) and says
+        // when an endpoint goes (`Leave`); its veth is checked when it is re-adopted.
+        return !c.endpoints.is_empty();
+    }
     match (&c.attached, c.pid) {
         (Some(AttachedTo::Netns), _) => c.netns.as_deref().is_some_and(netns::is_namespace),
         (_, Some(pid)) => container::is_same_process(pid, c.pid_start_time),

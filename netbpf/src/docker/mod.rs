@@ -3,9 +3,9 @@
 //! `--docker-plugin`, so that `docker network create -d netbpf` makes a netbpf network
 //! (docs/runtimes.md). Docker finds the socket as `/run/docker/plugins/netbpf.sock`.
 //!
-//! This first step serves the network calls; the endpoint calls (`CreateEndpoint`, `Join`,
-//! …, issue 13) answer with an error naming what is missing, so a `docker run` on such a
-//! network fails clearly rather than half-working.
+//! Networks and endpoints are the controller's (`controller::docker`); this module turns
+//! the protocol's JSON into its calls. Docker's embedded DNS keeps serving names on these
+//! networks, so netbpf starts none of its own for them.
 
 mod protocol;
 
@@ -14,22 +14,22 @@ use serde::de::DeserializeOwned;
 
 use crate::{
     controller::{
-        Shared,
+        Controller, Shared,
+        docker::network_name,
+        error::Error,
         specs::{DriverSpec, NetworkSpec},
     },
     network::DEFAULT_NETWORK,
+    publish::PortSpec,
+    state::DockerKey,
 };
-use protocol::{Capabilities, CreateNetwork, DeleteNetwork, Empty, Failure, Implements};
+use protocol::{
+    Capabilities, CreateEndpoint, CreateEndpointAnswer, CreateNetwork, DeleteNetwork, Empty,
+    EndpointRequest, Failure, Implements, InterfaceName, JoinRequest, JoinResponse, OperInfo,
+};
 
 /// Where Docker looks for a plugin named `netbpf`.
 pub const DEFAULT_SOCKET: &str = "/run/docker/plugins/netbpf.sock";
-
-/// netbpf's name for the network Docker calls `network_id` (Docker never says its own
-/// name to a driver): `docker-` and the id's first 12 hex digits, as `docker network ls`
-/// shortens it. The netbpf id is Docker's.
-pub fn network_name(network_id: &str) -> String {
-    format!("docker-{}", &network_id[..network_id.len().min(12)])
-}
 
 pub fn router(ctl: Shared) -> Router {
     Router::new()
@@ -41,8 +41,19 @@ pub fn router(ctl: Shared) -> Router {
         .route("/NetworkDriver.FreeNetwork", post(swarm_only))
         .route("/NetworkDriver.DiscoverNew", post(ignored))
         .route("/NetworkDriver.DiscoverDelete", post(ignored))
-        .route("/NetworkDriver.CreateEndpoint", post(not_yet))
-        .route("/NetworkDriver.Join", post(not_yet))
+        .route("/NetworkDriver.CreateEndpoint", post(create_endpoint))
+        .route("/NetworkDriver.EndpointOperInfo", post(oper_info))
+        .route("/NetworkDriver.DeleteEndpoint", post(delete_endpoint))
+        .route("/NetworkDriver.Join", post(join))
+        .route("/NetworkDriver.Leave", post(leave))
+        .route(
+            "/NetworkDriver.ProgramExternalConnectivity",
+            post(program_external),
+        )
+        .route(
+            "/NetworkDriver.RevokeExternalConnectivity",
+            post(revoke_external),
+        )
         .with_state(ctl)
 }
 
@@ -69,21 +80,29 @@ async fn capabilities() -> Json<Capabilities> {
     })
 }
 
+/// Runs `op` on the controller; its error becomes the protocol's `Err` with the message
+/// the CLI would print.
+async fn on<T: Send + 'static>(
+    ctl: &Shared,
+    op: impl FnOnce(&mut Controller) -> Result<T, Error> + Send + 'static,
+) -> Result<T, Failure> {
+    match ctl.run(op).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(Failure::new(error.to_string())),
+        Err(error) => Err(Failure::new(format!("{error:#}"))),
+    }
+}
+
 async fn create_network(State(ctl): State<Shared>, bytes: Bytes) -> Result<Json<Empty>, Failure> {
     let req: CreateNetwork = body(&bytes)?;
     let spec = network_spec(&req)?;
-    let run = ctl.run(move |c| c.network_create(spec)).await;
-    match run.map_err(|e| Failure::new(format!("{e:#}")))? {
-        Ok(name) => {
-            tracing::info!(
-                network = name,
-                docker_id = req.network_id,
-                "Docker network created"
-            );
-            Ok(Json(Empty {}))
-        }
-        Err(error) => Err(Failure::new(error.to_string())),
-    }
+    let name = on(&ctl, move |c| c.network_create(spec)).await?;
+    tracing::info!(
+        network = name,
+        docker_id = req.network_id,
+        "Docker network created"
+    );
+    Ok(Json(Empty {}))
 }
 
 /// The netbpf network for a `CreateNetwork`: Docker's IPAM pool and gateway, its id, and
@@ -131,11 +150,88 @@ fn network_spec(req: &CreateNetwork) -> Result<NetworkSpec, Failure> {
 async fn delete_network(State(ctl): State<Shared>, bytes: Bytes) -> Result<Json<Empty>, Failure> {
     let req: DeleteNetwork = body(&bytes)?;
     let name = network_name(&req.network_id);
-    let run = ctl.run(move |c| c.network_remove(&name)).await;
-    match run.map_err(|e| Failure::new(format!("{e:#}")))? {
-        Ok(()) => Ok(Json(Empty {})),
-        Err(error) => Err(Failure::new(error.to_string())),
+    on(&ctl, move |c| c.network_remove(&name)).await?;
+    Ok(Json(Empty {}))
+}
+
+fn key(network_id: &str, endpoint_id: &str) -> DockerKey {
+    DockerKey {
+        network_id: network_id.to_owned(),
+        endpoint_id: endpoint_id.to_owned(),
     }
+}
+
+/// Docker's address for the endpoint (CIDR form) and its MAC, if it chose one; the answer
+/// carries the MAC only when Docker left it empty (filling a field Docker set is an error).
+async fn create_endpoint(
+    State(ctl): State<Shared>,
+    bytes: Bytes,
+) -> Result<Json<CreateEndpointAnswer>, Failure> {
+    let req: CreateEndpoint = body(&bytes)?;
+    let address = req.interface.address.split('/').next().unwrap_or_default();
+    let ip = address.parse().map_err(|e| {
+        Failure::new(format!(
+            "netbpf endpoints need an IPv4 address ({address:?}: {e})"
+        ))
+    })?;
+    let given = protocol::parse_mac(&req.interface.mac_address)?;
+    let key = key(&req.network_id, &req.endpoint_id);
+    let mac = on(&ctl, move |c| c.docker_create_endpoint(key, ip, given)).await?;
+    Ok(Json(CreateEndpointAnswer::with_mac(
+        given.is_none().then_some(mac),
+    )))
+}
+
+async fn oper_info() -> Json<OperInfo> {
+    Json(OperInfo::default())
+}
+
+async fn delete_endpoint(State(ctl): State<Shared>, bytes: Bytes) -> Result<Json<Empty>, Failure> {
+    let req: EndpointRequest = body(&bytes)?;
+    let key = key(&req.network_id, &req.endpoint_id);
+    on(&ctl, move |c| c.docker_delete_endpoint(&key)).await?;
+    Ok(Json(Empty {}))
+}
+
+async fn join(State(ctl): State<Shared>, bytes: Bytes) -> Result<Json<JoinResponse>, Failure> {
+    let req: JoinRequest = body(&bytes)?;
+    let key = key(&req.network_id, &req.endpoint_id);
+    let sandbox = std::path::PathBuf::from(&req.sandbox_key);
+    let (src, gateway) = on(&ctl, move |c| c.docker_join(&key, sandbox)).await?;
+    Ok(Json(JoinResponse {
+        interface_name: InterfaceName {
+            src_name: src,
+            dst_prefix: "eth".into(),
+        },
+        gateway: gateway.to_string(),
+    }))
+}
+
+async fn leave(State(ctl): State<Shared>, bytes: Bytes) -> Result<Json<Empty>, Failure> {
+    let req: EndpointRequest = body(&bytes)?;
+    let key = key(&req.network_id, &req.endpoint_id);
+    on(&ctl, move |c| c.docker_leave(&key)).await?;
+    Ok(Json(Empty {}))
+}
+
+/// `docker run -p`: the sandbox's port map, as netbpf's `-p` forms.
+async fn program_external(State(ctl): State<Shared>, bytes: Bytes) -> Result<Json<Empty>, Failure> {
+    let req: JoinRequest = body(&bytes)?;
+    let ports: Vec<PortSpec> = req
+        .port_map()?
+        .iter()
+        .map(|spec| PortSpec::parse(spec).map_err(|e| Failure::new(e.to_string())))
+        .collect::<Result<_, _>>()?;
+    let key = key(&req.network_id, &req.endpoint_id);
+    on(&ctl, move |c| c.docker_publish(&key, ports)).await?;
+    Ok(Json(Empty {}))
+}
+
+async fn revoke_external(State(ctl): State<Shared>, bytes: Bytes) -> Result<Json<Empty>, Failure> {
+    let req: EndpointRequest = body(&bytes)?;
+    let key = key(&req.network_id, &req.endpoint_id);
+    on(&ctl, move |c| c.docker_unpublish(&key)).await?;
+    Ok(Json(Empty {}))
 }
 
 async fn swarm_only() -> Failure {
@@ -144,12 +240,6 @@ async fn swarm_only() -> Failure {
 
 async fn ignored() -> Json<Empty> {
     Json(Empty {})
-}
-
-async fn not_yet() -> Failure {
-    Failure::new(
-        "netbpf's Docker driver does not connect containers yet (issue 13): use netbpf attach or the CNI plugin",
-    )
 }
 
 #[cfg(test)]

@@ -62,6 +62,155 @@ pub struct DeleteNetwork {
     pub network_id: String,
 }
 
+#[derive(Debug, Default, Deserialize)]
+pub struct EndpointInterface {
+    /// CIDR form, from Docker's IPAM.
+    #[serde(rename = "Address", default)]
+    pub address: String,
+    #[serde(rename = "MacAddress", default)]
+    pub mac_address: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct CreateEndpoint {
+    #[serde(rename = "NetworkID", default)]
+    pub network_id: String,
+    #[serde(rename = "EndpointID", default)]
+    pub endpoint_id: String,
+    #[serde(rename = "Interface", default)]
+    pub interface: EndpointInterface,
+}
+
+/// `CreateEndpoint`'s answer: only what the driver fills in.
+#[derive(Debug, Default, Serialize)]
+pub struct CreateEndpointAnswer {
+    #[serde(rename = "Interface", skip_serializing_if = "Option::is_none")]
+    pub interface: Option<MacAnswer>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct MacAnswer {
+    #[serde(rename = "MacAddress")]
+    pub mac_address: String,
+}
+
+impl CreateEndpointAnswer {
+    /// The MAC netbpf chose, if Docker left it to the driver.
+    pub fn with_mac(mac: Option<[u8; 6]>) -> Self {
+        Self {
+            interface: mac.map(|m| MacAnswer {
+                mac_address: m.map(|b| format!("{b:02x}")).join(":"),
+            }),
+        }
+    }
+}
+
+/// `aa:bb:cc:dd:ee:ff`, or nothing for an empty string.
+pub fn parse_mac(text: &str) -> Result<Option<[u8; 6]>, Failure> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let bytes: Vec<u8> = text
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16))
+        .collect::<Result<_, _>>()
+        .map_err(|_| Failure::new(format!("invalid MAC address {text:?}")))?;
+    <[u8; 6]>::try_from(bytes)
+        .map(Some)
+        .map_err(|_| Failure::new(format!("invalid MAC address {text:?}")))
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct EndpointRequest {
+    #[serde(rename = "NetworkID", default)]
+    pub network_id: String,
+    #[serde(rename = "EndpointID", default)]
+    pub endpoint_id: String,
+}
+
+/// `Join` and `ProgramExternalConnectivity`: the endpoint, the sandbox, and the sandbox's
+/// options (published ports among them).
+#[derive(Debug, Default, Deserialize)]
+pub struct JoinRequest {
+    #[serde(rename = "NetworkID", default)]
+    pub network_id: String,
+    #[serde(rename = "EndpointID", default)]
+    pub endpoint_id: String,
+    #[serde(rename = "SandboxKey", default)]
+    pub sandbox_key: String,
+    #[serde(rename = "Options", default)]
+    pub options: serde_json::Map<String, Value>,
+}
+
+/// One entry of `com.docker.network.portmap`.
+#[derive(Debug, Deserialize)]
+struct PortBinding {
+    #[serde(rename = "Proto")]
+    proto: u8,
+    #[serde(rename = "Port")]
+    port: u16,
+    #[serde(rename = "HostIP", default)]
+    host_ip: String,
+    #[serde(rename = "HostPort", default)]
+    host_port: u16,
+    #[serde(rename = "HostPortEnd", default)]
+    host_port_end: u16,
+}
+
+impl JoinRequest {
+    /// The `-p` forms of `com.docker.network.portmap` (`HostPort` 0: a port netbpf picks,
+    /// as Docker leaves that to the driver on remote networks).
+    pub fn port_map(&self) -> Result<Vec<String>, Failure> {
+        let Some(map) = self.options.get("com.docker.network.portmap") else {
+            return Ok(vec![]);
+        };
+        let bindings: Vec<PortBinding> = serde_json::from_value(map.clone())
+            .map_err(|e| Failure::new(format!("malformed port map: {e}")))?;
+        bindings
+            .iter()
+            .map(|b| {
+                let proto = match b.proto {
+                    6 => "tcp",
+                    17 => "udp",
+                    other => {
+                        return Err(Failure::new(format!(
+                            "protocol {other} cannot be published (tcp and udp can)"
+                        )));
+                    }
+                };
+                let host = match (b.host_port, b.host_port_end) {
+                    (0, _) => String::new(),
+                    (a, e) if e > a => format!("{a}-{e}"),
+                    (a, _) => a.to_string(),
+                };
+                Ok(format!("{}:{host}:{}/{proto}", b.host_ip, b.port))
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct InterfaceName {
+    #[serde(rename = "SrcName")]
+    pub src_name: String,
+    #[serde(rename = "DstPrefix")]
+    pub dst_prefix: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct JoinResponse {
+    #[serde(rename = "InterfaceName")]
+    pub interface_name: InterfaceName,
+    #[serde(rename = "Gateway")]
+    pub gateway: String,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct OperInfo {
+    #[serde(rename = "Value")]
+    pub value: serde_json::Map<String, Value>,
+}
+
 /// A failed call: `{"Err": "..."}` with the CLI's one-line message (Docker shows it).
 #[derive(Debug)]
 pub struct Failure(String);

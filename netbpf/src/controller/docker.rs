@@ -1,0 +1,206 @@
+//! The Docker front-end's networks and endpoints (docs/runtimes.md). Docker drives the
+//! remote driver in steps: `CreateEndpoint` (the address Docker's IPAM chose), `Join` (the
+//! driver makes the interface, Docker moves it into the sandbox and configures it),
+//! `ProgramExternalConnectivity` (published ports), and back. An endpoint is a container
+//! record named after Docker's endpoint id, joined while Docker has its interface.
+
+use std::{net::Ipv4Addr, path::PathBuf};
+
+use super::{
+    Controller,
+    error::{Error, Result},
+    undo::Step,
+};
+use crate::{
+    endpoint, ipam,
+    publish::PortSpec,
+    state::{
+        AttachedTo, ContainerRecord, DockerKey, EndpointRecord, NetworkMode, NetworkRecord,
+        NetworkRequest, Status,
+    },
+    sysctl,
+};
+
+/// netbpf's name for the network Docker calls `network_id` (Docker never tells a driver
+/// the name it shows): `docker-` and the id's first 12 hex digits, as `docker network ls`
+/// shortens it.
+pub fn network_name(network_id: &str) -> String {
+    format!("docker-{}", &network_id[..network_id.len().min(12)])
+}
+
+/// netbpf's name for an endpoint: `docker-ep-` and 12 hex digits of Docker's endpoint id.
+fn record_name(key: &DockerKey) -> String {
+    format!(
+        "docker-ep-{}",
+        &key.endpoint_id[..key.endpoint_id.len().min(12)]
+    )
+}
+
+impl Controller {
+    fn docker_record(&self, key: &DockerKey) -> Result<ContainerRecord> {
+        self.state
+            .containers
+            .values()
+            .find(|c| c.docker.as_ref() == Some(key))
+            .cloned()
+            .ok_or_else(|| Error::not_found(format!("no endpoint {}", key.endpoint_id)))
+    }
+
+    fn docker_network(&self, key: &DockerKey) -> Result<NetworkRecord> {
+        Ok(self.network(&network_name(&key.network_id))?.clone())
+    }
+
+    /// `CreateEndpoint`: records the endpoint with Docker's address, and its MAC or, when
+    /// Docker gave none, the one netbpf derives from the address (returned for Docker to
+    /// set). Nothing is wired until `Join`.
+    pub fn docker_create_endpoint(
+        &mut self,
+        key: DockerKey,
+        ip: Ipv4Addr,
+        mac: Option<[u8; 6]>,
+    ) -> Result<[u8; 6]> {
+        let net = self.docker_network(&key)?;
+        if !net.subnet.contains(&ip) {
+            return Err(Error::invalid(format!(
+                "address {ip} is not in network {}'s subnet {}",
+                net.name, net.subnet
+            )));
+        }
+        let taken = self.state.containers.values().any(|c| {
+            c.endpoints
+                .iter()
+                .any(|ep| ep.network == net.name && ep.ip == ip)
+                || c.networks
+                    .iter()
+                    .any(|r| r.network == net.name && r.ip == Some(ip))
+        });
+        if taken {
+            return Err(Error::conflict(format!(
+                "address {ip} is already in use on network {}",
+                net.name
+            )));
+        }
+        let mac = mac.unwrap_or_else(|| ipam::mac_for(ip));
+        let request = NetworkRequest {
+            network: net.name,
+            ip: Some(ip),
+            aliases: vec![],
+            ifname: None,
+            mac: Some(mac),
+        };
+        let mut record =
+            ContainerRecord::new(&record_name(&key), NetworkMode::Networks, vec![request]);
+        record.attached = Some(AttachedTo::Netns);
+        record.docker = Some(key);
+        self.transaction(|ctl, _| {
+            ctl.state.containers.insert(record.name.clone(), record);
+            Ok(())
+        })?;
+        Ok(mac)
+    }
+
+    /// `Join`: a veth pair whose container end Docker moves into `sandbox`; returns that
+    /// end's name and the gateway. The fast path is attached and the host end plugged into
+    /// the bridge before Docker sees the interface.
+    pub fn docker_join(&mut self, key: &DockerKey, sandbox: PathBuf) -> Result<(String, Ipv4Addr)> {
+        let record = self.docker_record(key)?;
+        if !record.endpoints.is_empty() {
+            return Err(Error::conflict(format!(
+                "endpoint {} has joined a sandbox already",
+                key.endpoint_id
+            )));
+        }
+        let net = self.docker_network(key)?;
+        let request = record.networks.first().cloned().expect("one network");
+        let ip = request.ip.expect("Docker's address");
+        let id = crate::state::random_id();
+        let ep = EndpointRecord {
+            network: net.name.clone(),
+            host_veth: endpoint::host_veth_name(&id),
+            ip,
+            mac: request.mac.unwrap_or_else(|| ipam::mac_for(ip)),
+            // Docker names it in the sandbox (`eth` and a number of its choosing).
+            ifname: "eth".into(),
+            host_ifindex: 0,
+            id,
+        };
+        self.transaction(|ctl, undo| {
+            let (host_ifindex, peer) = endpoint::pair_for_runtime(&ep)?;
+            let ep = EndpointRecord { host_ifindex, ..ep };
+            undo.push(Step::Endpoint {
+                network_index: net.index,
+                endpoint: ep.clone(),
+            });
+            sysctl::refuse_router_advertisements(&ep.host_veth)?;
+            ctl.install_endpoint(&net, &ep)?;
+            endpoint::plug_into_bridge(&net, &ep)?;
+            let c = ctl.state.containers.get_mut(&record.name).expect("exists");
+            c.endpoints = vec![ep];
+            c.status = Status::Running;
+            c.netns = Some(sandbox);
+            Ok((peer, net.gateway))
+        })
+    }
+
+    /// `ProgramExternalConnectivity`: the published ports of `docker run -p`, in BPF.
+    pub fn docker_publish(&mut self, key: &DockerKey, ports: Vec<PortSpec>) -> Result<()> {
+        let record = self.docker_record(key)?;
+        let ep = record.endpoints.first().cloned().ok_or_else(|| {
+            Error::conflict(format!("endpoint {} has not joined", key.endpoint_id))
+        })?;
+        self.docker_unpublish(key)?;
+        let taken = self.published_by_others(&record.name);
+        self.transaction(|ctl, undo| {
+            let published =
+                ctl.ports
+                    .publish(&mut ctl.datapath, &ports, &ep, &taken, &record.name, true)?;
+            undo.push(Step::Ports(published.clone()));
+            let c = ctl.state.containers.get_mut(&record.name).expect("exists");
+            c.ports = ports;
+            c.published = published;
+            Ok(())
+        })
+    }
+
+    /// `RevokeExternalConnectivity`.
+    pub fn docker_unpublish(&mut self, key: &DockerKey) -> Result<()> {
+        let record = self.docker_record(key)?;
+        self.ports.unpublish(&mut self.datapath, &record.published);
+        self.transaction(|ctl, _| {
+            let c = ctl.state.containers.get_mut(&record.name).expect("exists");
+            c.published.clear();
+            c.ports.clear();
+            Ok(())
+        })
+    }
+
+    /// `Leave`: the endpoint's ports and interface go (Docker may have deleted the
+    /// interface with the sandbox already); the record stays until `DeleteEndpoint`.
+    pub fn docker_leave(&mut self, key: &DockerKey) -> Result<()> {
+        let record = self.docker_record(key)?;
+        self.ports.unpublish(&mut self.datapath, &record.published);
+        for ep in &record.endpoints {
+            self.release_endpoint(ep);
+        }
+        self.transaction(|ctl, _| {
+            let c = ctl.state.containers.get_mut(&record.name).expect("exists");
+            c.endpoints.clear();
+            c.published.clear();
+            c.status = Status::Created;
+            c.netns = None;
+            Ok(())
+        })
+    }
+
+    /// `DeleteEndpoint`: forgets it (leaving first if Docker did not).
+    pub fn docker_delete_endpoint(&mut self, key: &DockerKey) -> Result<()> {
+        let record = self.docker_record(key)?;
+        if !record.endpoints.is_empty() {
+            self.docker_leave(key)?;
+        }
+        self.transaction(|ctl, _| {
+            ctl.state.containers.remove(&record.name);
+            Ok(())
+        })
+    }
+}
