@@ -30,3 +30,13 @@ pub fn busybox_tar(dir: &Path, page: &str) -> PathBuf {
     );
     tar
 }
+
+/// The image's web server, as `run` arguments after the image name: busybox httpd on port
+/// 80 in the foreground, serving the page.
+pub const HTTPD: [&str; 6] = ["httpd", "-f", "-p", "80", "-h", "/www"];
+
+/// A shell command for the image that fetches `/` from `ip`:80 with busybox nc (its
+/// static wget cannot resolve names without NSS, and crashes trying).
+pub fn http_get(ip: &str) -> String {
+    format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {ip} 80")
+}

@@ -91,13 +91,10 @@ fn docker_run_puts_containers_on_the_netbpf_data_plane() {
         "-p",
         "8080:80",
         "bb",
-        "httpd",
-        "-f",
-        "-p",
-        "80",
-        "-h",
-        "/www",
-    ]);
+    ]
+    .into_iter()
+    .chain(netbpf_tests::image::HTTPD)
+    .collect::<Vec<_>>());
     let web_ip = dockerd.ok(&[
         "inspect",
         "-f",
@@ -138,7 +135,7 @@ fn docker_run_puts_containers_on_the_netbpf_data_plane() {
     // By name through Docker's embedded DNS, and the page through netbpf's fast path.
     let found = dockerd.ok(&["run", "--rm", "--network", "nb1", "bb", "nslookup", "web"]);
     assert!(found.contains(&web_ip), "{found}");
-    let request = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {web_ip} 80");
+    let request = netbpf_tests::image::http_get(&web_ip);
     let page = dockerd.ok(&[
         "run",
         "--rm",

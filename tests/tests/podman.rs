@@ -121,13 +121,10 @@ fn podman_runs_containers_on_a_netbpf_network() {
         "-p",
         "8081:80",
         "localhost/bb",
-        "httpd",
-        "-f",
-        "-p",
-        "80",
-        "-h",
-        "/www",
-    ]);
+    ]
+    .into_iter()
+    .chain(netbpf_tests::image::HTTPD)
+    .collect::<Vec<_>>());
     // The published port, from outside, through netbpf's BPF DNAT (no portmap plugin).
     wait_until("the published port", || {
         succeeds(host.outside(
@@ -150,7 +147,7 @@ fn podman_runs_containers_on_a_netbpf_network() {
         "web",
     ]);
     assert!(found.contains(&format!("Address: {web_ip}")), "{found}");
-    let request = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {web_ip} 80");
+    let request = netbpf_tests::image::http_get(&web_ip);
     let page = podman.ok(&[
         "run",
         "--rm",
