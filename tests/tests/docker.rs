@@ -185,3 +185,116 @@ fn docker_run_puts_containers_on_the_netbpf_data_plane() {
     dockerd.ok(&["network", "rm", "nb1"]);
     assert!(!host.ok(&["network", "ls"]).contains("docker-"));
 }
+
+#[test]
+fn docker_networks_on_netbpf_are_isolated_and_publish_as_docker_does() {
+    let mut host = TestHost::bare();
+    let plugins = host.dir.join("plugins");
+    host.start_daemon(&[
+        "--docker-plugin",
+        plugins.join("netbpf.sock").to_str().unwrap(),
+    ]);
+    let dockerd = Dockerd::start(&host, &plugins);
+    let tar = netbpf_tests::image::busybox_tar(&host.dir, "hello\n");
+    dockerd.ok(&["import", tar.to_str().unwrap(), "bb"]);
+    for (name, subnet) in [("nb1", "10.125.0.0/24"), ("nb2", "10.126.0.0/24")] {
+        dockerd.ok(&[
+            "network", "create", "-d", "netbpf", "--subnet", subnet, name,
+        ]);
+    }
+    // Verbose httpd: it logs each client's address. One port for everyone, one for the
+    // host only.
+    let mut run = vec![
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "nb1",
+        "-p",
+        "8080:80",
+    ];
+    run.extend([
+        "-p",
+        "127.0.0.1:9090:80",
+        "bb",
+        "httpd",
+        "-f",
+        "-vv",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ]);
+    dockerd.ok(&run);
+    dockerd.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "other",
+        "--network",
+        "nb2",
+        "bb",
+        "sleep",
+        "600",
+    ]);
+    let web_ip = dockerd.ok(&[
+        "inspect",
+        "-f",
+        "{{.NetworkSettings.Networks.nb1.IPAddress}}",
+        "web",
+    ]);
+    let web_ip = web_ip.trim().to_owned();
+
+    // From outside: the client's own address reaches the container; 127.0.0.1 is the
+    // host's only.
+    let url = "http://198.18.0.2:8080/";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !netbpf_tests::succeeds(host.outside("curl", &["-sf", "--max-time", "1", url])) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the published port never answered"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    let logs = dockerd.docker(&["logs", "web"]);
+    assert!(
+        logs.stderr.contains("198.18.0.1") || logs.stdout.contains("198.18.0.1"),
+        "client address lost: {}{}",
+        logs.stdout,
+        logs.stderr
+    );
+    assert!(
+        netbpf_tests::succeeds(host.on_host(
+            "curl",
+            &["-sf", "--max-time", "2", "http://127.0.0.1:9090/"]
+        )),
+        "127.0.0.1:9090 from the host"
+    );
+    assert!(
+        !netbpf_tests::succeeds(host.outside(
+            "curl",
+            &["-sf", "--max-time", "2", "http://198.18.0.2:9090/"]
+        )),
+        "127.0.0.1-only port reached from outside"
+    );
+
+    // Isolation between two netbpf networks, until connected.
+    let ping = |from: &str| {
+        dockerd
+            .docker(&["exec", from, "ping", "-c", "1", "-W", "1", &web_ip])
+            .code
+            == 0
+    };
+    assert!(!ping("other"), "nb2 reached nb1");
+    dockerd.ok(&["network", "connect", "nb1", "other"]);
+    assert!(ping("other"), "connected, other cannot reach web");
+    assert_eq!(
+        host.ok(&["ps"]).matches("docker-ep-").count(),
+        3,
+        "an endpoint per network"
+    );
+    dockerd.ok(&["network", "disconnect", "nb1", "other"]);
+    assert!(!ping("other"), "disconnected, other still reaches web");
+    assert_eq!(host.ok(&["ps"]).matches("docker-ep-").count(), 2);
+}
