@@ -3,6 +3,21 @@
 
 use netbpf_tests::{TestHost, docker::Dockerd, must};
 
+/// A test host whose daemon serves the Docker plugin, a dockerd that finds it, and the
+/// busybox image (serving `page`) imported as `bb`.
+fn docker_host(page: &str) -> (TestHost, Dockerd) {
+    let mut host = TestHost::bare();
+    let plugins = host.dir.join("plugins");
+    host.start_daemon(&[
+        "--docker-plugin",
+        plugins.join("netbpf.sock").to_str().unwrap(),
+    ]);
+    let dockerd = Dockerd::start(&host, &plugins);
+    let tar = netbpf_tests::image::busybox_tar(&host.dir, page);
+    dockerd.ok(&["import", tar.to_str().unwrap(), "bb"]);
+    (host, dockerd)
+}
+
 #[test]
 fn docker_networks_on_the_netbpf_driver_are_netbpf_networks() {
     let mut host = TestHost::bare();
@@ -188,15 +203,7 @@ fn docker_run_puts_containers_on_the_netbpf_data_plane() {
 
 #[test]
 fn docker_networks_on_netbpf_are_isolated_and_publish_as_docker_does() {
-    let mut host = TestHost::bare();
-    let plugins = host.dir.join("plugins");
-    host.start_daemon(&[
-        "--docker-plugin",
-        plugins.join("netbpf.sock").to_str().unwrap(),
-    ]);
-    let dockerd = Dockerd::start(&host, &plugins);
-    let tar = netbpf_tests::image::busybox_tar(&host.dir, "hello\n");
-    dockerd.ok(&["import", tar.to_str().unwrap(), "bb"]);
+    let (host, dockerd) = docker_host("hello\n");
     for (name, subnet) in [("nb1", "10.125.0.0/24"), ("nb2", "10.126.0.0/24")] {
         dockerd.ok(&[
             "network", "create", "-d", "netbpf", "--subnet", subnet, name,
@@ -297,4 +304,84 @@ fn docker_networks_on_netbpf_are_isolated_and_publish_as_docker_does() {
     dockerd.ok(&["network", "disconnect", "nb1", "other"]);
     assert!(!ping("other"), "disconnected, other still reaches web");
     assert_eq!(host.ok(&["ps"]).matches("docker-ep-").count(), 2);
+}
+
+#[test]
+fn the_netbpf_ipam_driver_hands_out_netbpf_addresses() {
+    let (host, dockerd) = docker_host("hello\n");
+    // No --subnet: netbpf's IPAM picks a free /24 of its pool.
+    let id = dockerd.ok(&[
+        "network",
+        "create",
+        "-d",
+        "netbpf",
+        "--ipam-driver",
+        "netbpf",
+        "nbi",
+    ]);
+    let subnet = dockerd.ok(&[
+        "network",
+        "inspect",
+        "-f",
+        "{{(index .IPAM.Config 0).Subnet}}",
+        "nbi",
+    ]);
+    let subnet: ipnet::Ipv4Net = subnet.trim().parse().unwrap();
+    assert!(
+        "10.214.0.0/15"
+            .parse::<ipnet::Ipv4Net>()
+            .unwrap()
+            .contains(&subnet),
+        "{subnet}"
+    );
+    let view = host.json(&[
+        "network",
+        "inspect",
+        &format!("docker-{}", &id.trim()[..12]),
+    ]);
+    assert_eq!(
+        view[0]["IPAM"]["Config"][0]["Subnet"],
+        subnet.to_string(),
+        "{view}"
+    );
+    // Containers get its lowest free addresses, after the gateway.
+    dockerd.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "first",
+        "--network",
+        "nbi",
+        "bb",
+        "sleep",
+        "600",
+    ]);
+    let ip = dockerd.ok(&[
+        "inspect",
+        "-f",
+        "{{.NetworkSettings.Networks.nbi.IPAddress}}",
+        "first",
+    ]);
+    let second = std::net::Ipv4Addr::from(u32::from(subnet.network()) + 2);
+    assert_eq!(ip.trim(), second.to_string());
+    // A second network gets another /24.
+    dockerd.ok(&[
+        "network",
+        "create",
+        "-d",
+        "netbpf",
+        "--ipam-driver",
+        "netbpf",
+        "nbj",
+    ]);
+    let other = dockerd.ok(&[
+        "network",
+        "inspect",
+        "-f",
+        "{{(index .IPAM.Config 0).Subnet}}",
+        "nbj",
+    ]);
+    assert_ne!(other.trim(), subnet.to_string());
+    dockerd.ok(&["rm", "-f", "first"]);
+    dockerd.ok(&["network", "rm", "nbi", "nbj"]);
 }

@@ -19,6 +19,7 @@ pub mod cluster;
 pub mod cni;
 pub mod containers;
 pub mod docker;
+pub mod docker_ipam;
 pub mod endpoints;
 pub mod error;
 pub mod networks;

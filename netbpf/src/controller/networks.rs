@@ -103,7 +103,7 @@ impl Controller {
         })
     }
 
-    fn bridge_names(&self) -> Vec<String> {
+    pub(super) fn bridge_names(&self) -> Vec<String> {
         self.state
             .networks
             .values()

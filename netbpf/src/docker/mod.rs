@@ -7,15 +7,24 @@
 //! the protocol's JSON into its calls. Docker's embedded DNS keeps serving names on these
 //! networks, so netbpf starts none of its own for them.
 
+mod ipam;
 mod protocol;
 
-use axum::{Json, Router, body::Bytes, extract::State, routing::post};
+use std::sync::{Arc, Mutex};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{FromRef, State},
+    routing::post,
+};
 use serde::de::DeserializeOwned;
 
 use crate::{
     controller::{
         Controller, Shared,
         docker::network_name,
+        docker_ipam::DockerIpam,
         error::Error,
         specs::{DriverSpec, NetworkSpec},
     },
@@ -31,9 +40,43 @@ use protocol::{
 /// Where Docker looks for a plugin named `netbpf`.
 pub const DEFAULT_SOCKET: &str = "/run/docker/plugins/netbpf.sock";
 
+/// The pools and addresses Docker holds from netbpf's IPAM driver.
+pub(crate) type Ipam = Arc<Mutex<DockerIpam>>;
+
+#[derive(Clone)]
+struct Plugin {
+    ctl: Shared,
+    ipam: Ipam,
+}
+
+impl FromRef<Plugin> for Shared {
+    fn from_ref(plugin: &Plugin) -> Shared {
+        plugin.ctl.clone()
+    }
+}
+
+impl FromRef<Plugin> for Ipam {
+    fn from_ref(plugin: &Plugin) -> Ipam {
+        plugin.ipam.clone()
+    }
+}
+
 pub fn router(ctl: Shared) -> Router {
+    let plugin = Plugin {
+        ctl,
+        ipam: Ipam::default(),
+    };
     Router::new()
         .route("/Plugin.Activate", post(activate))
+        .route("/IpamDriver.GetCapabilities", post(ipam::capabilities))
+        .route(
+            "/IpamDriver.GetDefaultAddressSpaces",
+            post(ipam::address_spaces),
+        )
+        .route("/IpamDriver.RequestPool", post(ipam::request_pool))
+        .route("/IpamDriver.ReleasePool", post(ipam::release_pool))
+        .route("/IpamDriver.RequestAddress", post(ipam::request_address))
+        .route("/IpamDriver.ReleaseAddress", post(ipam::release_address))
         .route("/NetworkDriver.GetCapabilities", post(capabilities))
         .route("/NetworkDriver.CreateNetwork", post(create_network))
         .route("/NetworkDriver.DeleteNetwork", post(delete_network))
@@ -54,11 +97,11 @@ pub fn router(ctl: Shared) -> Router {
             "/NetworkDriver.RevokeExternalConnectivity",
             post(revoke_external),
         )
-        .with_state(ctl)
+        .with_state(plugin)
 }
 
 /// A request body; Docker sends none for some calls, and its own content type.
-fn body<T: DeserializeOwned + Default>(bytes: &Bytes) -> Result<T, Failure> {
+pub(crate) fn body<T: DeserializeOwned + Default>(bytes: &Bytes) -> Result<T, Failure> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
@@ -67,7 +110,7 @@ fn body<T: DeserializeOwned + Default>(bytes: &Bytes) -> Result<T, Failure> {
 
 async fn activate() -> Json<Implements> {
     Json(Implements {
-        implements: vec!["NetworkDriver".into()],
+        implements: vec!["NetworkDriver".into(), "IpamDriver".into()],
     })
 }
 
@@ -82,7 +125,7 @@ async fn capabilities() -> Json<Capabilities> {
 
 /// Runs `op` on the controller; its error becomes the protocol's `Err` with the message
 /// the CLI would print.
-async fn on<T: Send + 'static>(
+pub(crate) async fn on<T: Send + 'static>(
     ctl: &Shared,
     op: impl FnOnce(&mut Controller) -> Result<T, Error> + Send + 'static,
 ) -> Result<T, Failure> {
@@ -260,6 +303,15 @@ mod tests {
         assert_eq!(spec.subnet.unwrap().to_string(), "10.77.0.0/24");
         assert_eq!(spec.gateway.unwrap().to_string(), "10.77.0.1");
         assert!(spec.internal);
+        let ask: protocol::AddressRequest =
+            serde_json::from_str(r#"{"PoolID":"10.1.0.0/24","Address":"","Options":null}"#)
+                .unwrap();
+        assert!(!ask.is_gateway());
+        let gw: protocol::AddressRequest = serde_json::from_str(
+            r#"{"PoolID":"10.1.0.0/24","Options":{"RequestAddressType":"com.docker.network.gateway"}}"#,
+        )
+        .unwrap();
+        assert!(gw.is_gateway());
         let none: CreateNetwork =
             serde_json::from_str(r#"{"NetworkID":"abcdefabcdef12","IPv4Data":[]}"#).unwrap();
         assert!(network_spec(&none).is_err());

@@ -8,6 +8,13 @@ use serde_json::Value;
 #[derive(Debug, Default, Serialize)]
 pub struct Empty {}
 
+/// Docker sends `"Options": null` as readily as `{}`.
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<serde_json::Map<String, Value>, D::Error> {
+    Ok(Option::deserialize(deserializer)?.unwrap_or_default())
+}
+
 #[derive(Debug, Serialize)]
 pub struct Implements {
     #[serde(rename = "Implements")]
@@ -35,7 +42,7 @@ pub struct IpamData {
 pub struct CreateNetwork {
     #[serde(rename = "NetworkID", default)]
     pub network_id: String,
-    #[serde(rename = "Options", default)]
+    #[serde(rename = "Options", default, deserialize_with = "null_as_empty")]
     pub options: serde_json::Map<String, Value>,
     #[serde(rename = "IPv4Data", default)]
     pub ipv4_data: Vec<IpamData>,
@@ -138,7 +145,7 @@ pub struct JoinRequest {
     pub endpoint_id: String,
     #[serde(rename = "SandboxKey", default)]
     pub sandbox_key: String,
-    #[serde(rename = "Options", default)]
+    #[serde(rename = "Options", default, deserialize_with = "null_as_empty")]
     pub options: serde_json::Map<String, Value>,
 }
 
@@ -211,21 +218,115 @@ pub struct OperInfo {
     pub value: serde_json::Map<String, Value>,
 }
 
-/// A failed call: `{"Err": "..."}` with the CLI's one-line message (Docker shows it).
+#[derive(Debug, Serialize)]
+pub struct IpamCapabilities {
+    #[serde(rename = "RequiresMACAddress")]
+    pub requires_mac_address: bool,
+    #[serde(rename = "RequiresRequestReplay")]
+    pub requires_request_replay: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AddressSpaces {
+    #[serde(rename = "LocalDefaultAddressSpace")]
+    pub local: String,
+    #[serde(rename = "GlobalDefaultAddressSpace")]
+    pub global: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct PoolRequest {
+    #[serde(rename = "Pool", default)]
+    pub pool: String,
+    #[serde(rename = "V6", default)]
+    pub v6: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PoolAnswer {
+    #[serde(rename = "PoolID")]
+    pub pool_id: String,
+    #[serde(rename = "Pool")]
+    pub pool: String,
+    #[serde(rename = "Data")]
+    pub data: serde_json::Map<String, Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ReleasePool {
+    #[serde(rename = "PoolID", default)]
+    pub pool_id: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct AddressRequest {
+    #[serde(rename = "PoolID", default)]
+    pub pool_id: String,
+    #[serde(rename = "Address", default)]
+    pub address: String,
+    #[serde(rename = "Options", default, deserialize_with = "null_as_empty")]
+    pub options: serde_json::Map<String, Value>,
+}
+
+impl AddressRequest {
+    /// Docker asks for the network's gateway with this option.
+    pub fn is_gateway(&self) -> bool {
+        self.options
+            .get("RequestAddressType")
+            .and_then(Value::as_str)
+            == Some("com.docker.network.gateway")
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct AddressAnswer {
+    /// CIDR form.
+    #[serde(rename = "Address")]
+    pub address: String,
+    #[serde(rename = "Data")]
+    pub data: serde_json::Map<String, Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ReleaseAddress {
+    #[serde(rename = "PoolID", default)]
+    pub pool_id: String,
+    #[serde(rename = "Address", default)]
+    pub address: String,
+}
+
+/// A failed call, with the CLI's one-line message (Docker shows it): `{"Err": "..."}` for
+/// the network driver, `{"Error": "..."}` for the IPAM driver.
 #[derive(Debug)]
-pub struct Failure(String);
+pub struct Failure {
+    message: String,
+    field: &'static str,
+}
 
 impl Failure {
     pub fn new(message: impl Into<String>) -> Self {
-        Self(message.into())
+        Self {
+            message: message.into(),
+            field: "Err",
+        }
+    }
+
+    /// The same failure as the IPAM API reports it.
+    pub fn ipam(self) -> Self {
+        Self {
+            field: "Error",
+            ..self
+        }
     }
 }
 
 impl IntoResponse for Failure {
     fn into_response(self) -> axum::response::Response {
+        let mut body = serde_json::Map::new();
+        body.insert(self.field.into(), Value::String(self.message));
         (
             axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-            Json(serde_json::json!({ "Err": self.0 })),
+            Json(Value::Object(body)),
         )
             .into_response()
     }
