@@ -320,8 +320,15 @@ pub struct PublishedTarget {
     /// The container's host-side veth, for `bpf_redirect_peer`.
     pub host_ifindex: u32,
     pub mac: [u8; 6],
-    pub _pad2: [u8; 2],
+    /// `PUBLISHED_FLAG_*` bits.
+    pub flags: u8,
+    pub _pad2: u8,
 }
+
+/// The container end of the veth has no XDP program (a runtime moved it into its sandbox
+/// before netbpf could attach one), so a frame redirected at the XDP layer would be dropped:
+/// the XDP stage leaves this port's packets to the tcx programs.
+pub const PUBLISHED_FLAG_NO_XDP: u8 = 1 << 0;
 
 /// Key of `SOCK_ORIGINAL`: a socket (by cookie) and the container address it was redirected
 /// to, so replies can be shown as coming from the address the program asked for.

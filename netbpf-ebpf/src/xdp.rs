@@ -12,7 +12,7 @@ use aya_ebpf::{
     maps::PerCpuArray,
     programs::XdpContext,
 };
-use netbpf_common::{DropReason, Hook, NAT_REWRITE_SRC, PublishedTarget};
+use netbpf_common::{DropReason, Hook, NAT_REWRITE_SRC, PUBLISHED_FLAG_NO_XDP, PublishedTarget};
 use network_types::{
     eth::{EthHdr, EtherType},
     ip::Ipv4Hdr,
@@ -109,6 +109,10 @@ pub fn uplink(ctx: &XdpContext) -> u32 {
     let Some(target) = nat::published(dst, dport, d.proto) else {
         return XDP_PASS;
     };
+    if target.flags & PUBLISHED_FLAG_NO_XDP != 0 {
+        // Its veth cannot take XDP-redirected frames: tcx delivers it.
+        return XDP_PASS;
+    }
     match translate(ctx, &d, src, sport, dst, dport, &target) {
         Ok(action) => action,
         Err(reason) => {

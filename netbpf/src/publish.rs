@@ -12,7 +12,7 @@ use std::{
     os::fd::OwnedFd,
 };
 
-use netbpf_common::{IpAddrKey, PublishedKey, PublishedTarget};
+use netbpf_common::{IpAddrKey, PUBLISHED_FLAG_NO_XDP, PublishedKey, PublishedTarget};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -397,7 +397,12 @@ pub fn published_target(ep: &EndpointRecord, port: &PublishedPort) -> PublishedT
         _pad: [0; 2],
         host_ifindex: ep.host_ifindex,
         mac: ep.mac,
-        _pad2: [0; 2],
+        flags: if ep.no_xdp_receiver {
+            PUBLISHED_FLAG_NO_XDP
+        } else {
+            0
+        },
+        _pad2: 0,
     }
 }
 

@@ -243,6 +243,10 @@ pub struct EndpointRecord {
     pub host_veth: String,
     /// Its ifindex: the key of its entries in the BPF maps.
     pub host_ifindex: u32,
+    /// A runtime moved the container end into its sandbox (Docker's `Join`), so netbpf
+    /// cannot give it the XDP receiver: published ports skip the XDP stage for it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_xdp_receiver: bool,
 }
 
 impl ContainerRecord {
@@ -511,6 +515,7 @@ pub mod fixtures {
             .iter()
             .enumerate()
             .map(|(i, (n, ip, _))| EndpointRecord {
+                no_xdp_receiver: false,
                 network: (*n).into(),
                 id: format!("{n}{i}{id:0<60}"),
                 ip: ip.parse().unwrap(),

@@ -32,6 +32,7 @@ pub fn network(subnet: &str, index: u32) -> NetworkRecord {
 pub fn endpoint(network: &NetworkRecord, ip: &str, host_ifindex: u32) -> EndpointRecord {
     let ip: Ipv4Addr = ip.parse().expect("an address");
     EndpointRecord {
+        no_xdp_receiver: false,
         network: network.name.clone(),
         id: format!("{:0>64}", host_ifindex),
         ip,

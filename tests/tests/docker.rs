@@ -6,12 +6,17 @@ use netbpf_tests::{TestHost, docker::Dockerd, must};
 /// A test host whose daemon serves the Docker plugin, a dockerd that finds it, and the
 /// busybox image (serving `page`) imported as `bb`.
 fn docker_host(page: &str) -> (TestHost, Dockerd) {
+    docker_host_with(page, &[])
+}
+
+/// [`docker_host`] with more daemon flags.
+fn docker_host_with(page: &str, daemon_args: &[&str]) -> (TestHost, Dockerd) {
     let mut host = TestHost::bare();
     let plugins = host.dir.join("plugins");
-    host.start_daemon(&[
-        "--docker-plugin",
-        plugins.join("netbpf.sock").to_str().unwrap(),
-    ]);
+    let socket = plugins.join("netbpf.sock");
+    let mut args = vec!["--docker-plugin", socket.to_str().unwrap()];
+    args.extend(daemon_args);
+    host.start_daemon(&args);
     let dockerd = Dockerd::start(&host, &plugins);
     let tar = netbpf_tests::image::busybox_tar(&host.dir, page);
     dockerd.ok(&["import", tar.to_str().unwrap(), "bb"]);
@@ -384,4 +389,46 @@ fn the_netbpf_ipam_driver_hands_out_netbpf_addresses() {
     assert_ne!(other.trim(), subnet.to_string());
     dockerd.ok(&["rm", "-f", "first"]);
     dockerd.ok(&["network", "rm", "nbi", "nbj"]);
+}
+
+/// With the XDP stage on the uplink, a Docker container's veth has no XDP receiver (Docker
+/// moved its end before netbpf could give it one): its published ports must go through
+/// tcx, not be redirected at XDP into a veth that drops them.
+#[test]
+fn docker_published_ports_work_with_the_xdp_stage() {
+    let (host, dockerd) = docker_host_with("hello\n", &["--xdp", "native"]);
+    assert_eq!(host.json(&["info"])["nat_mode"], "xdp");
+    dockerd.ok(&[
+        "network",
+        "create",
+        "-d",
+        "netbpf",
+        "--subnet",
+        "10.127.0.0/24",
+        "nbx",
+    ]);
+    let mut run = vec![
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "nbx",
+        "-p",
+        "8080:80",
+        "bb",
+    ];
+    run.extend(netbpf_tests::image::HTTPD);
+    dockerd.ok(&run);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !netbpf_tests::succeeds(host.outside(
+        "curl",
+        &["-sf", "--max-time", "1", "http://198.18.0.2:8080/"],
+    )) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the published port never answered with XDP on"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
 }

@@ -122,6 +122,7 @@ impl Controller {
             // Docker names it in the sandbox (`eth` and a number of its choosing).
             ifname: "eth".into(),
             host_ifindex: 0,
+            no_xdp_receiver: true,
             id,
         };
         self.transaction(|ctl, undo| {

@@ -163,6 +163,7 @@ impl Controller {
                 .expect("unbounded"),
         };
         let ep = EndpointRecord {
+            no_xdp_receiver: false,
             network: net.name.clone(),
             host_veth: String::new(),
             ip,
