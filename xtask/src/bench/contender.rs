@@ -27,16 +27,20 @@ pub enum Kind {
     DockerProxy,
     /// The same dockerd with `--userland-proxy=false`: iptables DNAT only.
     DockerIptables,
+    /// The same dockerd and containers on a `-d netbpf` network (netbpf's Docker driver):
+    /// what a Docker user chooses instead of the bridge driver.
+    DockerNetbpf,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Netbpf,
         Kind::NetbpfXdp,
         Kind::Nftables,
         Kind::Ceiling,
         Kind::DockerProxy,
         Kind::DockerIptables,
+        Kind::DockerNetbpf,
     ];
 
     pub fn name(self) -> &'static str {
@@ -47,6 +51,7 @@ impl Kind {
             Kind::Ceiling => "ceiling",
             Kind::DockerProxy => "docker-proxy",
             Kind::DockerIptables => "docker-iptables",
+            Kind::DockerNetbpf => "docker-netbpf",
         }
     }
 
@@ -57,6 +62,9 @@ impl Kind {
         match self {
             Kind::NetbpfXdp => matches!(scenario, "ext-rr" | "ext-crr" | "ext-udp" | "xdp-pps"),
             Kind::DockerProxy => scenario != "xdp-pps",
+            // The pair a Docker user chooses between, on the workloads Docker users run;
+            // the XDP rate and port scaling are netbpf's own contenders' measurements.
+            Kind::DockerNetbpf => !matches!(scenario, "xdp-pps" | "scale"),
             Kind::Netbpf => scenario != "xdp-pps",
             _ => true,
         }
@@ -217,7 +225,9 @@ impl Contender {
                     topo,
                 })
             }
-            Kind::DockerProxy | Kind::DockerIptables => docker(kind, topo, &prefix),
+            Kind::DockerProxy | Kind::DockerIptables | Kind::DockerNetbpf => {
+                docker(kind, topo, &prefix, netbpf_bin)
+            }
             Kind::Nftables | Kind::Ceiling => {
                 let server_ip = topo.plain_container("srv", 1)?;
                 topo.plain_container("peer", 2)?;
@@ -399,32 +409,50 @@ pub fn nft(host_ns: &str, rules: &str) -> anyhow::Result<()> {
 /// Docker's own data plane: dockerd in the host namespace (in a private mount namespace,
 /// so its overlay mounts vanish with it; `ip netns exec` would remount /sys), a netserver
 /// image imported from a local rootfs (busybox and netserver with its libraries).
-fn docker(kind: Kind, mut topo: Topology, prefix: &str) -> anyhow::Result<Contender> {
+fn docker(
+    kind: Kind,
+    mut topo: Topology,
+    prefix: &str,
+    netbpf_bin: &std::path::Path,
+) -> anyhow::Result<Contender> {
     let dir = std::env::temp_dir().join(format!("netbpf-bench-{prefix}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     topo.dirs.push(dir.clone());
     let socket = format!("unix://{}", dir.join("docker.sock").display());
     let path = |p: &str| dir.join(p).display().to_string();
-    let proxy = format!("--userland-proxy={}", kind == Kind::DockerProxy);
+    let on_netbpf = kind == Kind::DockerNetbpf;
+    // On netbpf, Docker touches neither iptables nor forwarding, and finds the driver in
+    // the plugin directory its own mount namespace gets.
+    let host_cgroup = if on_netbpf {
+        Some(start_docker_plugin(&mut topo, netbpf_bin, &dir, prefix)?)
+    } else {
+        None
+    };
+    let flags = if on_netbpf {
+        "--iptables=false --ip-forward=false --bridge=none --userland-proxy=false".to_owned()
+    } else {
+        format!(
+            "--iptables=true --userland-proxy={}",
+            kind == Kind::DockerProxy
+        )
+    };
+    let bind = if on_netbpf {
+        std::fs::create_dir_all("/run/docker/plugins")?;
+        format!("mount --bind {} /run/docker/plugins && ", path("plugins"))
+    } else {
+        String::new()
+    };
+    let script = format!(
+        "{bind}exec nsenter --net=/run/netns/{host} -- dockerd {flags} -H {socket} \
+         --data-root {data} --exec-root {exec} --pidfile {pid}",
+        host = topo.host,
+        data = path("data"),
+        exec = path("exec"),
+        pid = path("docker.pid"),
+    );
     let mut dockerd = Command::new("unshare");
-    dockerd.args([
-        "--mount",
-        "--propagation",
-        "private",
-        "nsenter",
-        &format!("--net=/run/netns/{}", topo.host),
-        "--",
-    ]);
-    dockerd.args(["dockerd", "--iptables=true", &proxy, "-H", &socket]);
-    dockerd.args([
-        "--data-root",
-        &path("data"),
-        "--exec-root",
-        &path("exec"),
-        "--pidfile",
-        &path("docker.pid"),
-    ]);
+    dockerd.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
     topo.spawn(dockerd)?;
     let docker = |args: &[&str]| run("docker", &[&["-H", socket.as_str()], args].concat());
     let started = Instant::now();
@@ -446,6 +474,22 @@ fn docker(kind: Kind, mut topo: Topology, prefix: &str) -> anyhow::Result<Conten
         .stdout(std::process::Stdio::null())
         .status()?;
     anyhow::ensure!(status.success(), "docker import failed");
+    // Docker's default bridge, or a netbpf network with the same subnet as netbpf's own
+    // contender.
+    let network = if on_netbpf {
+        docker(&[
+            "network",
+            "create",
+            "-d",
+            "netbpf",
+            "--subnet",
+            "10.240.0.0/24",
+            "bench",
+        ])?;
+        "bench"
+    } else {
+        "bridge"
+    };
     let ctrl = format!("{CTRL_PORT}:{CTRL_PORT}");
     let data = format!("{DATA_PORT}:{DATA_PORT}");
     let data_udp = format!("{DATA_PORT}:{DATA_PORT}/udp");
@@ -454,6 +498,8 @@ fn docker(kind: Kind, mut topo: Topology, prefix: &str) -> anyhow::Result<Conten
         "-d",
         "--name",
         "srv",
+        "--network",
+        network,
         "-p",
         &ctrl,
         "-p",
@@ -468,7 +514,7 @@ fn docker(kind: Kind, mut topo: Topology, prefix: &str) -> anyhow::Result<Conten
     ])?;
     for (name, publish) in [("peer", None), ("sink", Some(SINK_PORT))] {
         let publish = publish.map(|p| format!("{p}:{p}/udp"));
-        let mut args = vec!["run", "-d", "--name", name];
+        let mut args = vec!["run", "-d", "--name", name, "--network", network];
         if let Some(publish) = &publish {
             args.extend(["-p", publish]);
         }
@@ -478,9 +524,10 @@ fn docker(kind: Kind, mut topo: Topology, prefix: &str) -> anyhow::Result<Conten
     let inspect = |name: &str, format: &str| {
         docker(&["inspect", "-f", format, name]).map(|s| s.trim().to_owned())
     };
-    let server_ip = inspect("srv", "{{.NetworkSettings.IPAddress}}")?;
+    let address = format!("{{{{.NetworkSettings.Networks.{network}.IPAddress}}}}");
+    let server_ip = inspect("srv", &address)?;
     let server_pid: u32 = inspect("srv", "{{.State.Pid}}")?.parse()?;
-    let sink_ip = inspect("sink", "{{.NetworkSettings.IPAddress}}")?;
+    let sink_ip = inspect("sink", &address)?;
     for name in ["peer", "sink"] {
         let ns = format!("{prefix}-{name}");
         run(
@@ -504,12 +551,46 @@ fn docker(kind: Kind, mut topo: Topology, prefix: &str) -> anyhow::Result<Conten
         server_ip,
         netbpf: None,
         server_pid,
-        host_cgroup: None,
+        host_cgroup,
         sink_ns: format!("{prefix}-sink"),
         sink_ip,
         sink_xdp_link: None,
         topo,
     })
+}
+
+/// netbpf's daemon serving the Docker plugin socket in `dir/plugins`, for the
+/// `docker-netbpf` contender; returns the cgroup whose processes are "the host" for its
+/// published ports.
+fn start_docker_plugin(
+    topo: &mut Topology,
+    netbpf_bin: &std::path::Path,
+    dir: &std::path::Path,
+    prefix: &str,
+) -> anyhow::Result<PathBuf> {
+    let cgroup = topo.cgroup()?;
+    let plugin = dir.join("plugins/netbpf.sock");
+    topo.spawn(netbpf_daemon(
+        netbpf_bin,
+        &topo.host,
+        dir,
+        &format!("{prefix}-"),
+        &[
+            "--cgroup",
+            cgroup.to_str().expect("utf-8"),
+            "--docker-plugin",
+            plugin.to_str().expect("utf-8"),
+        ],
+    ))?;
+    let started = Instant::now();
+    while netbpf_cli(netbpf_bin, &dir.join("sock"), &["info"]).is_err() {
+        anyhow::ensure!(
+            started.elapsed().as_secs() < 30,
+            "netbpf daemon did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Ok(cgroup)
 }
 
 /// busybox and netserver with the libraries it links, for `docker import`.

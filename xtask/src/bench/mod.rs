@@ -425,7 +425,7 @@ fn cpu_seconds(ns: &str, comm: &str) -> f64 {
 fn memory(c: &Contender, idle_seconds: u32, samples: &mut Vec<Sample>) -> anyhow::Result<()> {
     let daemon = match c.kind {
         Kind::Netbpf => "netbpf",
-        Kind::DockerProxy | Kind::DockerIptables => "dockerd",
+        Kind::DockerProxy | Kind::DockerIptables | Kind::DockerNetbpf => "dockerd",
         _ => "",
     };
     if !daemon.is_empty() {
