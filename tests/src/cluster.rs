@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{TestHost, must, unique_id};
+use crate::{TestHost, eventually, must, unique_id};
 
 /// A shared L2 segment between test hosts, like the switch their second NICs plug into: a
 /// bridge in a namespace of its own, with one veth into each host. The bridge does no VLAN
@@ -258,14 +258,5 @@ pub fn create_overlay(hosts: &[&TestHost], subnet: &str, opts: &[&str]) {
         eventually(10, "every host to hold a block", || {
             peers(host, "ovl").len() == hosts.len()
         });
-    }
-}
-
-/// Polls until `done` holds, for up to `secs`.
-pub fn eventually(secs: u64, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
     }
 }

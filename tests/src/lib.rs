@@ -119,6 +119,18 @@ pub fn run_ok(mut command: Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Polls until `done` holds, for up to `secs`; panics naming `what` if it never does.
+pub fn eventually(secs: u64, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 /// Whether a command succeeds.
 pub fn succeeds(mut command: Command) -> bool {
     command.stdout(Stdio::null()).stderr(Stdio::null());

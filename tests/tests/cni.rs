@@ -2,7 +2,7 @@
 //! sequences (ADD, CHECK, DEL, DEL again, GC, STATUS, VERSION) against a real daemon, with
 //! namespaces made as a runtime makes them, and traffic through what ADD built.
 
-use std::{process::Stdio, time::Duration};
+use std::process::Stdio;
 
 use netbpf_tests::{
     TestHost,
@@ -104,17 +104,9 @@ fn the_cni_plugin_follows_the_spec_sequences() {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     host.extra.push(server.spawn().unwrap());
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !succeeds(host.outside(
-        "curl",
-        &["-sf", "--max-time", "1", "http://198.18.0.2:8088/"],
-    )) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the portMappings port never answered"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    netbpf_tests::eventually(10, "the portMappings port to answer", || {
+        host.answers_from_outside("http://198.18.0.2:8088/")
+    });
 
     // CHECK against the previous result; a second ADD is refused.
     let mut check_conf = web_conf.clone();
@@ -143,10 +135,7 @@ fn the_cni_plugin_follows_the_spec_sequences() {
         !succeeds(in_sandbox(&sandboxes, 0, &["ip", "link", "show", "eth0"])),
         "eth0 left behind"
     );
-    assert!(!succeeds(host.outside(
-        "curl",
-        &["-sf", "--max-time", "1", "http://198.18.0.2:8088/"]
-    )));
+    assert!(!host.answers_from_outside("http://198.18.0.2:8088/"));
 
     // GC (a 1.1 command) with no valid attachment left removes the client's.
     let mut gc_conf = conf(&host, "1.1.0", "cninet", json!({}));

@@ -130,17 +130,9 @@ fn docker_run_puts_containers_on_the_netbpf_data_plane() {
     );
 
     // From outside, through netbpf's BPF DNAT: no docker-proxy, no DNAT rule.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    while !netbpf_tests::succeeds(host.outside(
-        "curl",
-        &["-sf", "--max-time", "1", "http://198.18.0.2:8080/"],
-    )) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the published port never answered"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(250));
-    }
+    netbpf_tests::eventually(15, "the published port to answer", || {
+        host.answers_from_outside("http://198.18.0.2:8080/")
+    });
     let rules = must("ip", &["netns", "exec", &host.host_ns, "iptables-save"]);
     assert!(!rules.contains("DNAT"), "{rules}");
     assert!(
@@ -198,10 +190,7 @@ fn docker_run_puts_containers_on_the_netbpf_data_plane() {
         !host.ok(&["ps", "-a"]).contains("docker-ep-"),
         "the endpoint outlived the container"
     );
-    assert!(!netbpf_tests::succeeds(host.outside(
-        "curl",
-        &["-sf", "--max-time", "1", "http://198.18.0.2:8080/"]
-    )));
+    assert!(!host.answers_from_outside("http://198.18.0.2:8080/"));
     dockerd.ok(&["network", "rm", "nb1"]);
     assert!(!host.ok(&["network", "ls"]).contains("docker-"));
 }
@@ -261,14 +250,9 @@ fn docker_networks_on_netbpf_are_isolated_and_publish_as_docker_does() {
     // From outside: the client's own address reaches the container; 127.0.0.1 is the
     // host's only.
     let url = "http://198.18.0.2:8080/";
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    while !netbpf_tests::succeeds(host.outside("curl", &["-sf", "--max-time", "1", url])) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the published port never answered"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(250));
-    }
+    netbpf_tests::eventually(15, "the published port to answer", || {
+        host.answers_from_outside(url)
+    });
     let logs = dockerd.docker(&["logs", "web"]);
     assert!(
         logs.stderr.contains("198.18.0.1") || logs.stdout.contains("198.18.0.1"),
@@ -420,15 +404,7 @@ fn docker_published_ports_work_with_the_xdp_stage() {
     ];
     run.extend(netbpf_tests::image::HTTPD);
     dockerd.ok(&run);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    while !netbpf_tests::succeeds(host.outside(
-        "curl",
-        &["-sf", "--max-time", "1", "http://198.18.0.2:8080/"],
-    )) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the published port never answered with XDP on"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(250));
-    }
+    netbpf_tests::eventually(15, "the published port to answer with XDP on", || {
+        host.answers_from_outside("http://198.18.0.2:8080/")
+    });
 }

@@ -334,35 +334,34 @@ fn nat_programs_translate_with_correct_checksums_and_leave_the_rest_alone() {
             Err(e) => failures_quoted.push(format!("{what}: {e}")),
         };
         let published_reply = packet::tcp(("198.18.0.2", 5050), ("198.18.0.1", 40000), 0x12);
-        let error = packet::icmp_error("198.18.0.254", "198.18.0.2", 3, 4, &published_reply);
-        let out = expect(
-            "frag needed about a published flow",
-            ingress,
-            error,
-            uplink,
-            TC_ACT_REDIRECT,
-            Some(seen("198.18.0.254", 0, "10.50.0.3", 0)),
-        );
-        quoted_ok(
-            "frag needed about a published flow",
-            &out,
-            seen("10.50.0.3", 80, "198.18.0.1", 40000),
-        );
         let masqueraded = packet::tcp(("198.18.0.2", a.sport), ("198.18.0.1", 8000), 0x10);
-        let error = packet::icmp_error("198.18.0.254", "198.18.0.2", 11, 0, &masqueraded);
-        let out = expect(
-            "time exceeded about a masqueraded flow",
-            ingress,
-            error,
-            uplink,
-            TC_ACT_REDIRECT,
-            Some(seen("198.18.0.254", 0, "10.50.0.3", 0)),
-        );
-        quoted_ok(
-            "time exceeded about a masqueraded flow",
-            &out,
-            seen("10.50.0.3", 45000, "198.18.0.1", 8000),
-        );
+        for (what, icmp_type, code, about, quoted) in [
+            (
+                "frag needed about a published flow",
+                3,
+                4,
+                published_reply,
+                seen("10.50.0.3", 80, "198.18.0.1", 40000),
+            ),
+            (
+                "time exceeded about a masqueraded flow",
+                11,
+                0,
+                masqueraded,
+                seen("10.50.0.3", 45000, "198.18.0.1", 8000),
+            ),
+        ] {
+            let error = packet::icmp_error("198.18.0.254", "198.18.0.2", icmp_type, code, &about);
+            let out = expect(
+                what,
+                ingress,
+                error,
+                uplink,
+                TC_ACT_REDIRECT,
+                Some(seen("198.18.0.254", 0, "10.50.0.3", 0)),
+            );
+            quoted_ok(what, &out, quoted);
+        }
         // ...and the backend cannot take a published UDP query, and says so to the client.
         let query = packet::udp(("198.18.0.1", 40001), ("10.50.0.3", 53));
         let error = packet::icmp_error("10.50.0.3", "198.18.0.1", 3, 3, &query);

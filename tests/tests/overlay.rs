@@ -3,8 +3,8 @@
 
 use netbpf_tests::{
     Etcd, TestHost, Underlay,
-    cluster::{create_overlay, eventually, host_on, host_with, peers},
-    must,
+    cluster::{create_overlay, host_on, host_with, peers},
+    eventually, must,
 };
 
 #[test]

@@ -2,9 +2,9 @@
 //! through the CNI plugin: published ports in BPF, names from netbpf's embedded DNS, and
 //! nothing left behind. No registry: the image is a busybox rootfs imported by hand.
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{path::Path, process::Command};
 
-use netbpf_tests::{TestHost, must, run_ok, succeeds};
+use netbpf_tests::{TestHost, must, run_ok};
 
 /// Podman with its own storage, run root, config and CNI dirs under `dir`, in the test
 /// host's network namespace (where the daemon runs and the CNI plugin is called).
@@ -91,17 +91,6 @@ impl Drop for Podman {
     }
 }
 
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !done() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
 #[test]
 fn podman_runs_containers_on_a_netbpf_network() {
     assert!(
@@ -126,11 +115,8 @@ fn podman_runs_containers_on_a_netbpf_network() {
     .chain(netbpf_tests::image::HTTPD)
     .collect::<Vec<_>>());
     // The published port, from outside, through netbpf's BPF DNAT (no portmap plugin).
-    wait_until("the published port", || {
-        succeeds(host.outside(
-            "curl",
-            &["-sf", "--max-time", "1", "http://198.18.0.2:8081/"],
-        ))
+    netbpf_tests::eventually(20, "the published port", || {
+        host.answers_from_outside("http://198.18.0.2:8081/")
     });
     // By name, from another container: netbpf's embedded DNS, as the CNI result told Podman
     // (asked with busybox's own resolver: its static wget and nc cannot resolve names
@@ -172,8 +158,5 @@ fn podman_runs_containers_on_a_netbpf_network() {
         !host.ok(&["ps", "-a"]).contains("cni-"),
         "the attachment outlived the container"
     );
-    assert!(!succeeds(host.outside(
-        "curl",
-        &["-sf", "--max-time", "1", "http://198.18.0.2:8081/"]
-    )));
+    assert!(!host.answers_from_outside("http://198.18.0.2:8081/"));
 }

@@ -2,6 +2,7 @@
 //! same topology, interleaved across repetitions, reported as min/median/max and ratios.
 
 mod contender;
+mod docker;
 mod overlay;
 mod pps;
 mod profile;
