@@ -228,7 +228,7 @@ pub fn wire(
 ) -> Result<[u8; 6], NetlinkError> {
     let kind = sublink_kind(&network.driver, &parent.mode).expect("validated at creation");
     // Unique per endpoint, so that concurrent set-ups never collide in the host namespace.
-    let temp = format!("nbd{}", &endpoint.id[..8]);
+    let temp = runtime_link_name(&endpoint.id);
     Netlink::run(None, |nl| {
         nl.create_sublink(&temp, nl.link(&parent.name)?.index, kind)?;
         let link = nl.link(&temp)?;
@@ -244,9 +244,10 @@ pub fn wire(
             }
             _ => nl.rename(link.index, &endpoint.ifname)?,
         }
-        let route = match kind {
-            SubLink::IpVlan(IpVlanMode::L3 | IpVlanMode::L3S) => DefaultRoute::OutOfInterface,
-            _ => DefaultRoute::ViaGateway,
+        let route = if routes_via_gateway(network, parent) {
+            DefaultRoute::ViaGateway
+        } else {
+            DefaultRoute::OutOfInterface
         };
         endpoint::configure(nl, link.index, network, endpoint, route)?;
         Ok(nl.link(&endpoint.ifname)?.mac.unwrap_or(endpoint.mac))
@@ -257,6 +258,47 @@ pub fn wire(
         }
     }
     configured
+}
+
+/// The host-namespace name of a runtime endpoint's interface before the runtime moves it
+/// (and, after Docker's `Leave`, again: Docker moves it back under this name).
+pub fn runtime_link_name(endpoint_id: &str) -> String {
+    format!("nbd{}", &endpoint_id[..8])
+}
+
+/// The container's interface on the parent, left in the host namespace, down, for a
+/// runtime that moves and configures it itself (Docker's `Join`); a macvlan one gets the
+/// endpoint's MAC. Returns its name. On failure nothing is left behind.
+pub fn sublink_for_runtime(
+    network: &NetworkRecord,
+    parent: &ParentRecord,
+    endpoint: &EndpointRecord,
+) -> Result<String, NetlinkError> {
+    let kind = sublink_kind(&network.driver, &parent.mode).expect("validated at creation");
+    let name = runtime_link_name(&endpoint.id);
+    let made = Netlink::run(None, |nl| {
+        nl.create_sublink(&name, nl.link(&parent.name)?.index, kind)?;
+        if let SubLink::MacVlan(_) = kind {
+            nl.rename_with_mac(nl.link(&name)?.index, &name, endpoint.mac)?;
+        }
+        Ok(())
+    });
+    match made {
+        Ok(()) => Ok(name),
+        Err(error) => {
+            netlink::remove_link(None, &name, "container interface");
+            Err(error)
+        }
+    }
+}
+
+/// Whether containers on a network of this driver and mode reach the outside through a
+/// gateway (ipvlan L3 routes everything out of the interface instead).
+pub fn routes_via_gateway(network: &NetworkRecord, parent: &ParentRecord) -> bool {
+    !matches!(
+        sublink_kind(&network.driver, &parent.mode),
+        Ok(SubLink::IpVlan(IpVlanMode::L3 | IpVlanMode::L3S))
+    )
 }
 
 /// Deletes a container's interface `ifname` inside `ns` (when it leaves the network while

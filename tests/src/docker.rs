@@ -12,14 +12,43 @@ use crate::{Run, TestHost, must};
 
 pub struct Dockerd {
     dir: PathBuf,
+    plugins: PathBuf,
+    host_ns: String,
     child: Child,
 }
 
 impl Dockerd {
+    /// A test host whose daemon (with `daemon_args` more) serves the Docker plugin, a
+    /// dockerd that finds it, and the busybox image (serving `page`) imported as `bb`.
+    pub fn with_netbpf(page: &str, daemon_args: &[&str]) -> (TestHost, Dockerd) {
+        let mut host = TestHost::bare();
+        let plugins = host.dir.join("plugins");
+        let socket = plugins.join("netbpf.sock");
+        let mut args = vec!["--docker-plugin", socket.to_str().unwrap()];
+        args.extend(daemon_args);
+        host.start_daemon(&args);
+        let dockerd = Dockerd::start(&host, &plugins);
+        let tar = crate::image::busybox_tar(&host.dir, page);
+        dockerd.ok(&["import", tar.to_str().unwrap(), "bb"]);
+        (host, dockerd)
+    }
+
     /// Starts dockerd for `host`, with `plugins` as its plugin socket directory, and waits
     /// until it answers. It touches neither iptables nor forwarding: netbpf does the work.
     pub fn start(host: &TestHost, plugins: &Path) -> Self {
-        let dir = host.dir.join("docker");
+        Self::start_in(host.dir.join("docker"), plugins, &host.host_ns)
+    }
+
+    /// Stops this dockerd (SIGTERM: it stops its containers, as a host's shutdown does)
+    /// and starts it again on the same data.
+    pub fn restart(self) -> Self {
+        let (dir, plugins, host_ns) =
+            (self.dir.clone(), self.plugins.clone(), self.host_ns.clone());
+        drop(self);
+        Self::start_in(dir, &plugins, &host_ns)
+    }
+
+    fn start_in(dir: PathBuf, plugins: &Path, host_ns: &str) -> Self {
         for sub in ["data", "exec"] {
             std::fs::create_dir_all(dir.join(sub)).unwrap();
         }
@@ -32,7 +61,7 @@ impl Dockerd {
              --pidfile {d}/docker.pid --iptables=false --ip-forward=false --bridge=none \
              --userland-proxy=false",
             plugins = plugins.display(),
-            ns = host.host_ns,
+            ns = host_ns,
         );
         let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
         let child = Command::new("unshare")
@@ -42,7 +71,12 @@ impl Dockerd {
             .stderr(log)
             .spawn()
             .expect("dockerd");
-        let dockerd = Self { dir, child };
+        let dockerd = Self {
+            dir,
+            plugins: plugins.to_owned(),
+            host_ns: host_ns.to_owned(),
+            child,
+        };
         let deadline = Instant::now() + Duration::from_secs(60);
         while dockerd.docker(&["version"]).code != 0 {
             assert!(
@@ -60,7 +94,7 @@ impl Dockerd {
     }
 
     /// The `docker` CLI against this daemon.
-    pub fn docker(&self, args: &[&str]) -> Run {
+    pub fn docker<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(&self, args: &[S]) -> Run {
         let out = Command::new("docker")
             .arg("-H")
             .arg(format!("unix://{}/docker.sock", self.dir.display()))
@@ -74,13 +108,13 @@ impl Dockerd {
         }
     }
 
-    pub fn ok(&self, args: &[&str]) -> String {
+    pub fn ok<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(&self, args: &[S]) -> String {
         let run = self.docker(args);
         assert_eq!(run.code, 0, "docker {args:?}: {}{}", run.stdout, run.stderr);
         run.stdout
     }
 
-    pub fn fails(&self, args: &[&str]) -> String {
+    pub fn fails<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(&self, args: &[S]) -> String {
         let run = self.docker(args);
         assert_ne!(run.code, 0, "docker {args:?} should fail: {}", run.stdout);
         run.stderr

@@ -3,26 +3,6 @@
 
 use netbpf_tests::{TestHost, docker::Dockerd, must};
 
-/// A test host whose daemon serves the Docker plugin, a dockerd that finds it, and the
-/// busybox image (serving `page`) imported as `bb`.
-fn docker_host(page: &str) -> (TestHost, Dockerd) {
-    docker_host_with(page, &[])
-}
-
-/// [`docker_host`] with more daemon flags.
-fn docker_host_with(page: &str, daemon_args: &[&str]) -> (TestHost, Dockerd) {
-    let mut host = TestHost::bare();
-    let plugins = host.dir.join("plugins");
-    let socket = plugins.join("netbpf.sock");
-    let mut args = vec!["--docker-plugin", socket.to_str().unwrap()];
-    args.extend(daemon_args);
-    host.start_daemon(&args);
-    let dockerd = Dockerd::start(&host, &plugins);
-    let tar = netbpf_tests::image::busybox_tar(&host.dir, page);
-    dockerd.ok(&["import", tar.to_str().unwrap(), "bb"]);
-    (host, dockerd)
-}
-
 #[test]
 fn docker_networks_on_the_netbpf_driver_are_netbpf_networks() {
     let mut host = TestHost::bare();
@@ -197,7 +177,7 @@ fn docker_run_puts_containers_on_the_netbpf_data_plane() {
 
 #[test]
 fn docker_networks_on_netbpf_are_isolated_and_publish_as_docker_does() {
-    let (host, dockerd) = docker_host("hello\n");
+    let (host, dockerd) = Dockerd::with_netbpf("hello\n", &[]);
     for (name, subnet) in [("nb1", "10.125.0.0/24"), ("nb2", "10.126.0.0/24")] {
         dockerd.ok(&[
             "network", "create", "-d", "netbpf", "--subnet", subnet, name,
@@ -297,7 +277,7 @@ fn docker_networks_on_netbpf_are_isolated_and_publish_as_docker_does() {
 
 #[test]
 fn the_netbpf_ipam_driver_hands_out_netbpf_addresses() {
-    let (host, dockerd) = docker_host("hello\n");
+    let (host, dockerd) = Dockerd::with_netbpf("hello\n", &[]);
     // No --subnet: netbpf's IPAM picks a free /24 of its pool.
     let id = dockerd.ok(&[
         "network",
@@ -380,7 +360,7 @@ fn the_netbpf_ipam_driver_hands_out_netbpf_addresses() {
 /// tcx, not be redirected at XDP into a veth that drops them.
 #[test]
 fn docker_published_ports_work_with_the_xdp_stage() {
-    let (host, dockerd) = docker_host_with("hello\n", &["--xdp", "native"]);
+    let (host, dockerd) = Dockerd::with_netbpf("hello\n", &["--xdp", "native"]);
     assert_eq!(host.json(&["info"])["nat_mode"], "xdp");
     dockerd.ok(&[
         "network",

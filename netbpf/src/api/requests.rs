@@ -9,7 +9,6 @@ use crate::{
     controller::specs::{
         AttachSpec, ConnectSpec, ContainerSpec, DriverSpec, NetnsSource, NetworkSpec,
     },
-    macvlan, overlay,
     publish::PortSpec,
 };
 
@@ -40,25 +39,8 @@ impl TryFrom<NetworkCreate> for NetworkSpec {
     type Error = ApiError;
 
     fn try_from(req: NetworkCreate) -> Result<Self, ApiError> {
-        let driver = match req.driver.as_deref().unwrap_or("bridge") {
-            "bridge" if req.options.is_empty() => DriverSpec::Bridge,
-            "bridge" => return Err(ApiError::bad_request("bridge networks take no -o options")),
-            "overlay" => {
-                let (vni, port) =
-                    overlay::parse_options(&req.options).map_err(ApiError::bad_request)?;
-                DriverSpec::Overlay { vni, port }
-            }
-            driver if macvlan::DRIVERS.contains(&driver) => DriverSpec::Direct {
-                driver: driver.to_owned(),
-                parent: macvlan::parse_options(driver, &req.options)
-                    .map_err(|e| ApiError::bad_request(e.to_string()))?,
-            },
-            other => {
-                return Err(ApiError::bad_request(format!(
-                    "driver {other:?} is not supported: use bridge, macvlan, ipvlan or overlay"
-                )));
-            }
-        };
+        let driver = DriverSpec::parse(req.driver.as_deref(), &req.options)
+            .map_err(ApiError::bad_request)?;
         Ok(Self {
             driver,
             subnet: parse_opt("subnet", req.subnet.as_deref())?,

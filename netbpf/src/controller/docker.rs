@@ -9,17 +9,24 @@ use std::{net::Ipv4Addr, path::PathBuf};
 use super::{
     Controller,
     error::{Error, Result},
-    undo::Step,
+    undo::{Step, Undo},
 };
 use crate::{
-    endpoint, ipam,
+    endpoint, ipam, macvlan, netlink,
     publish::PortSpec,
     state::{
-        AttachedTo, ContainerRecord, DockerKey, EndpointRecord, NetworkMode, NetworkRecord,
-        NetworkRequest, Status,
+        AttachedTo, ContainerRecord, DockerKey, EndpointRecord, NetworkKind, NetworkMode,
+        NetworkRecord, NetworkRequest, Status,
     },
     sysctl,
 };
+
+/// What `Join` answers: the interface Docker moves into the sandbox, and the gateway of
+/// its default route (none: out of the interface).
+pub struct Joined {
+    pub interface: String,
+    pub gateway: Option<Ipv4Addr>,
+}
 
 /// netbpf's name for the network Docker calls `network_id` (Docker never tells a driver
 /// the name it shows): `docker-` and the id's first 12 hex digits, as `docker network ls`
@@ -52,14 +59,21 @@ impl Controller {
 
     /// `CreateEndpoint`: records the endpoint with Docker's address, and its MAC or, when
     /// Docker gave none, the one netbpf derives from the address (returned for Docker to
-    /// set). Nothing is wired until `Join`.
+    /// set; an ipvlan interface has its parent's, so none is returned). Nothing is wired
+    /// until `Join`.
     pub fn docker_create_endpoint(
         &mut self,
         key: DockerKey,
         ip: Ipv4Addr,
-        mac: Option<[u8; 6]>,
-    ) -> Result<[u8; 6]> {
+        given: Option<[u8; 6]>,
+    ) -> Result<Option<[u8; 6]>> {
         let net = self.docker_network(&key)?;
+        let ipvlan = net.driver == "ipvlan";
+        if ipvlan && given.is_some() {
+            return Err(Error::invalid(
+                "ipvlan endpoints have their parent's MAC address: drop --mac-address",
+            ));
+        }
         if !net.subnet.contains(&ip) {
             return Err(Error::invalid(format!(
                 "address {ip} is not in network {}'s subnet {}",
@@ -80,7 +94,7 @@ impl Controller {
                 net.name
             )));
         }
-        let mac = mac.unwrap_or_else(|| ipam::mac_for(ip));
+        let mac = given.unwrap_or_else(|| ipam::mac_for(ip));
         let request = NetworkRequest {
             network: net.name,
             ip: Some(ip),
@@ -96,13 +110,14 @@ impl Controller {
             ctl.state.containers.insert(record.name.clone(), record);
             Ok(())
         })?;
-        Ok(mac)
+        Ok((given.is_none() && !ipvlan).then_some(mac))
     }
 
-    /// `Join`: a veth pair whose container end Docker moves into `sandbox`; returns that
-    /// end's name and the gateway. The fast path is attached and the host end plugged into
-    /// the bridge before Docker sees the interface.
-    pub fn docker_join(&mut self, key: &DockerKey, sandbox: PathBuf) -> Result<(String, Ipv4Addr)> {
+    /// `Join`: the interface Docker moves into `sandbox` — the container end of a veth
+    /// pair whose host end gets the fast path and joins the bridge before Docker sees the
+    /// interface, or a macvlan/ipvlan interface on a direct network's parent — and the
+    /// gateway.
+    pub fn docker_join(&mut self, key: &DockerKey, sandbox: PathBuf) -> Result<Joined> {
         let record = self.docker_record(key)?;
         if !record.endpoints.is_empty() {
             return Err(Error::conflict(format!(
@@ -113,10 +128,12 @@ impl Controller {
         let net = self.docker_network(key)?;
         let request = record.networks.first().cloned().expect("one network");
         let ip = request.ip.expect("Docker's address");
-        let id = crate::state::random_id();
+        // Docker's endpoint id: the interface it moves back to the host after `Leave` is
+        // found by it at `DeleteEndpoint`.
+        let id = key.endpoint_id.clone();
         let ep = EndpointRecord {
             network: net.name.clone(),
-            host_veth: endpoint::host_veth_name(&id),
+            host_veth: String::new(),
             ip,
             mac: request.mac.unwrap_or_else(|| ipam::mac_for(ip)),
             // Docker names it in the sandbox (`eth` and a number of its choosing).
@@ -126,30 +143,69 @@ impl Controller {
             id,
         };
         self.transaction(|ctl, undo| {
-            let (host_ifindex, peer) = endpoint::pair_for_runtime(&ep)?;
-            let ep = EndpointRecord { host_ifindex, ..ep };
-            undo.push(Step::Endpoint {
-                network_index: net.index,
-                endpoint: ep.clone(),
-            });
-            sysctl::refuse_router_advertisements(&ep.host_veth)?;
-            ctl.install_endpoint(&net, &ep)?;
-            endpoint::plug_into_bridge(&net, &ep)?;
+            let (ep, joined) = match net.kind() {
+                NetworkKind::Direct(parent) => {
+                    let interface = macvlan::sublink_for_runtime(&net, parent, &ep)?;
+                    let via_gateway = macvlan::routes_via_gateway(&net, parent);
+                    let gateway = via_gateway.then_some(net.gateway);
+                    (ep, Joined { interface, gateway })
+                }
+                _ => {
+                    let (ep, interface) = ctl.docker_veth(undo, &net, ep)?;
+                    let gateway = Some(net.gateway);
+                    (ep, Joined { interface, gateway })
+                }
+            };
             let c = ctl.state.containers.get_mut(&record.name).expect("exists");
             c.endpoints = vec![ep];
             c.status = Status::Running;
             c.netns = Some(sandbox);
-            Ok((peer, net.gateway))
+            Ok(joined)
         })
+    }
+
+    /// A veth pair for Docker to move: the host end installed and on the bridge.
+    fn docker_veth(
+        &mut self,
+        undo: &mut Undo,
+        net: &NetworkRecord,
+        ep: EndpointRecord,
+    ) -> Result<(EndpointRecord, String)> {
+        let ep = EndpointRecord {
+            host_veth: endpoint::host_veth_name(&ep.id),
+            ..ep
+        };
+        let (host_ifindex, peer) = endpoint::pair_for_runtime(&ep)?;
+        let ep = EndpointRecord { host_ifindex, ..ep };
+        undo.push(Step::Endpoint {
+            network_index: net.index,
+            endpoint: ep.clone(),
+        });
+        sysctl::refuse_router_advertisements(&ep.host_veth)?;
+        self.install_endpoint(net, &ep)?;
+        endpoint::plug_into_bridge(net, &ep)?;
+        Ok((ep, peer))
     }
 
     /// `ProgramExternalConnectivity`: the published ports of `docker run -p`, in BPF.
     pub fn docker_publish(&mut self, key: &DockerKey, ports: Vec<PortSpec>) -> Result<()> {
         let record = self.docker_record(key)?;
-        let ep = record.endpoints.first().cloned().ok_or_else(|| {
-            Error::conflict(format!("endpoint {} has not joined", key.endpoint_id))
-        })?;
+        if record.endpoints.is_empty() {
+            return Err(Error::conflict(format!(
+                "endpoint {} has not joined",
+                key.endpoint_id
+            )));
+        }
         self.docker_unpublish(key)?;
+        if ports.is_empty() {
+            return Ok(());
+        }
+        let ep = self.publishing_endpoint(&record.endpoints).ok_or_else(|| {
+            Error::invalid(format!(
+                "network {} cannot publish ports (internal, macvlan and ipvlan networks cannot)",
+                record.networks[0].network
+            ))
+        })?;
         let taken = self.published_by_others(&record.name);
         self.transaction(|ctl, undo| {
             let published =
@@ -198,6 +254,12 @@ impl Controller {
         let record = self.docker_record(key)?;
         if !record.endpoints.is_empty() {
             self.docker_leave(key)?;
+        }
+        if !self.docker_network(key)?.kind().has_bridge() {
+            // After `Leave` Docker moves a direct interface back to the host under the
+            // name `Join` gave it.
+            let name = macvlan::runtime_link_name(&key.endpoint_id);
+            netlink::remove_link(None, &name, "container interface");
         }
         self.transaction(|ctl, _| {
             ctl.state.containers.remove(&record.name);

@@ -2,13 +2,14 @@
 //! request bodies are turned into these in `api/`); what needs the state is checked here.
 
 use std::{
+    collections::BTreeMap,
     net::{IpAddr, Ipv4Addr},
     path::PathBuf,
 };
 
 use ipnet::Ipv4Net;
 
-use crate::{publish::PortSpec, state::ParentRecord};
+use crate::{macvlan, overlay, publish::PortSpec, state::ParentRecord};
 
 /// `network create`.
 #[derive(Debug, Clone)]
@@ -37,6 +38,30 @@ pub enum DriverSpec {
         driver: String,
         parent: ParentRecord,
     },
+}
+
+impl DriverSpec {
+    /// The driver named `driver` (`bridge` if none) with its `-o` options, as both the CLI
+    /// and Docker's `-o netbpf.driver=…` ask for it; the error is the one-line message.
+    pub fn parse(driver: Option<&str>, options: &BTreeMap<String, String>) -> Result<Self, String> {
+        Ok(match driver.unwrap_or("bridge") {
+            "bridge" if options.is_empty() => DriverSpec::Bridge,
+            "bridge" => return Err("bridge networks take no -o options".into()),
+            "overlay" => {
+                let (vni, port) = overlay::parse_options(options)?;
+                DriverSpec::Overlay { vni, port }
+            }
+            driver if macvlan::DRIVERS.contains(&driver) => DriverSpec::Direct {
+                driver: driver.to_owned(),
+                parent: macvlan::parse_options(driver, options).map_err(|e| e.to_string())?,
+            },
+            other => {
+                return Err(format!(
+                    "driver {other:?} is not supported: use bridge, macvlan, ipvlan or overlay"
+                ));
+            }
+        })
+    }
 }
 
 /// `run` (create and start).

@@ -35,6 +35,7 @@ use crate::{
 use protocol::{
     Capabilities, CreateEndpoint, CreateEndpointAnswer, CreateNetwork, DeleteNetwork, Empty,
     EndpointRequest, Failure, Implements, InterfaceName, JoinRequest, JoinResponse, OperInfo,
+    StaticRoute,
 };
 
 /// Where Docker looks for a plugin named `netbpf`.
@@ -148,14 +149,19 @@ async fn create_network(State(ctl): State<Shared>, bytes: Bytes) -> Result<Json<
     Ok(Json(Empty {}))
 }
 
-/// The netbpf network for a `CreateNetwork`: Docker's IPAM pool and gateway, its id, and
-/// `--internal`.
+/// The netbpf network for a `CreateNetwork`: Docker's IPAM pool and gateway, its id,
+/// `--internal`, and the driver that `-o netbpf.driver=macvlan|ipvlan` picks with its
+/// options (`-o parent=eth1`), as `netbpf network create -d` takes them.
 fn network_spec(req: &CreateNetwork) -> Result<NetworkSpec, Failure> {
-    if req.network_id.len() < 12 || !req.network_id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(Failure::new(format!(
-            "invalid network id {:?}",
-            req.network_id
-        )));
+    docker_id("network", &req.network_id)?;
+    let (driver, options) = req.driver_options()?;
+    let driver = DriverSpec::parse(driver.as_deref(), &options).map_err(Failure::new)?;
+    if let DriverSpec::Overlay { .. } = driver {
+        // Each host's dockerd gives the network an id of its own, and netbpf names it after
+        // that id: the hosts would define different overlays.
+        return Err(Failure::new(
+            "overlay networks cannot be made through Docker yet: use netbpf network create -d overlay and netbpf run",
+        ));
     }
     let pool = req
         .ipv4_data
@@ -182,7 +188,7 @@ fn network_spec(req: &CreateNetwork) -> Result<NetworkSpec, Failure> {
     Ok(NetworkSpec {
         name,
         id: Some(req.network_id.clone()),
-        driver: DriverSpec::Bridge,
+        driver,
         subnet: Some(subnet),
         gateway,
         ip_range: None,
@@ -197,15 +203,24 @@ async fn delete_network(State(ctl): State<Shared>, bytes: Bytes) -> Result<Json<
     Ok(Json(Empty {}))
 }
 
-fn key(network_id: &str, endpoint_id: &str) -> DockerKey {
-    DockerKey {
-        network_id: network_id.to_owned(),
-        endpoint_id: endpoint_id.to_owned(),
+/// Docker's ids are 64 hex digits; netbpf names links and records after their first 12.
+fn docker_id(what: &str, id: &str) -> Result<String, Failure> {
+    if id.len() < 12 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Failure::new(format!("invalid {what} id {id:?}")));
     }
+    Ok(id.to_owned())
+}
+
+fn key(network_id: &str, endpoint_id: &str) -> Result<DockerKey, Failure> {
+    Ok(DockerKey {
+        network_id: docker_id("network", network_id)?,
+        endpoint_id: docker_id("endpoint", endpoint_id)?,
+    })
 }
 
 /// Docker's address for the endpoint (CIDR form) and its MAC, if it chose one; the answer
-/// carries the MAC only when Docker left it empty (filling a field Docker set is an error).
+/// carries netbpf's MAC only when Docker left it empty (filling a field Docker set is an
+/// error).
 async fn create_endpoint(
     State(ctl): State<Shared>,
     bytes: Bytes,
@@ -218,11 +233,9 @@ async fn create_endpoint(
         ))
     })?;
     let given = protocol::parse_mac(&req.interface.mac_address)?;
-    let key = key(&req.network_id, &req.endpoint_id);
-    let mac = on(&ctl, move |c| c.docker_create_endpoint(key, ip, given)).await?;
-    Ok(Json(CreateEndpointAnswer::with_mac(
-        given.is_none().then_some(mac),
-    )))
+    let key = key(&req.network_id, &req.endpoint_id)?;
+    let chosen = on(&ctl, move |c| c.docker_create_endpoint(key, ip, given)).await?;
+    Ok(Json(CreateEndpointAnswer::with_mac(chosen)))
 }
 
 async fn oper_info() -> Json<OperInfo> {
@@ -231,28 +244,32 @@ async fn oper_info() -> Json<OperInfo> {
 
 async fn delete_endpoint(State(ctl): State<Shared>, bytes: Bytes) -> Result<Json<Empty>, Failure> {
     let req: EndpointRequest = body(&bytes)?;
-    let key = key(&req.network_id, &req.endpoint_id);
+    let key = key(&req.network_id, &req.endpoint_id)?;
     on(&ctl, move |c| c.docker_delete_endpoint(&key)).await?;
     Ok(Json(Empty {}))
 }
 
 async fn join(State(ctl): State<Shared>, bytes: Bytes) -> Result<Json<JoinResponse>, Failure> {
     let req: JoinRequest = body(&bytes)?;
-    let key = key(&req.network_id, &req.endpoint_id);
+    let key = key(&req.network_id, &req.endpoint_id)?;
     let sandbox = std::path::PathBuf::from(&req.sandbox_key);
-    let (src, gateway) = on(&ctl, move |c| c.docker_join(&key, sandbox)).await?;
+    let joined = on(&ctl, move |c| c.docker_join(&key, sandbox)).await?;
     Ok(Json(JoinResponse {
         interface_name: InterfaceName {
-            src_name: src,
+            src_name: joined.interface,
             dst_prefix: "eth".into(),
         },
-        gateway: gateway.to_string(),
+        gateway: joined.gateway.map(|g| g.to_string()).unwrap_or_default(),
+        static_routes: match joined.gateway {
+            Some(_) => vec![],
+            None => vec![StaticRoute::default_out_of_interface()],
+        },
     }))
 }
 
 async fn leave(State(ctl): State<Shared>, bytes: Bytes) -> Result<Json<Empty>, Failure> {
     let req: EndpointRequest = body(&bytes)?;
-    let key = key(&req.network_id, &req.endpoint_id);
+    let key = key(&req.network_id, &req.endpoint_id)?;
     on(&ctl, move |c| c.docker_leave(&key)).await?;
     Ok(Json(Empty {}))
 }
@@ -265,14 +282,14 @@ async fn program_external(State(ctl): State<Shared>, bytes: Bytes) -> Result<Jso
         .iter()
         .map(|spec| PortSpec::parse(spec).map_err(|e| Failure::new(e.to_string())))
         .collect::<Result<_, _>>()?;
-    let key = key(&req.network_id, &req.endpoint_id);
+    let key = key(&req.network_id, &req.endpoint_id)?;
     on(&ctl, move |c| c.docker_publish(&key, ports)).await?;
     Ok(Json(Empty {}))
 }
 
 async fn revoke_external(State(ctl): State<Shared>, bytes: Bytes) -> Result<Json<Empty>, Failure> {
     let req: EndpointRequest = body(&bytes)?;
-    let key = key(&req.network_id, &req.endpoint_id);
+    let key = key(&req.network_id, &req.endpoint_id)?;
     on(&ctl, move |c| c.docker_unpublish(&key)).await?;
     Ok(Json(Empty {}))
 }
@@ -315,5 +332,66 @@ mod tests {
         let none: CreateNetwork =
             serde_json::from_str(r#"{"NetworkID":"abcdefabcdef12","IPv4Data":[]}"#).unwrap();
         assert!(network_spec(&none).is_err());
+    }
+
+    #[test]
+    fn driver_options_pick_the_netbpf_driver() {
+        let with = |generic: &str| -> CreateNetwork {
+            serde_json::from_str(&format!(
+                r#"{{"NetworkID":"4f2b0c6ad3e1aa5c","Options":{{"com.docker.network.generic":{generic}}},
+                    "IPv4Data":[{{"Pool":"192.168.50.0/24","Gateway":"192.168.50.1/24"}}]}}"#
+            ))
+            .unwrap()
+        };
+        let spec = network_spec(&with(
+            r#"{"netbpf.driver":"macvlan","parent":"eth1.60","macvlan_mode":"private"}"#,
+        ))
+        .unwrap();
+        assert!(matches!(
+            spec.driver,
+            DriverSpec::Direct { ref driver, ref parent } if driver == "macvlan" && parent.name == "eth1.60" && parent.mode == "private"
+        ));
+        let err = |generic: &str| {
+            network_spec(&with(generic))
+                .unwrap_err()
+                .message()
+                .to_owned()
+        };
+        assert_eq!(
+            err(r#"{"mtu":"1400"}"#),
+            "bridge networks take no -o options"
+        );
+        assert!(
+            err(r#"{"netbpf.driver":"weird"}"#).starts_with("driver \"weird\" is not supported")
+        );
+        assert!(err(r#"{"netbpf.driver":"overlay"}"#).starts_with("overlay networks cannot"));
+        assert_eq!(err(r#"{"parent":1}"#), "option \"parent\" must be a string");
+        assert_eq!(
+            key("4f2b0c6ad3e1aa5c", "abc").unwrap_err().message(),
+            "invalid endpoint id \"abc\""
+        );
+    }
+
+    #[test]
+    fn join_answers_a_gateway_or_a_connected_default_route() {
+        let answer = |gateway: &str, static_routes| {
+            serde_json::to_value(JoinResponse {
+                interface_name: InterfaceName {
+                    src_name: "nbd12345678".into(),
+                    dst_prefix: "eth".into(),
+                },
+                gateway: gateway.into(),
+                static_routes,
+            })
+            .unwrap()
+        };
+        let via = answer("10.1.0.1", vec![]);
+        assert_eq!(via["Gateway"], "10.1.0.1");
+        assert!(via.get("StaticRoutes").is_none());
+        let out = answer("", vec![StaticRoute::default_out_of_interface()]);
+        assert_eq!(
+            out["StaticRoutes"],
+            serde_json::json!([{"Destination":"0.0.0.0/0","RouteType":1}])
+        );
     }
 }

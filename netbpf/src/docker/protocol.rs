@@ -1,6 +1,8 @@
 //! The remote driver protocol's JSON (moby `libnetwork/drivers/remote/api/api.go`,
 //! `libnetwork/docs/remote.md`), hand-written: no maintained Rust crate implements it.
 
+use std::collections::BTreeMap;
+
 use axum::{Json, response::IntoResponse};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -60,6 +62,28 @@ impl CreateNetwork {
                 .get("com.docker.network.generic")
                 .and_then(|g| g.get(key))
                 .is_some_and(truthy)
+    }
+}
+
+/// The generic option that picks the netbpf driver of a Docker network (`bridge` if absent).
+pub const DRIVER_OPTION: &str = "netbpf.driver";
+
+impl CreateNetwork {
+    /// The `-o KEY=VALUE` options, without `--internal` (which Docker passes among them):
+    /// the netbpf driver they ask for, and that driver's options.
+    pub fn driver_options(&self) -> Result<(Option<String>, BTreeMap<String, String>), Failure> {
+        let mut options = BTreeMap::new();
+        let generic = self.options.get("com.docker.network.generic");
+        for (key, value) in generic.and_then(Value::as_object).into_iter().flatten() {
+            if key == "com.docker.network.internal" {
+                continue;
+            }
+            let value = value
+                .as_str()
+                .ok_or_else(|| Failure::new(format!("option {key:?} must be a string")))?;
+            options.insert(key.clone(), value.to_owned());
+        }
+        Ok((options.remove(DRIVER_OPTION), options))
     }
 }
 
@@ -208,8 +232,31 @@ pub struct InterfaceName {
 pub struct JoinResponse {
     #[serde(rename = "InterfaceName")]
     pub interface_name: InterfaceName,
+    /// Empty when the endpoint has none (ipvlan L3): Docker then programs no default
+    /// route through a gateway and calls no `ProgramExternalConnectivity`.
     #[serde(rename = "Gateway")]
     pub gateway: String,
+    #[serde(rename = "StaticRoutes", skip_serializing_if = "Vec::is_empty")]
+    pub static_routes: Vec<StaticRoute>,
+}
+
+/// A route Docker adds in the sandbox (`RouteType` 1: connected, out of the interface).
+#[derive(Debug, Serialize)]
+pub struct StaticRoute {
+    #[serde(rename = "Destination")]
+    pub destination: String,
+    #[serde(rename = "RouteType")]
+    pub route_type: u8,
+}
+
+impl StaticRoute {
+    /// The default route straight out of the interface, as Docker's ipvlan L3 sets it.
+    pub fn default_out_of_interface() -> Self {
+        Self {
+            destination: "0.0.0.0/0".into(),
+            route_type: 1,
+        }
+    }
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -309,6 +356,11 @@ impl Failure {
             message: message.into(),
             field: "Err",
         }
+    }
+
+    #[cfg(test)]
+    pub fn message(&self) -> &str {
+        &self.message
     }
 
     /// The same failure as the IPAM API reports it.

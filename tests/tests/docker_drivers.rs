@@ -1,0 +1,242 @@
+//! Docker networks on netbpf beyond a plain bridge: macvlan and ipvlan through
+//! `-o netbpf.driver=…`, and what a `dockerd` restart keeps.
+
+use netbpf_tests::{TestHost, docker::Dockerd, image, kernel_has_link_kind, must, succeeds};
+
+/// `ip -d link show eth0` in a Docker container's network namespace.
+fn container_link(dockerd: &Dockerd, container: &str) -> String {
+    let pid = dockerd.ok(&["inspect", "-f", "{{.State.Pid}}", container]);
+    must(
+        "nsenter",
+        &["-t", pid.trim(), "-n", "ip", "-d", "link", "show", "eth0"],
+    )
+}
+
+fn ip_on(dockerd: &Dockerd, container: &str, network: &str) -> String {
+    let format = format!("{{{{.NetworkSettings.Networks.{network}.IPAddress}}}}");
+    dockerd
+        .ok(&["inspect", "-f", &format, container])
+        .trim()
+        .to_owned()
+}
+
+/// The host's links whose names start with one of `prefixes`.
+fn host_links(host: &TestHost, prefixes: &[&str]) -> Vec<String> {
+    host.links(&host.host_ns)
+        .into_iter()
+        .filter(|l| prefixes.iter().any(|p| l.starts_with(p)))
+        .collect()
+}
+
+/// Whether a client in the LAN namespace fetches the page of `ip`.
+fn lan_fetches(lan: &str, ip: &str) -> bool {
+    let mut curl = std::process::Command::new("ip");
+    curl.args(["netns", "exec", lan, "curl", "-sf", "--max-time", "2"])
+        .arg(format!("http://{ip}/"));
+    succeeds(curl)
+}
+
+fn run_web(dockerd: &Dockerd, name: &str, network: &str, extra: &[&str]) {
+    let mut args = vec!["run", "-d", "--name", name, "--network", network];
+    args.extend(extra);
+    args.push("bb");
+    args.extend(image::HTTPD);
+    dockerd.ok(&args);
+}
+
+/// `docker network create` of a `driver` network on `lan0` (the test host's LAN).
+fn create_args(driver: &str, name: &str) -> Vec<String> {
+    [
+        "network",
+        "create",
+        "-d",
+        "netbpf",
+        "-o",
+        &format!("netbpf.driver={driver}"),
+        "-o",
+        "parent=lan0",
+        "--subnet",
+        "203.0.113.0/24",
+        "--ip-range",
+        "203.0.113.128/25",
+        "--gateway",
+        "203.0.113.2",
+        name,
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+#[test]
+fn docker_macvlan_and_ipvlan_networks_put_containers_on_the_parent() {
+    let (mut host, dockerd) = Dockerd::with_netbpf("on the lan\n", &[]);
+    let lan = host.add_lan();
+    let create = |driver: &str, name: &str| dockerd.ok(&create_args(driver, name));
+    let id = create("macvlan", "mv");
+    let view = host.json(&[
+        "network",
+        "inspect",
+        &format!("docker-{}", &id.trim()[..12]),
+    ]);
+    assert_eq!(view[0]["Driver"], "macvlan", "{view}");
+
+    // The container sits on lan0 itself: a LAN neighbour fetches its page directly, with
+    // no veth, no bridge and no published port in between.
+    run_web(&dockerd, "web", "mv", &[]);
+    let ip = ip_on(&dockerd, "web", "mv");
+    assert!(ip.starts_with("203.0.113.1"), "{ip}");
+    assert!(
+        container_link(&dockerd, "web").contains("macvlan mode bridge"),
+        "{}",
+        container_link(&dockerd, "web")
+    );
+    assert!(host_links(&host, &["veth", "br-", "nbd"]).is_empty());
+    netbpf_tests::eventually(10, "the macvlan container to answer on the LAN", || {
+        lan_fetches(&lan, &ip)
+    });
+    // Ports cannot be published on it: refused with netbpf's message, not ignored.
+    let refused = dockerd.fails(&[
+        "run",
+        "-d",
+        "--network",
+        "mv",
+        "-p",
+        "8085:80",
+        "bb",
+        "sleep",
+        "60",
+    ]);
+    assert!(refused.contains("cannot publish ports"), "{refused}");
+
+    // rm and network rm leave no interface behind.
+    dockerd.ok(&["rm", "-f", "web"]);
+    dockerd.ok(&["container", "prune", "-f"]);
+    dockerd.ok(&["network", "rm", "mv"]);
+    assert!(host_links(&host, &["nbd", "lan0."]).is_empty());
+    assert!(!host.ok(&["network", "ls"]).contains("docker-"));
+
+    // ipvlan (L2): the container shares lan0's MAC address; a kernel without ipvlan
+    // refuses the network with the reason and keeps nothing of it.
+    if kernel_has_link_kind("ipvlan") {
+        create("ipvlan", "iv");
+        ipvlan_container_shares_the_parent_mac(&host, &dockerd, &lan);
+    } else {
+        let refused = dockerd.fails(&create_args("ipvlan", "iv"));
+        assert!(
+            refused.contains("no ipvlan support (CONFIG_IPVLAN)"),
+            "{refused}"
+        );
+        assert!(!host.ok(&["network", "ls"]).contains("docker-"));
+    }
+    // A driver option netbpf does not know is refused by name.
+    let refused = dockerd.fails(&[
+        "network",
+        "create",
+        "-d",
+        "netbpf",
+        "-o",
+        "netbpf.driver=macvlan",
+        "-o",
+        "parnet=lan0",
+        "bad",
+    ]);
+    assert!(refused.contains("unknown option \"parnet\""), "{refused}");
+    let refused = dockerd.fails(&[
+        "network",
+        "create",
+        "-d",
+        "netbpf",
+        "-o",
+        "netbpf.driver=overlay",
+        "bad",
+    ]);
+    assert!(
+        refused.contains("overlay networks cannot be made through Docker"),
+        "{refused}"
+    );
+    assert!(host_links(&host, &["nbd"]).is_empty());
+}
+
+fn ipvlan_container_shares_the_parent_mac(host: &TestHost, dockerd: &Dockerd, lan: &str) {
+    run_web(dockerd, "web2", "iv", &[]);
+    let link = container_link(dockerd, "web2");
+    assert!(link.contains("ipvlan"), "{link}");
+    let parent_mac = must("ip", &["-n", &host.host_ns, "-br", "link", "show", "lan0"]);
+    let mac = link
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .expect("a MAC address")
+        .to_owned();
+    assert!(parent_mac.contains(&mac), "{parent_mac} vs {link}");
+    let ip = ip_on(dockerd, "web2", "iv");
+    netbpf_tests::eventually(10, "the ipvlan container to answer on the LAN", || {
+        lan_fetches(lan, &ip)
+    });
+    dockerd.ok(&["rm", "-f", "web2"]);
+    dockerd.ok(&["network", "rm", "iv"]);
+}
+
+#[test]
+fn docker_networks_and_their_containers_come_back_after_a_dockerd_restart() {
+    let (host, dockerd) = Dockerd::with_netbpf("after a restart\n", &[]);
+    dockerd.ok(&[
+        "network",
+        "create",
+        "-d",
+        "netbpf",
+        "--subnet",
+        "10.126.0.0/24",
+        "nb",
+    ]);
+    let restart = [
+        "--restart",
+        "always",
+        "--stop-timeout",
+        "1",
+        "-p",
+        "8080:80",
+    ];
+    run_web(&dockerd, "web", "nb", &restart);
+    netbpf_tests::eventually(15, "the published port to answer", || {
+        host.answers_from_outside("http://198.18.0.2:8080/")
+    });
+
+    // dockerd stops its containers (Leave, DeleteEndpoint) and, started again, restarts
+    // `web` on the network it remembers: Docker replays no CreateNetwork, netbpf kept it.
+    let dockerd = dockerd.restart();
+    netbpf_tests::eventually(30, "web to run again", || {
+        dockerd
+            .ok(&["inspect", "-f", "{{.State.Running}}", "web"])
+            .trim()
+            == "true"
+    });
+    netbpf_tests::eventually(15, "the published port to answer again", || {
+        host.answers_from_outside("http://198.18.0.2:8080/")
+    });
+    let ps = host.ok(&["ps", "-a"]);
+    assert_eq!(ps.matches("docker-ep-").count(), 1, "{ps}");
+    assert_eq!(
+        host_links(&host, &["veth"]).len(),
+        1,
+        "{:?}",
+        host.links(&host.host_ns)
+    );
+    // The network still takes new containers and goes away when asked.
+    let ip = ip_on(&dockerd, "web", "nb");
+    let page = dockerd.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "nb",
+        "bb",
+        "sh",
+        "-c",
+        &image::http_get(&ip),
+    ]);
+    assert!(page.contains("after a restart"), "{page}");
+    dockerd.ok(&["rm", "-f", "web"]);
+    dockerd.ok(&["network", "rm", "nb"]);
+    assert!(host_links(&host, &["veth", "br-"]).is_empty());
+    assert!(!host.ok(&["network", "ls"]).contains("docker-"));
+}
