@@ -4,7 +4,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     time::{Duration, Instant},
 };
 
@@ -63,29 +63,17 @@ impl Dockerd {
             plugins = plugins.display(),
             ns = host_ns,
         );
-        let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
-        let child = Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("dockerd");
+        let child = crate::spawn_with_private_mounts(&script, &dir.join("dockerd.log"));
         let dockerd = Self {
             dir,
             plugins: plugins.to_owned(),
             host_ns: host_ns.to_owned(),
             child,
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while dockerd.docker(&["version"]).code != 0 {
-            assert!(
-                Instant::now() < deadline,
-                "dockerd never answered:\n{}",
-                dockerd.log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        // (Its log is printed when the test fails.)
+        crate::eventually(60, "dockerd to answer", || {
+            dockerd.docker(&["version"]).code == 0
+        });
         dockerd
     }
 

@@ -28,6 +28,7 @@ use std::{
 
 pub mod cluster;
 pub mod cni;
+pub mod containerd;
 pub mod docker;
 pub mod host;
 pub mod hostile;
@@ -129,6 +130,19 @@ pub fn eventually(secs: u64, what: &str, mut done: impl FnMut() -> bool) {
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+}
+
+/// Starts `sh -c script` in a private mount namespace of its own (where the script binds
+/// a test's directories over fixed paths), its output to `log`.
+pub fn spawn_with_private_mounts(script: &str, log: &std::path::Path) -> std::process::Child {
+    let log = std::fs::File::create(log).unwrap();
+    Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", script])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("unshare")
 }
 
 /// Whether a command succeeds.

@@ -139,14 +139,7 @@ fn docker_run_puts_containers_on_the_netbpf_data_plane() {
         &request,
     ]);
     assert!(page.contains("hello from docker"), "{page}");
-    let stats = host.json(&["stats", "--format", "json"]);
-    let fast: u64 = stats["endpoints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["fast_packets"].as_u64())
-        .sum();
-    assert!(fast > 0, "nothing took the fast path: {stats}");
+    assert!(host.fast_packets() > 0, "nothing took the fast path");
 
     // netbpf's daemon killed and restarted: Docker's containers keep their network, and
     // the driver answers again on the same socket.

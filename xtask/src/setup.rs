@@ -41,6 +41,9 @@ const PACKAGES: &[&str] = &[
     "conmon",
     "catatonit",
     "busybox-static",
+    // `ctr run --cni` for the containerd smoke test (runc is docker.io's dependency).
+    "containerd",
+    "runc",
 ];
 
 fn output(program: &str, args: &[&str]) -> String {

@@ -69,4 +69,15 @@ impl TestHost {
     pub fn answers_from_outside(&self, url: &str) -> bool {
         succeeds(self.outside("curl", &["-sf", "--max-time", "1", url]))
     }
+
+    /// Packets the fast path has carried, over every endpoint (`netbpf stats`).
+    pub fn fast_packets(&self) -> u64 {
+        let stats = self.json(&["stats", "--format", "json"]);
+        stats["endpoints"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{stats}"))
+            .iter()
+            .filter_map(|e| e["fast_packets"].as_u64())
+            .sum()
+    }
 }
