@@ -200,7 +200,16 @@ pub fn host_on(underlay: &Underlay, etcd: &Etcd, n: u8) -> TestHost {
 /// As `host_on`, with more daemon flags.
 pub fn host_with(underlay: &Underlay, etcd: &Etcd, n: u8, extra: &[&str]) -> TestHost {
     let mut host = TestHost::bare();
-    underlay.plug(&host, "eth1");
+    let mut args = cluster_args(underlay, etcd, &host, n);
+    args.extend(extra.iter().map(|a| a.to_string()));
+    host.start_daemon(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    host
+}
+
+/// Plugs `host` (not started yet) into the underlay as `eth1` with VTEP `10.0.0.<n>` and
+/// returns the daemon flags that put it on the cluster.
+pub fn cluster_args(underlay: &Underlay, etcd: &Etcd, host: &TestHost, n: u8) -> Vec<String> {
+    underlay.plug(host, "eth1");
     let vtep = format!("10.0.0.{n}");
     must(
         "ip",
@@ -214,11 +223,12 @@ pub fn host_with(underlay: &Underlay, etcd: &Etcd, n: u8, extra: &[&str]) -> Tes
             "eth1",
         ],
     );
-    let url = etcd.url();
-    let mut args = vec!["--cluster-store", &url, "--vtep-addr", &vtep];
-    args.extend(extra);
-    host.start_daemon(&args);
-    host
+    vec![
+        "--cluster-store".into(),
+        etcd.url(),
+        "--vtep-addr".into(),
+        vtep,
+    ]
 }
 
 /// The blocks of `network` as `host` sees them: (block, VTEP) pairs, sorted.

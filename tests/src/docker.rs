@@ -8,7 +8,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{Run, TestHost, must};
+use crate::{
+    Run, TestHost,
+    cluster::{Etcd, Underlay},
+    must,
+};
 
 pub struct Dockerd {
     dir: PathBuf,
@@ -21,11 +25,22 @@ impl Dockerd {
     /// A test host whose daemon (with `daemon_args` more) serves the Docker plugin, a
     /// dockerd that finds it, and the busybox image (serving `page`) imported as `bb`.
     pub fn with_netbpf(page: &str, daemon_args: &[&str]) -> (TestHost, Dockerd) {
-        let mut host = TestHost::bare();
+        let args = daemon_args.iter().map(|a| a.to_string()).collect();
+        Self::on_host(TestHost::bare(), page, args)
+    }
+
+    /// [`Dockerd::with_netbpf`] for host `10.0.0.<n>` of a cluster.
+    pub fn on_cluster(underlay: &Underlay, etcd: &Etcd, n: u8, page: &str) -> (TestHost, Dockerd) {
+        let host = TestHost::bare();
+        let args = crate::cluster::cluster_args(underlay, etcd, &host, n);
+        Self::on_host(host, page, args)
+    }
+
+    fn on_host(mut host: TestHost, page: &str, daemon_args: Vec<String>) -> (TestHost, Dockerd) {
         let plugins = host.dir.join("plugins");
         let socket = plugins.join("netbpf.sock");
         let mut args = vec!["--docker-plugin", socket.to_str().unwrap()];
-        args.extend(daemon_args);
+        args.extend(daemon_args.iter().map(String::as_str));
         host.start_daemon(&args);
         let dockerd = Dockerd::start(&host, &plugins);
         let tar = crate::image::busybox_tar(&host.dir, page);

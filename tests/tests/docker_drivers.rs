@@ -1,7 +1,12 @@
-//! Docker networks on netbpf beyond a plain bridge: macvlan and ipvlan through
+//! Docker networks on netbpf beyond a plain bridge: macvlan, ipvlan and overlay through
 //! `-o netbpf.driver=…`, and what a `dockerd` restart keeps.
 
-use netbpf_tests::{TestHost, docker::Dockerd, image, kernel_has_link_kind, must, succeeds};
+use netbpf_tests::{
+    TestHost,
+    cluster::{Etcd, Underlay, peers},
+    docker::Dockerd,
+    image, kernel_has_link_kind, must, succeeds,
+};
 
 /// `ip -d link show eth0` in a Docker container's network namespace.
 fn container_link(dockerd: &Dockerd, container: &str) -> String {
@@ -150,10 +155,7 @@ fn docker_macvlan_and_ipvlan_networks_put_containers_on_the_parent() {
         "netbpf.driver=overlay",
         "bad",
     ]);
-    assert!(
-        refused.contains("overlay networks cannot be made through Docker"),
-        "{refused}"
-    );
+    assert!(refused.contains("needs -o netbpf.name=NAME"), "{refused}");
     assert!(host_links(&host, &["nbd"]).is_empty());
 }
 
@@ -239,4 +241,90 @@ fn docker_networks_and_their_containers_come_back_after_a_dockerd_restart() {
     dockerd.ok(&["network", "rm", "nb"]);
     assert!(host_links(&host, &["veth", "br-"]).is_empty());
     assert!(!host.ok(&["network", "ls"]).contains("docker-"));
+}
+
+#[test]
+fn a_docker_overlay_network_spans_two_hosts_with_addresses_from_each_hosts_block() {
+    let underlay = Underlay::new();
+    let etcd = Etcd::start(&underlay, "10.0.0.250");
+    let (a, docker_a) = Dockerd::on_cluster(&underlay, &etcd, 1, "across hosts\n");
+    let (b, docker_b) = Dockerd::on_cluster(&underlay, &etcd, 2, "across hosts\n");
+    let create = |dockerd: &Dockerd, subnet: &str, name: &str| {
+        dockerd.docker(&[
+            "network",
+            "create",
+            "-d",
+            "netbpf",
+            "-o",
+            "netbpf.driver=overlay",
+            "-o",
+            "netbpf.name=ov",
+            "--ipam-driver",
+            "netbpf",
+            "--subnet",
+            subnet,
+            name,
+        ])
+    };
+    // Defined from A; B's Docker network of the same netbpf name joins it.
+    assert_eq!(create(&docker_a, "10.60.0.0/16", "ov").code, 0);
+    assert_eq!(create(&docker_b, "10.60.0.0/16", "ov").code, 0);
+    let refused = create(&docker_b, "10.61.0.0/16", "ov-other");
+    assert!(
+        refused
+            .stderr
+            .contains("is defined with subnet 10.60.0.0/16"),
+        "{}",
+        refused.stderr
+    );
+
+    // Each host's containers get addresses of its own block.
+    run_web(&docker_a, "web", "ov", &[]);
+    let web_ip = ip_on(&docker_a, "web", "ov");
+    netbpf_tests::eventually(10, "both hosts to hold a block", || {
+        peers(&b, "ov").len() == 2
+    });
+    let blocks = peers(&a, "ov");
+    let block_of = |vtep: &str| -> ipnet::Ipv4Net {
+        let (block, _) = blocks.iter().find(|(_, v)| v == vtep).expect("a block");
+        block.parse().unwrap()
+    };
+    let web_addr: std::net::Ipv4Addr = web_ip.parse().unwrap();
+    assert!(
+        block_of("10.0.0.1").contains(&web_addr),
+        "{web_ip} {blocks:?}"
+    );
+    let client = docker_b.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "ov",
+        "bb",
+        "sh",
+        "-c",
+        &format!("ip -4 -o addr show eth0; {}", image::http_get(&web_ip)),
+    ]);
+    assert!(client.contains("across hosts"), "{client}");
+    let client_addr = client
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|cidr| cidr.split('/').next())
+        .and_then(|ip| ip.parse::<std::net::Ipv4Addr>().ok())
+        .unwrap_or_else(|| panic!("{client}"));
+    assert!(
+        block_of("10.0.0.2").contains(&client_addr),
+        "{client} {blocks:?}"
+    );
+
+    // docker network rm forgets Docker's name for it; the overlay stays in the cluster
+    // store (netbpf network rm removes it from every host).
+    docker_a.ok(&["rm", "-f", "web"]);
+    docker_a.ok(&["network", "rm", "ov"]);
+    docker_b.ok(&["network", "rm", "ov"]);
+    assert_eq!(a.netbpf(&["network", "inspect", "ov"]).code, 0);
+    a.ok(&["network", "rm", "ov"]);
+    netbpf_tests::eventually(10, "the overlay to leave B", || {
+        b.netbpf(&["network", "inspect", "ov"]).code != 0
+    });
 }

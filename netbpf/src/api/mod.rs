@@ -73,6 +73,7 @@ impl From<crate::controller::Error> for ApiError {
             Error::Invalid(_) => 400,
             Error::NotFound(_) => 404,
             Error::Conflict(_) => 409,
+            Error::NotYet(_) => 503,
             _ => 500,
         };
         Self {

@@ -9,6 +9,7 @@ use std::{net::Ipv4Addr, path::PathBuf};
 use super::{
     Controller,
     error::{Error, Result},
+    specs::{DriverSpec, NetworkSpec},
     undo::{Step, Undo},
 };
 use crate::{
@@ -44,6 +45,74 @@ fn record_name(key: &DockerKey) -> String {
 }
 
 impl Controller {
+    /// The netbpf network Docker calls `network_id`: the one `-o netbpf.name` named, or
+    /// `docker-<12 hex>`.
+    pub fn docker_network_name(&self, network_id: &str) -> String {
+        self.state
+            .docker_networks
+            .get(network_id)
+            .cloned()
+            .unwrap_or_else(|| network_name(network_id))
+    }
+
+    /// `CreateNetwork`: a netbpf network for `spec` (named after Docker's id, or as
+    /// `-o netbpf.name` says when `named`). An overlay of that name that another host's
+    /// Docker (or netbpf) already defined in the cluster store is joined, not defined again:
+    /// every host then has its block of it.
+    pub fn docker_create_network(
+        &mut self,
+        network_id: &str,
+        named: bool,
+        spec: NetworkSpec,
+    ) -> Result<String> {
+        let name = spec.name.clone();
+        let defined = self.overlay.view().networks.get(&name).cloned();
+        match (&spec.driver, defined) {
+            (DriverSpec::Overlay { vni, .. }, Some(defined)) => {
+                if spec.subnet != Some(defined.subnet) || vni.is_some_and(|v| v != defined.vni) {
+                    return Err(Error::conflict(format!(
+                        "overlay network {name} is defined with subnet {} and vni {}: create the Docker network with --subnet {}",
+                        defined.subnet, defined.vni, defined.subnet
+                    )));
+                }
+            }
+            _ => {
+                self.network_create(spec)?;
+            }
+        }
+        if named {
+            let saved = self.transaction(|ctl, _| {
+                ctl.state
+                    .docker_networks
+                    .insert(network_id.to_owned(), name.clone());
+                Ok(())
+            });
+            if let Err(error) = saved {
+                let _ = self.docker_remove_network(network_id);
+                return Err(error);
+            }
+        }
+        Ok(name)
+    }
+
+    /// `DeleteNetwork`. An overlay stays defined in the cluster store (other hosts may
+    /// have containers on it: `netbpf network rm` removes it everywhere); this host only
+    /// forgets Docker's name for it.
+    pub fn docker_remove_network(&mut self, network_id: &str) -> Result<()> {
+        let name = self.docker_network_name(network_id);
+        if !self.overlay.view().networks.contains_key(&name) && self.state.network(&name).is_some()
+        {
+            self.network_remove(&name)?;
+        }
+        if self.state.docker_networks.contains_key(network_id) {
+            self.transaction(|ctl, _| {
+                ctl.state.docker_networks.remove(network_id);
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+
     fn docker_record(&self, key: &DockerKey) -> Result<ContainerRecord> {
         self.state
             .containers
@@ -54,7 +123,16 @@ impl Controller {
     }
 
     fn docker_network(&self, key: &DockerKey) -> Result<NetworkRecord> {
-        Ok(self.network(&network_name(&key.network_id))?.clone())
+        let name = self.docker_network_name(&key.network_id);
+        match self.network(&name) {
+            Ok(net) => Ok(net.clone()),
+            Err(_) if self.overlay.view().networks.contains_key(&name) => {
+                Err(Error::not_yet(format!(
+                    "this host has no block of overlay network {name} yet: try again in a moment"
+                )))
+            }
+            Err(error) => Err(error),
+        }
     }
 
     /// `CreateEndpoint`: records the endpoint with Docker's address, and its MAC or, when
@@ -75,6 +153,12 @@ impl Controller {
             ));
         }
         if !net.subnet.contains(&ip) {
+            if let NetworkKind::OverlayBlock(_) = net.kind() {
+                return Err(Error::invalid(format!(
+                    "address {ip} is outside this host's block {} of overlay network {}: create the Docker network with --ipam-driver netbpf",
+                    net.subnet, net.name
+                )));
+            }
             return Err(Error::invalid(format!(
                 "address {ip} is not in network {}'s subnet {}",
                 net.name, net.subnet

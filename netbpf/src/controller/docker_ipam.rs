@@ -39,7 +39,15 @@ impl Controller {
         ipam: &mut DockerIpam,
         wanted: Option<Ipv4Net>,
     ) -> Result<Ipv4Net> {
-        let ours = |net: Ipv4Net| self.state.networks.values().any(|n| n.subnet == net);
+        let ours = |net: Ipv4Net| {
+            self.state.networks.values().any(|n| n.subnet == net)
+                || self
+                    .overlay
+                    .view()
+                    .networks
+                    .values()
+                    .any(|n| n.subnet == net)
+        };
         let pool = match wanted {
             Some(pool) if ours(pool) || ipam.pools.contains_key(&pool) => pool,
             Some(pool) => {
@@ -70,14 +78,16 @@ impl Controller {
     }
 
     /// `RequestAddress`: the gateway (the first address, or the one asked for), or the
-    /// lowest address no endpoint, record or earlier request of the pool has.
+    /// lowest address no endpoint, record or earlier request of the pool has — with the
+    /// prefix the container is to have: the pool's, or on an overlay its host's block's
+    /// (other blocks are reached through the block's gateway, not on the link).
     pub fn docker_request_address(
         &mut self,
         ipam: &mut DockerIpam,
         pool: Ipv4Net,
         wanted: Option<Ipv4Addr>,
         gateway: bool,
-    ) -> Result<Ipv4Addr> {
+    ) -> Result<Ipv4Net> {
         let gateway_addr = pool
             .hosts()
             .next()
@@ -87,38 +97,63 @@ impl Controller {
             .get_mut(&pool)
             .ok_or_else(|| Error::not_found(format!("pool {pool} was not requested")))?;
         if gateway {
-            return Ok(wanted.unwrap_or(gateway_addr));
+            let ip = wanted.unwrap_or(gateway_addr);
+            return Ok(Ipv4Net::new(ip, pool.prefix_len()).expect("a pool's prefix"));
         }
+        let (subnet, gateway) = match self.overlay_block_of(pool)? {
+            Some(block) => block,
+            None => {
+                let gateway = self
+                    .state
+                    .networks
+                    .values()
+                    .find(|n| n.subnet == pool)
+                    .map_or(gateway_addr, |n| n.gateway);
+                (pool, gateway)
+            }
+        };
         let mut in_use: BTreeSet<Ipv4Addr> = held.clone();
         for c in self.state.containers.values() {
             in_use.extend(
                 c.endpoints
                     .iter()
                     .map(|ep| ep.ip)
-                    .filter(|ip| pool.contains(ip)),
+                    .filter(|ip| subnet.contains(ip)),
             );
             in_use.extend(
                 c.networks
                     .iter()
                     .filter_map(|r| r.ip)
-                    .filter(|ip| pool.contains(ip)),
+                    .filter(|ip| subnet.contains(ip)),
             );
         }
-        let gateway = self
-            .state
-            .networks
-            .values()
-            .find(|n| n.subnet == pool)
-            .map_or(gateway_addr, |n| n.gateway);
         let ip = ipam::Pool {
-            subnet: pool,
+            subnet,
             gateway,
             range: None,
         }
         .allocate(&in_use, wanted)
         .map_err(|e| Error::conflict(format!("pool {pool}: {e}")))?;
         held.insert(ip);
-        Ok(ip)
+        Ok(Ipv4Net::new(ip, subnet.prefix_len()).expect("a subnet's prefix"))
+    }
+
+    /// When `pool` is an overlay network's subnet: this host's block of it and the block's
+    /// gateway, where its containers' addresses come from. An overlay this host holds no
+    /// block of yet (the cluster store's view has not caught up) is an error the
+    /// plugin retries for a while.
+    fn overlay_block_of(&self, pool: Ipv4Net) -> Result<Option<(Ipv4Net, Ipv4Addr)>> {
+        let view = self.overlay.view();
+        let Some(overlay) = view.networks.values().find(|n| n.subnet == pool) else {
+            return Ok(None);
+        };
+        match self.state.networks.get(&overlay.name) {
+            Some(local) if local.overlay.is_some() => Ok(Some((local.subnet, local.gateway))),
+            _ => Err(Error::not_yet(format!(
+                "this host has no block of overlay network {} yet: try again in a moment",
+                overlay.name
+            ))),
+        }
     }
 
     /// `ReleaseAddress`.

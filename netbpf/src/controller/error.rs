@@ -26,6 +26,10 @@ pub enum Error {
     /// container in the way).
     #[error("{0}")]
     Conflict(String),
+    /// What it needs is on its way (the cluster store's view has not caught up): the same
+    /// request succeeds later.
+    #[error("{0}")]
+    NotYet(String),
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
     #[error(transparent)]
@@ -57,6 +61,9 @@ impl Error {
     }
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::Conflict(message.into())
+    }
+    pub fn not_yet(message: impl Into<String>) -> Self {
+        Self::NotYet(message.into())
     }
 }
 

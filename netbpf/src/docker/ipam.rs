@@ -4,7 +4,7 @@
 use axum::{Json, body::Bytes, extract::State};
 
 use super::{
-    Ipam, body, on,
+    Ipam, body, on, on_retrying,
     protocol::{
         AddressAnswer, AddressRequest, AddressSpaces, Empty, Failure, IpamCapabilities, PoolAnswer,
         PoolRequest, ReleaseAddress, ReleasePool,
@@ -97,12 +97,14 @@ pub(super) async fn request_address(
         ),
     };
     let gateway = req.is_gateway();
-    let ip = on_ipam(&ctl, &ipam, move |c, ipam| {
-        c.docker_request_address(ipam, pool, wanted, gateway)
+    // (Retried: an overlay's addresses come from this host's block, which may be on its way.)
+    let address = on_retrying(&ctl, move |c| {
+        c.docker_request_address(&mut crate::lock::lock(&ipam), pool, wanted, gateway)
     })
-    .await?;
+    .await
+    .map_err(Failure::ipam)?;
     Ok(Json(AddressAnswer {
-        address: format!("{ip}/{}", pool.prefix_len()),
+        address: address.to_string(),
         data: serde_json::Map::new(),
     }))
 }

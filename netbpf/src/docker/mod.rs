@@ -137,10 +137,35 @@ pub(crate) async fn on<T: Send + 'static>(
     }
 }
 
+/// How long a call waits for what is on its way (this host's block of a new overlay
+/// network) before it fails: Docker does not retry.
+const NOT_YET_PATIENCE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// [`on`], run again (off the lock) while the controller answers "not yet".
+pub(crate) async fn on_retrying<T: Send + 'static>(
+    ctl: &Shared,
+    op: impl Fn(&mut Controller) -> Result<T, Error> + Send + Sync + 'static,
+) -> Result<T, Failure> {
+    let op = Arc::new(op);
+    let deadline = tokio::time::Instant::now() + NOT_YET_PATIENCE;
+    loop {
+        let attempt = op.clone();
+        match ctl.run(move |c| attempt(c)).await {
+            Ok(Err(Error::NotYet(_))) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(error)) => return Err(Failure::new(error.to_string())),
+            Err(error) => return Err(Failure::new(format!("{error:#}"))),
+        }
+    }
+}
+
 async fn create_network(State(ctl): State<Shared>, bytes: Bytes) -> Result<Json<Empty>, Failure> {
     let req: CreateNetwork = body(&bytes)?;
-    let spec = network_spec(&req)?;
-    let name = on(&ctl, move |c| c.network_create(spec)).await?;
+    let (spec, named) = network_spec(&req)?;
+    let id = req.network_id.clone();
+    let name = on(&ctl, move |c| c.docker_create_network(&id, named, spec)).await?;
     tracing::info!(
         network = name,
         docker_id = req.network_id,
@@ -150,17 +175,19 @@ async fn create_network(State(ctl): State<Shared>, bytes: Bytes) -> Result<Json<
 }
 
 /// The netbpf network for a `CreateNetwork`: Docker's IPAM pool and gateway, its id,
-/// `--internal`, and the driver that `-o netbpf.driver=macvlan|ipvlan` picks with its
-/// options (`-o parent=eth1`), as `netbpf network create -d` takes them.
-fn network_spec(req: &CreateNetwork) -> Result<NetworkSpec, Failure> {
+/// `--internal`, the driver that `-o netbpf.driver=macvlan|ipvlan|overlay` picks with its
+/// options (`-o parent=eth1`, `-o vni=…`) as `netbpf network create -d` takes them, and
+/// the name `-o netbpf.name=NAME` gives it (an overlay needs one: each host's dockerd has
+/// its own id for the network, the cluster store one name). Whether it was named, too.
+fn network_spec(req: &CreateNetwork) -> Result<(NetworkSpec, bool), Failure> {
     docker_id("network", &req.network_id)?;
-    let (driver, options) = req.driver_options()?;
+    let (driver, mut options) = req.driver_options()?;
+    let named = options.remove(protocol::NAME_OPTION);
     let driver = DriverSpec::parse(driver.as_deref(), &options).map_err(Failure::new)?;
-    if let DriverSpec::Overlay { .. } = driver {
-        // Each host's dockerd gives the network an id of its own, and netbpf names it after
-        // that id: the hosts would define different overlays.
+    let overlay = matches!(driver, DriverSpec::Overlay { .. });
+    if overlay && named.is_none() {
         return Err(Failure::new(
-            "overlay networks cannot be made through Docker yet: use netbpf network create -d overlay and netbpf run",
+            "an overlay network needs -o netbpf.name=NAME, the same on every host",
         ));
     }
     let pool = req
@@ -172,6 +199,8 @@ fn network_spec(req: &CreateNetwork) -> Result<NetworkSpec, Failure> {
         .parse::<ipnet::Ipv4Net>()
         .map_err(|e| Failure::new(format!("invalid subnet {:?}: {e}", pool.pool)))?;
     let gateway = match &pool.gateway {
+        // Each host's block of an overlay has a gateway of its own.
+        _ if overlay => None,
         Some(gw) if !gw.is_empty() => Some(
             gw.split('/')
                 .next()
@@ -181,25 +210,29 @@ fn network_spec(req: &CreateNetwork) -> Result<NetworkSpec, Failure> {
         ),
         _ => None,
     };
-    let name = network_name(&req.network_id);
+    let name = named
+        .clone()
+        .unwrap_or_else(|| network_name(&req.network_id));
     if name == DEFAULT_NETWORK {
         return Err(Failure::new("reserved network name"));
     }
-    Ok(NetworkSpec {
+    let spec = NetworkSpec {
         name,
-        id: Some(req.network_id.clone()),
+        // An overlay has the cluster store's id, the same on every host.
+        id: (!overlay).then(|| req.network_id.clone()),
         driver,
         subnet: Some(subnet),
         gateway,
         ip_range: None,
         internal: req.internal(),
-    })
+    };
+    Ok((spec, named.is_some()))
 }
 
 async fn delete_network(State(ctl): State<Shared>, bytes: Bytes) -> Result<Json<Empty>, Failure> {
     let req: DeleteNetwork = body(&bytes)?;
-    let name = network_name(&req.network_id);
-    on(&ctl, move |c| c.network_remove(&name)).await?;
+    let id = docker_id("network", &req.network_id)?;
+    on(&ctl, move |c| c.docker_remove_network(&id)).await?;
     Ok(Json(Empty {}))
 }
 
@@ -234,7 +267,10 @@ async fn create_endpoint(
     })?;
     let given = protocol::parse_mac(&req.interface.mac_address)?;
     let key = key(&req.network_id, &req.endpoint_id)?;
-    let chosen = on(&ctl, move |c| c.docker_create_endpoint(key, ip, given)).await?;
+    let chosen = on_retrying(&ctl, move |c| {
+        c.docker_create_endpoint(key.clone(), ip, given)
+    })
+    .await?;
     Ok(Json(CreateEndpointAnswer::with_mac(chosen)))
 }
 
@@ -315,7 +351,8 @@ mod tests {
                 "IPv6Data":[]}"#,
         )
         .unwrap();
-        let spec = network_spec(&req).unwrap();
+        let (spec, named) = network_spec(&req).unwrap();
+        assert!(!named);
         assert_eq!(spec.name, "docker-4f2b0c6ad3e1");
         assert_eq!(spec.subnet.unwrap().to_string(), "10.77.0.0/24");
         assert_eq!(spec.gateway.unwrap().to_string(), "10.77.0.1");
@@ -343,7 +380,7 @@ mod tests {
             ))
             .unwrap()
         };
-        let spec = network_spec(&with(
+        let (spec, _) = network_spec(&with(
             r#"{"netbpf.driver":"macvlan","parent":"eth1.60","macvlan_mode":"private"}"#,
         ))
         .unwrap();
@@ -364,7 +401,16 @@ mod tests {
         assert!(
             err(r#"{"netbpf.driver":"weird"}"#).starts_with("driver \"weird\" is not supported")
         );
-        assert!(err(r#"{"netbpf.driver":"overlay"}"#).starts_with("overlay networks cannot"));
+        assert!(err(r#"{"netbpf.driver":"overlay"}"#).contains("needs -o netbpf.name=NAME"));
+        let (spec, named) = network_spec(&with(
+            r#"{"netbpf.driver":"overlay","netbpf.name":"ov","vni":"77"}"#,
+        ))
+        .unwrap();
+        assert!(named && spec.name == "ov" && spec.id.is_none() && spec.gateway.is_none());
+        assert!(matches!(
+            spec.driver,
+            DriverSpec::Overlay { vni: Some(77), .. }
+        ));
         assert_eq!(err(r#"{"parent":1}"#), "option \"parent\" must be a string");
         assert_eq!(
             key("4f2b0c6ad3e1aa5c", "abc").unwrap_err().message(),

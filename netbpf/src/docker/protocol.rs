@@ -68,6 +68,9 @@ impl CreateNetwork {
 /// The generic option that picks the netbpf driver of a Docker network (`bridge` if absent).
 pub const DRIVER_OPTION: &str = "netbpf.driver";
 
+/// The generic option that names the netbpf network (else `docker-<12 hex>`).
+pub const NAME_OPTION: &str = "netbpf.name";
+
 impl CreateNetwork {
     /// The `-o KEY=VALUE` options, without `--internal` (which Docker passes among them):
     /// the netbpf driver they ask for, and that driver's options.

@@ -54,6 +54,10 @@ pub struct State {
     /// The next numeric network index for the BPF maps; never reused, so a stale map entry
     /// left by a crash can never be mistaken for a new network's.
     pub next_network_index: u32,
+    /// Docker networks named by `-o netbpf.name=NAME` (an overlay's: the same on every
+    /// host), by Docker's network id; the others are `docker-<12 hex>`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub docker_networks: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
