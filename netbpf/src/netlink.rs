@@ -31,6 +31,9 @@ pub enum NetlinkError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Netns(#[from] NetnsError),
+    /// An interface in the way that netbpf did not make.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 /// The hint of a kernel error for a feature the kernel was built without.
@@ -53,6 +56,7 @@ pub struct Link {
     pub up: bool,
     /// Whether it is a veth (the XDP stage is not used on veth uplinks by default).
     pub is_veth: bool,
+    pub is_bridge: bool,
     pub mtu: u32,
 }
 
@@ -388,6 +392,7 @@ fn link_from_message(msg: LinkMessage) -> Link {
         controller: None,
         up: msg.header.flags.contains(LinkFlags::Up),
         is_veth: false,
+        is_bridge: false,
         mtu: 1500,
     };
     for attr in msg.attributes {
@@ -399,14 +404,14 @@ fn link_from_message(msg: LinkMessage) -> Link {
             LinkAttribute::Controller(c) => link.controller = Some(c),
             LinkAttribute::Mtu(mtu) => link.mtu = mtu,
             LinkAttribute::LinkInfo(infos) => {
-                link.is_veth = infos.iter().any(|i| {
-                    matches!(
-                        i,
-                        rtnetlink::packet_route::link::LinkInfo::Kind(
-                            rtnetlink::packet_route::link::InfoKind::Veth
-                        )
-                    )
-                })
+                use rtnetlink::packet_route::link::{InfoKind, LinkInfo};
+                for info in infos {
+                    match info {
+                        LinkInfo::Kind(InfoKind::Veth) => link.is_veth = true,
+                        LinkInfo::Kind(InfoKind::Bridge) => link.is_bridge = true,
+                        _ => {}
+                    }
+                }
             }
             _ => {}
         }

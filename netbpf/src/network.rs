@@ -63,7 +63,14 @@ pub fn validate_name(kind: &'static str, name: &str) -> Result<(), InvalidName> 
 pub fn ensure_bridge(network: &NetworkRecord) -> Result<u32, NetlinkError> {
     Netlink::run(None, |nl| {
         let bridge = match nl.link_by_name(&network.bridge)? {
-            Some(link) => link,
+            Some(link) if link.is_bridge => link,
+            // Another interface took the name: nothing of it is netbpf's to change.
+            Some(_) => {
+                return Err(NetlinkError::Conflict(format!(
+                    "interface {} exists and is not a bridge",
+                    network.bridge
+                )));
+            }
             None => nl.create_bridge(&network.bridge, ipam::mac_for(network.gateway))?,
         };
         nl.ensure_address(

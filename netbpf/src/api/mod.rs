@@ -364,4 +364,8 @@ pub struct DaemonInfo {
     pub cgroup: String,
     pub program_ids: BTreeMap<String, u32>,
     pub map_ids: BTreeMap<String, u32>,
+    /// Networks and containers the last takeover could not reconcile: left as they were
+    /// (their pinned programs keep serving), each with the reason.
+    #[serde(default)]
+    pub unreconciled: Vec<String>,
 }

@@ -100,6 +100,7 @@ async fn info(State(ctl): State<Shared>) -> ApiResult<super::DaemonInfo> {
             xdp_redirects: c.xdp_redirects(),
             tracked_flows: c.tracked_flows(),
             ids: c.datapath_ids(),
+            unreconciled: c.unreconciled().to_vec(),
         }))
     })
     .await

@@ -279,6 +279,7 @@ pub struct DaemonFacts {
     pub tracked_flows: crate::datapath::TrackedFlows,
     pub cgroup: String,
     pub ids: crate::datapath::DatapathIds,
+    pub unreconciled: Vec<String>,
 }
 
 pub fn info(facts: DaemonFacts) -> DaemonInfo {
@@ -300,6 +301,7 @@ pub fn info(facts: DaemonFacts) -> DaemonInfo {
         cgroup: facts.cgroup,
         program_ids: facts.ids.program_ids,
         map_ids: facts.ids.map_ids,
+        unreconciled: facts.unreconciled,
     }
 }
 

@@ -300,12 +300,23 @@ pub async fn run(socket: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
 
     let (exits_tx, exits_rx) = mpsc::unbounded_channel();
     let exits = Arc::new(Exits::new(exits_tx));
+    // A data plane pinned by an earlier daemon serves containers while no daemon runs.
+    let inherited = datapath::has_pins(&config.bpffs);
     let ctl = {
         let for_start = config.clone();
         match tokio::task::spawn_blocking(move || Controller::start(for_start, exits)).await? {
             Ok(ctl) => Shared::new(ctl),
+            Err(error) if inherited => {
+                // Never fail open: removing the pins would detach every container's
+                // programs (isolation, published ports, masquerade) while they keep running.
+                let _ = std::fs::remove_file(&socket);
+                return Err(error.context(format!(
+                    "cannot take over the host: the data plane pinned in {} stays as it was and keeps serving its containers",
+                    config.bpffs.display()
+                )));
+            }
             Err(error) => {
-                // Leave nothing behind: a refused start is not a crash to recover from.
+                // Leave nothing behind: a refused first start is not a crash to recover from.
                 unprepare(&config, &socket, mounted_bpffs);
                 return Err(error);
             }

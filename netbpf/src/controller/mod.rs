@@ -94,6 +94,8 @@ pub struct Controller {
     uplink: Uplink,
     overlay: Overlay,
     exits: Arc<Exits>,
+    /// What the last takeover could not reconcile and left as it was (`netbpf info`).
+    unreconciled: Vec<String>,
 }
 
 /// The controller behind its one lock. Every caller takes it the same way, so there is one
@@ -149,6 +151,7 @@ impl Controller {
             uplink,
             overlay: Overlay::default(),
             exits,
+            unreconciled: vec![],
         };
         ctl.reconcile()?;
         ctl.sync_container_xdp();
@@ -325,6 +328,10 @@ impl Controller {
 
     pub fn datapath_ids(&self) -> DatapathIds {
         self.datapath.ids()
+    }
+
+    pub fn unreconciled(&self) -> &[String] {
+        &self.unreconciled
     }
 
     /// Expires idle NAT flows; the daemon calls it periodically.

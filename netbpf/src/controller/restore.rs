@@ -17,26 +17,22 @@ use crate::{
 };
 
 impl Controller {
-    /// Brings the kernel in line with the recorded state after a restart.
+    /// Brings the kernel in line with the recorded state after a restart. A network or
+    /// container that cannot be reconciled is reported (`netbpf info`) and left as it was
+    /// — its pinned programs keep serving — rather than failing the whole takeover.
     pub(super) fn reconcile(&mut self) -> anyhow::Result<()> {
-        for net in self.state.networks.values_mut() {
-            match net.kind() {
-                NetworkKind::Bridge | NetworkKind::OverlayBlock(_) => {
-                    network::ensure_bridge(net)?;
-                    network::route_for_containers(net)?;
-                }
-                NetworkKind::Direct(parent) => match macvlan::ensure_parent(parent) {
-                    Ok(parent) => net.parent = Some(parent),
-                    Err(error) => {
-                        tracing::warn!(%error, network = net.name, "parent interface unusable")
-                    }
-                },
-            }
-        }
+        let broken = self.restore_networks();
         let containers: Vec<ContainerRecord> = self.state.containers.values().cloned().collect();
         for c in containers.iter().filter(|c| c.is_running()) {
-            if is_alive(c) {
-                self.readopt(c)?;
+            if let Some(net) = c.endpoints.iter().find(|ep| broken.contains(&ep.network)) {
+                self.report_unreconciled(
+                    format!("container {}", c.name),
+                    format!("left as it was: network {} is not restored", net.network),
+                );
+            } else if is_alive(c) {
+                if let Err(error) = self.readopt(c) {
+                    self.report_unreconciled(format!("container {}", c.name), format!("{error:#}"));
+                }
             } else {
                 tracing::info!(container = c.name, "exited while the daemon was down");
                 self.release(c);
@@ -56,6 +52,41 @@ impl Controller {
         Ok(())
     }
 
+    /// Every network's bridge (or parent) as recorded; returns the networks that could not
+    /// be restored.
+    fn restore_networks(&mut self) -> BTreeSet<String> {
+        let mut broken = BTreeSet::new();
+        let mut problems = vec![];
+        for net in self.state.networks.values_mut() {
+            match net.kind() {
+                NetworkKind::Bridge | NetworkKind::OverlayBlock(_) => {
+                    let restored = network::ensure_bridge(net)
+                        .map_err(anyhow::Error::from)
+                        .and_then(|_| Ok(network::route_for_containers(net)?));
+                    if let Err(error) = restored {
+                        broken.insert(net.name.clone());
+                        problems.push((format!("network {}", net.name), format!("{error:#}")));
+                    }
+                }
+                NetworkKind::Direct(parent) => match macvlan::ensure_parent(parent) {
+                    Ok(parent) => net.parent = Some(parent),
+                    Err(error) => {
+                        tracing::warn!(%error, network = net.name, "parent interface unusable")
+                    }
+                },
+            }
+        }
+        for (what, why) in problems {
+            self.report_unreconciled(what, why);
+        }
+        broken
+    }
+
+    fn report_unreconciled(&mut self, what: String, why: String) {
+        tracing::error!(reason = why, "{what} not taken over: left as it was");
+        self.unreconciled.push(format!("{what}: {why}"));
+    }
+
     /// A container that kept running while the daemon was down: its endpoints installed
     /// again (dropping those whose veth vanished), its ports held, its exit watched, its
     /// embedded DNS served.
@@ -70,7 +101,14 @@ impl Controller {
             let net = self.state.networks.get(&ep.network).cloned();
             match (link, net) {
                 (Some(link), Some(net)) if link.index == ep.host_ifindex => {
-                    self.install_endpoint(&net, ep)?;
+                    // One endpoint that fails stays as it was (its pinned link serving with
+                    // the programs it had); the others are taken over.
+                    if let Err(error) = self.install_endpoint(&net, ep) {
+                        self.report_unreconciled(
+                            format!("endpoint {} of container {}", ep.host_veth, c.name),
+                            error.to_string(),
+                        );
+                    }
                     kept.push(ep.clone());
                 }
                 _ => {

@@ -294,6 +294,15 @@ fn map_id<K: aya::Pod, V>(map: &impl IterableMap<K, V>) -> Option<u32> {
 
 /// Removes everything pinned under `root` (maps and links); the kernel frees the objects
 /// once the daemon's own file descriptors close.
+/// Whether anything is pinned under `root`: a data plane an earlier daemon left serving.
+pub fn has_pins(root: &Path) -> bool {
+    ["maps", "links", "host-links", "xdp-links"]
+        .iter()
+        .any(|dir| {
+            std::fs::read_dir(root.join(dir)).is_ok_and(|mut entries| entries.next().is_some())
+        })
+}
+
 pub fn remove_pins(root: &Path) {
     let _ = std::fs::remove_dir_all(root);
 }

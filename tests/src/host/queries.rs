@@ -1,6 +1,8 @@
 //! What tests ask a [`TestHost`] about its containers and interfaces: addresses, counters,
 //! drops, MACs, links, and whether a URL answers from outside.
 
+use std::process::Command;
+
 use serde_json::Value;
 
 use super::TestHost;
@@ -68,6 +70,24 @@ impl TestHost {
     /// Whether `url` answers (2xx) to a client in the `outside` namespace within a second.
     pub fn answers_from_outside(&self, url: &str) -> bool {
         succeeds(self.outside("curl", &["-sf", "--max-time", "1", url]))
+    }
+
+    /// `program` in container `name`'s network namespace, found through the pid the state
+    /// file records: works while no daemon runs.
+    pub fn in_container(&self, name: &str, program: &str, args: &[&str]) -> Command {
+        let state: Value = serde_json::from_str(
+            &std::fs::read_to_string(self.state_dir.join("state.json")).unwrap(),
+        )
+        .unwrap();
+        let pid = state["containers"][name]["pid"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("no pid for {name}"));
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net=/proc/{pid}/ns/net"))
+            .arg(program)
+            .args(args);
+        command
     }
 
     /// Packets the fast path has carried, over every endpoint (`netbpf stats`).
