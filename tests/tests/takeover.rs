@@ -150,3 +150,79 @@ fn a_network_that_cannot_be_reconciled_is_reported_and_the_others_taken_over() {
     assert!(!host.pings("web", &host.ip_of("other", "b")));
     let _ = web_ip;
 }
+
+#[test]
+fn with_live_restore_a_stopped_daemon_leaves_everything_serving_for_the_next() {
+    let mut host = TestHost::with_daemon_args(&["--live-restore"]);
+    host.ok(&["network", "create", "--subnet", "10.133.0.0/24", "lr"]);
+    host.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "lr",
+        "-p",
+        "8080:80",
+        "-p",
+        "5201:5201",
+        "--",
+        "sh",
+        "-c",
+        "iperf3 -s -D && exec python3 -m http.server 80",
+    ]);
+    netbpf_tests::eventually(10, "web to answer", || host.answers_from_outside(PAGE));
+    let pid = host.json(&["inspect", "web"])["State"]["Pid"].clone();
+
+    // Requests from outside every 50 ms, and a bulk transfer, across the restart.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let requests = {
+        let (stop, outside) = (stop.clone(), host.outside_ns.clone());
+        std::thread::spawn(move || {
+            let (mut sent, mut failed) = (0, 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut curl = std::process::Command::new("ip");
+                curl.args([
+                    "netns",
+                    "exec",
+                    &outside,
+                    "curl",
+                    "-sf",
+                    "--max-time",
+                    "2",
+                    PAGE,
+                ]);
+                sent += 1;
+                if !succeeds(curl) {
+                    failed += 1;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (sent, failed)
+        })
+    };
+    let transfer = host.transfer_from_outside(5201, 6);
+    std::thread::sleep(Duration::from_secs(1));
+    host.stop_daemon();
+    assert!(
+        host.daemon_log().contains("live restore"),
+        "{}",
+        host.daemon_log()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    host.start_daemon(&["--live-restore"]);
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sent, failed) = requests.join().unwrap();
+    assert_eq!(
+        failed, 0,
+        "{failed} of {sent} requests failed across the restart"
+    );
+    assert!(transfer.bytes() > 0);
+
+    // The same process, taken over: the new daemon manages it as its own.
+    assert_eq!(host.json(&["inspect", "web"])["State"]["Pid"], pid);
+    assert!(host.pings("web", OUTSIDE_IP));
+    host.ok(&["rm", "-f", "web"]);
+    assert!(!host.answers_from_outside(PAGE));
+}

@@ -66,6 +66,10 @@ pub struct DaemonArgs {
     /// or /run/docker/plugins/netbpf.sock, where Docker looks for it.
     #[arg(long, num_args = 0..=1, default_missing_value = crate::docker::DEFAULT_SOCKET)]
     pub docker_plugin: Option<PathBuf>,
+    /// On SIGTERM/SIGINT, stop only the daemon (Docker's name): containers, interfaces,
+    /// pins and published ports keep serving until the next daemon takes them over.
+    #[arg(long)]
+    pub live_restore: bool,
 }
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -347,13 +351,26 @@ pub async fn run(socket: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
         .await
         .context("serving the API")?;
 
-    tracing::info!("shutting down: stopping containers");
-    stop_all(&ctl).await;
-    for task in loops {
-        task.abort();
+    if args.live_restore {
+        // As after `kill -9`, but on purpose: the pinned data plane serves on, state is
+        // saved (every change was), and the next daemon re-adopts everything.
+        tracing::info!(
+            "live restore: leaving containers, interfaces, pins and published ports serving"
+        );
+        for task in loops {
+            task.abort();
+        }
+    } else {
+        tracing::info!("shutting down: stopping containers");
+        // (The exit loop still runs: it reports the exits `stop_all` waits for.)
+        stop_all(&ctl).await;
+        for task in loops {
+            task.abort();
+        }
+        ctl.run(Controller::teardown).await?;
+        unprepare(&config, &socket, mounted_bpffs);
     }
-    ctl.run(Controller::teardown).await?;
-    unprepare(&config, &socket, mounted_bpffs);
+    let _ = std::fs::remove_file(&socket);
     if let Some(path) = &args.docker_plugin {
         let _ = std::fs::remove_file(path);
     }
