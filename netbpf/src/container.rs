@@ -10,7 +10,7 @@ use std::{
     io,
     os::{
         fd::{AsRawFd, FromRawFd, OwnedFd},
-        unix::{ffi::OsStrExt, process::CommandExt, process::ExitStatusExt},
+        unix::{ffi::OsStrExt, fs::OpenOptionsExt, process::CommandExt, process::ExitStatusExt},
     },
     path::Path,
     process::{Child, Command, ExitStatus, Stdio},
@@ -106,7 +106,12 @@ pub fn spawn(
         new_session: true,
         binds: binds.iter().map(|(s, t)| (c_path(s), c_path(t))).collect(),
     };
-    let out = File::options().create(true).append(true).open(log)?;
+    // 0640: a container's output is its own business (and root's, and the log group's).
+    let out = File::options()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(log)?;
     let mut command = Command::new(program);
     command
         .args(args)

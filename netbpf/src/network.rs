@@ -44,10 +44,21 @@ pub struct InvalidName {
 
 /// Docker's rule for names: a letter or digit, then letters, digits, `_`, `.` or `-`.
 pub fn validate_name(kind: &'static str, name: &str) -> Result<(), InvalidName> {
+    validate_up_to(kind, name, 64)
+}
+
+/// The same rule for a name that ends up in the DNS and in resolv.conf/hosts files (an
+/// alias, a link's alias, a search domain), up to a DNS name's 253 characters: no space
+/// or newline can add a line of its own.
+pub fn validate_dns_name(kind: &'static str, name: &str) -> Result<(), InvalidName> {
+    validate_up_to(kind, name, 253)
+}
+
+fn validate_up_to(kind: &'static str, name: &str, max: usize) -> Result<(), InvalidName> {
     let mut chars = name.chars();
     let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
         && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
-        && name.len() <= 64;
+        && name.len() <= max;
     if ok {
         Ok(())
     } else {

@@ -81,6 +81,7 @@ impl TryFrom<CniAddRequest> for CniAddSpec {
 
     fn try_from(req: CniAddRequest) -> Result<Self, ApiError> {
         check_ifname(&req.ifname)?;
+        super::requests::check_dns_names("alias", &req.aliases)?;
         let ports = req
             .ports
             .iter()

@@ -23,6 +23,7 @@
 
 pub mod client;
 pub mod cni;
+pub mod peer;
 pub mod requests;
 pub mod server;
 pub mod views;

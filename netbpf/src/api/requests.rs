@@ -9,6 +9,7 @@ use crate::{
     controller::specs::{
         AttachSpec, ConnectSpec, ContainerSpec, DriverSpec, NetnsSource, NetworkSpec,
     },
+    network,
     publish::PortSpec,
 };
 
@@ -26,6 +27,17 @@ where
     T::Err: std::fmt::Display,
 {
     value.map(|v| parse(what, v)).transpose()
+}
+
+/// Names that end up in the DNS and in the container's resolv.conf or hosts file.
+pub(super) fn check_dns_names<'a>(
+    kind: &'static str,
+    names: impl IntoIterator<Item = &'a String>,
+) -> Result<(), ApiError> {
+    for name in names {
+        network::validate_dns_name(kind, name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    }
+    Ok(())
 }
 
 fn parse_ports(specs: &[String]) -> Result<Vec<PortSpec>, ApiError> {
@@ -67,9 +79,14 @@ impl TryFrom<ContainerCreate> for ContainerSpec {
                         "invalid --link {link:?}: use NAME[:ALIAS]"
                     )));
                 }
+                network::validate_name("container", name)
+                    .and_then(|()| network::validate_dns_name("link alias", alias))
+                    .map_err(|e| ApiError::bad_request(e.to_string()))?;
                 Ok((name.to_owned(), alias.to_owned()))
             })
             .collect::<Result<_, _>>()?;
+        check_dns_names("alias", &req.aliases)?;
+        check_dns_names("--dns-search domain", &req.dns_search)?;
         Ok(Self {
             ip: parse_opt("IP address", req.ip.as_deref())?,
             ports: parse_ports(&req.ports)?,
@@ -119,6 +136,7 @@ impl TryFrom<ConnectRequest> for ConnectSpec {
     type Error = ApiError;
 
     fn try_from(req: ConnectRequest) -> Result<Self, ApiError> {
+        check_dns_names("alias", &req.aliases)?;
         Ok(Self {
             ip: parse_opt("IP address", req.ip.as_deref())?,
             container: req.container,

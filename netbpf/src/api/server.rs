@@ -59,7 +59,8 @@ fn container_view(c: &Controller, key: &str) -> Result<ContainerView, ApiError> 
     }))
 }
 
-pub fn router(ctl: Shared) -> Router {
+/// The API, for the peers `access` allows (serve it with `Peer` connect info).
+pub fn router(ctl: Shared, access: super::peer::Access) -> Router {
     Router::new()
         .route("/_ping", get(|| async { "OK" }))
         .route("/info", get(info))
@@ -86,6 +87,10 @@ pub fn router(ctl: Shared) -> Router {
         .route("/stats", get(stats))
         .merge(super::cni::routes())
         .with_state(ctl)
+        .layer(axum::middleware::from_fn_with_state(
+            access,
+            super::peer::check,
+        ))
 }
 
 async fn info(State(ctl): State<Shared>) -> ApiResult<super::DaemonInfo> {

@@ -6,7 +6,7 @@
 //! flowing, and the next start re-adopts them.
 
 use std::{
-    os::unix::fs::PermissionsExt as _,
+    os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -18,7 +18,7 @@ use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use tokio::{net::UnixListener, signal::unix::SignalKind, sync::mpsc};
 
 use crate::{
-    api::server,
+    api::{peer, server},
     container,
     controller::{Config, Controller, Shared, XdpChoice},
     datapath,
@@ -66,6 +66,10 @@ pub struct DaemonArgs {
     /// or /run/docker/plugins/netbpf.sock, where Docker looks for it.
     #[arg(long, num_args = 0..=1, default_missing_value = crate::docker::DEFAULT_SOCKET)]
     pub docker_plugin: Option<PathBuf>,
+    /// A group whose members may use the API too (as Docker's `docker` group): the socket
+    /// becomes 0660 with that group. Without it, root only.
+    #[arg(long)]
+    pub group: Option<String>,
     /// On SIGTERM/SIGINT, stop only the daemon (Docker's name): containers, interfaces,
     /// pins and published ports keep serving until the next daemon takes them over.
     #[arg(long)]
@@ -154,18 +158,49 @@ fn prepare_netns_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
+/// Binds the socket at `path` with mode 0600 (0660 and group `group`) from the moment it
+/// exists: it is made in a fresh 0700 directory beside `path`, given its mode and owner
+/// there, and renamed into place, so no process ever finds it open to more.
+fn bind_socket(path: &Path, group: Option<u32>) -> anyhow::Result<UnixListener> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
         bail!("another daemon is already serving {}", path.display());
     }
-    let _ = std::fs::remove_file(path);
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+    let private = dir.join(format!(".netbpf-bind-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .with_context(|| format!("creating {}", private.display()))?;
+    let bound = (|| -> anyhow::Result<UnixListener> {
+        let temp = private.join("sock");
+        let listener =
+            UnixListener::bind(&temp).with_context(|| format!("binding {}", path.display()))?;
+        let mode = if group.is_some() { 0o660 } else { 0o600 };
+        std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(mode))?;
+        if let Some(gid) = group {
+            nix::unistd::chown(&temp, None, Some(nix::unistd::Gid::from_raw(gid)))?;
+        }
+        std::fs::rename(&temp, path).with_context(|| format!("placing {}", path.display()))?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&private);
+    bound
+}
+
+/// The gid of `--group`.
+fn api_group(name: Option<&str>) -> anyhow::Result<Option<u32>> {
+    let Some(name) = name else {
+        return Ok(None);
+    };
+    match nix::unistd::Group::from_name(name)? {
+        Some(group) => Ok(Some(group.gid.as_raw())),
+        None => bail!("no group {name:?} (--group)"),
+    }
 }
 
 /// Starts the cluster store session and the task that hands its views to the controller,
@@ -290,16 +325,24 @@ pub async fn run(socket: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
             "netbpf daemon must run as root (it creates namespaces, interfaces and BPF programs)"
         );
     }
+    let group = api_group(args.group.as_deref())?;
     let state_dir = std::path::absolute(&args.state_dir)?;
     std::fs::create_dir_all(state_dir.join("containers"))
         .with_context(|| format!("creating state dir {}", state_dir.display()))?;
+    // Root's only: the state, the logs, the namespace mounts.
+    std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o700))?;
     let lock = std::fs::File::create(state_dir.join("lock"))?;
     let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
         .map_err(|_| {
             anyhow::anyhow!("another daemon is using state dir {}", state_dir.display())
         })?;
-    let listener = bind_socket(&socket)?;
-    let docker_listener = args.docker_plugin.as_deref().map(bind_socket).transpose()?;
+    let listener = bind_socket(&socket, group)?;
+    // (Docker connects as root.)
+    let docker_listener = args
+        .docker_plugin
+        .as_deref()
+        .map(|path| bind_socket(path, None))
+        .transpose()?;
     let (config, mounted_bpffs) = prepare(state_dir, &args)?;
 
     let (exits_tx, exits_rx) = mpsc::unbounded_channel();
@@ -346,7 +389,9 @@ pub async fn run(socket: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
         }));
     }
     tracing::info!(socket = %socket.display(), state_dir = %config.state_dir.display(), bpffs = %config.bpffs.display(), "netbpf daemon ready");
-    axum::serve(listener, server::router(ctl.clone()))
+    let api = server::router(ctl.clone(), peer::Access { group })
+        .into_make_service_with_connect_info::<peer::Peer>();
+    axum::serve(listener, api)
         .with_graceful_shutdown(shutdown_signal()?)
         .await
         .context("serving the API")?;

@@ -20,6 +20,7 @@ use std::{
     fs::{self, File},
     io::Write as _,
     net::Ipv4Addr,
+    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
 };
 
@@ -425,7 +426,16 @@ impl Store {
         };
         let tmp = self.path.with_extension("json.tmp");
         let bytes = serde_json::to_vec_pretty(state).expect("state serialises");
-        let mut file = File::create(&tmp).map_err(err)?;
+        // 0600: the state names every container, address and namespace.
+        let mut file = File::options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(err)?;
+        file.set_permissions(fs::Permissions::from_mode(0o600))
+            .map_err(err)?;
         file.write_all(&bytes).map_err(err)?;
         file.sync_all().map_err(err)?;
         fs::rename(&tmp, &self.path).map_err(err)?;

@@ -19,7 +19,7 @@ mod queries;
 pub const HOST_UPLINK_IP: &str = "198.18.0.2";
 pub const OUTSIDE_IP: &str = "198.18.0.1";
 
-pub(crate) fn netbpf_bin() -> PathBuf {
+pub fn netbpf_bin() -> PathBuf {
     let bin = std::env::var_os("NETBPF_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/netbpf"));
