@@ -122,12 +122,37 @@ pub fn configure(
     // Like Docker: the first non-internal network gives the default route; internal
     // networks never do, since nothing outside them is reachable.
     if !network.internal && nl.default_route_link()?.is_none() {
-        match route {
-            DefaultRoute::ViaGateway => nl.add_default_route(network.gateway)?,
-            DefaultRoute::OutOfInterface => nl.add_default_route_dev(index)?,
-        }
+        add_default_route(nl, network, index, route)?;
     }
     Ok(())
+}
+
+fn add_default_route(
+    nl: &Netlink,
+    network: &NetworkRecord,
+    index: u32,
+    route: DefaultRoute,
+) -> Result<(), NetlinkError> {
+    match route {
+        DefaultRoute::ViaGateway => nl.add_default_route(network.gateway),
+        DefaultRoute::OutOfInterface => nl.add_default_route_dev(index),
+    }
+}
+
+/// Adds `endpoint`'s default route in `ns` unless the namespace has one (after another
+/// network's endpoint, which had it, went).
+pub fn default_route_if_none(
+    ns: &File,
+    network: &NetworkRecord,
+    endpoint: &EndpointRecord,
+    route: DefaultRoute,
+) -> Result<(), NetlinkError> {
+    Netlink::run(Some(ns), |nl| {
+        if nl.default_route_link()?.is_some() {
+            return Ok(());
+        }
+        add_default_route(nl, network, nl.link(&endpoint.ifname)?.index, route)
+    })
 }
 
 /// Sets the MTU of both ends of an endpoint's veth pair.

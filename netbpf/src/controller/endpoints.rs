@@ -288,7 +288,9 @@ impl Controller {
         })
     }
 
-    /// `network disconnect`: the endpoint goes at once, and the request with it.
+    /// `network disconnect`: the endpoint goes at once, and the request with it. As in
+    /// Docker, published ports that led to it move to the next network that can publish,
+    /// and the default route, if it went with it, to the next network that gives one.
     pub fn network_disconnect(&mut self, name: &str, container: &str) -> Result<()> {
         let net = self.network(name)?.clone();
         let c = self.container(container)?.clone();
@@ -298,21 +300,75 @@ impl Controller {
                 c.name, net.name
             )));
         }
+        let ports_move = !c.published.is_empty()
+            && self
+                .publishing_endpoint(&c.endpoints)
+                .is_some_and(|ep| ep.network == net.name);
+        if ports_move {
+            self.ports.unpublish(&mut self.datapath, &c.published);
+        }
+        let ns = c.is_running().then(|| self.open_netns(&c).ok()).flatten();
         for ep in c.endpoints.iter().filter(|ep| ep.network == net.name) {
-            if !ep.has_veth()
-                && c.is_running()
-                && let Ok(ns) = self.open_netns(&c)
-            {
-                macvlan::unwire(&ns, &ep.ifname);
+            if let (false, Some(ns)) = (ep.has_veth(), &ns) {
+                macvlan::unwire(ns, &ep.ifname);
             }
             self.release_endpoint(ep);
         }
-        self.transaction(|ctl, _| {
+        let remaining: Vec<EndpointRecord> = c
+            .endpoints
+            .iter()
+            .filter(|ep| ep.network != net.name)
+            .cloned()
+            .collect();
+        if let Some(ns) = &ns {
+            self.restore_default_route(ns, &remaining);
+        }
+        self.transaction(|ctl, undo| {
+            let published = match ctl.publishing_endpoint(&remaining) {
+                Some(ep) if ports_move => {
+                    let taken = ctl.published_by_others(&c.name);
+                    let hold = c.cni.is_none();
+                    let published = ctl.ports.publish(
+                        &mut ctl.datapath,
+                        &c.ports,
+                        &ep,
+                        &taken,
+                        &c.name,
+                        hold,
+                    )?;
+                    undo.push(Step::Ports(published.clone()));
+                    published
+                }
+                None if ports_move => vec![],
+                _ => c.published.clone(),
+            };
             let record = ctl.state.containers.get_mut(&c.name).expect("exists");
-            record.endpoints.retain(|ep| ep.network != net.name);
+            record.endpoints = remaining;
             record.networks.retain(|r| r.network != net.name);
+            record.published = published;
             Ok(())
         })
+    }
+
+    /// A default route through the first of `endpoints` that gives one, if the namespace
+    /// has none left (best effort: the container is told nothing either way).
+    fn restore_default_route(&self, ns: &File, endpoints: &[EndpointRecord]) {
+        let route = endpoints.iter().find_map(|ep| {
+            let net = self.state.networks.get(&ep.network)?;
+            let route = match net.kind() {
+                _ if net.internal => return None,
+                NetworkKind::Direct(parent) if !macvlan::routes_via_gateway(net, parent) => {
+                    endpoint::DefaultRoute::OutOfInterface
+                }
+                _ => endpoint::DefaultRoute::ViaGateway,
+            };
+            Some((net, ep, route))
+        });
+        if let Some((net, ep, route)) = route
+            && let Err(error) = endpoint::default_route_if_none(ns, net, ep, route)
+        {
+            tracing::warn!(%error, network = net.name, "no default route after disconnect");
+        }
     }
 }
 

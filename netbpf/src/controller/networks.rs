@@ -218,6 +218,19 @@ impl Controller {
         })?;
         let pool = pool(subnet, spec.gateway, spec.ip_range)?;
         self.check_no_overlap(pool.subnet)?;
+        // As Docker: one network per parent (a second would share, and the first's removal
+        // delete, a VLAN sub-interface netbpf made for it).
+        if let Some(other) = self
+            .state
+            .networks
+            .values()
+            .find(|n| n.parent.as_ref().is_some_and(|p| p.name == parent.name))
+        {
+            return Err(Error::conflict(format!(
+                "network {} is already using parent interface {}",
+                other.name, parent.name
+            )));
+        }
         let plan = macvlan::check_parent(parent)?;
         macvlan::probe_kernel_support(driver, &parent.mode, plan.existing(parent))?;
         self.transaction(|ctl, undo| {
