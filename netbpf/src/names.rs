@@ -23,7 +23,9 @@ pub type NameFile = (PathBuf, &'static str);
 
 pub struct Names {
     dns: DnsServers,
-    /// The host's resolvers, from its /etc/resolv.conf at start.
+    /// The host's resolv.conf (`--resolv-conf`) as last read, and the embedded DNS's
+    /// upstreams from it.
+    host_resolv_conf: String,
     host_upstreams: Vec<SocketAddr>,
     /// `--state-dir`: each container's files are in `containers/<id>/`.
     state_dir: PathBuf,
@@ -39,13 +41,28 @@ impl Names {
         runtime: tokio::runtime::Handle,
         state_dir: &Path,
         netns_prefix: Option<String>,
+        host_resolv_conf: String,
     ) -> Self {
         Self {
             dns: DnsServers::new(runtime),
-            host_upstreams: dns::table::host_upstreams(&host_resolv_conf()),
+            host_upstreams: dns::table::host_upstreams(&host_resolv_conf),
+            host_resolv_conf,
             state_dir: state_dir.to_owned(),
             netns_prefix,
         }
+    }
+
+    /// The host's resolv.conf changed (a DHCP lease, a VPN, systemd-resolved): the
+    /// embedded DNS forwards to its new resolvers from the next query on (once `sync`ed).
+    /// Returns whether anything changed.
+    pub fn set_host_resolv_conf(&mut self, text: String) -> bool {
+        if text == self.host_resolv_conf {
+            return false;
+        }
+        self.host_upstreams = dns::table::host_upstreams(&text);
+        tracing::info!(upstreams = ?self.host_upstreams, "host resolvers changed");
+        self.host_resolv_conf = text;
+        true
     }
 
     /// Brings the embedded DNS table in line with `state` and the names other hosts publish
@@ -102,7 +119,12 @@ impl Names {
         let resolv_text = if embedded {
             dns::files::resolv_conf_embedded(&c.dns_search)
         } else {
-            dns::files::resolv_conf_direct(&host_resolv_conf(), &c.dns, &c.dns_search)
+            dns::files::resolv_conf_direct(
+                &self.host_resolv_conf,
+                &systemd_resolved_servers(),
+                &c.dns,
+                &c.dns_search,
+            )
         };
         std::fs::write(&resolv, resolv_text)?;
         std::fs::write(&hosts, dns::files::hosts(&c.name, ip, links))?;
@@ -147,6 +169,8 @@ impl Names {
     }
 }
 
-fn host_resolv_conf() -> String {
-    std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()
+/// systemd-resolved's list of the real servers behind its 127.0.0.53 stub (empty without
+/// it), for containers that cannot reach the host's loopback.
+fn systemd_resolved_servers() -> String {
+    std::fs::read_to_string("/run/systemd/resolve/resolv.conf").unwrap_or_default()
 }

@@ -66,6 +66,10 @@ pub struct DaemonArgs {
     /// or /run/docker/plugins/netbpf.sock, where Docker looks for it.
     #[arg(long, num_args = 0..=1, default_missing_value = crate::docker::DEFAULT_SOCKET)]
     pub docker_plugin: Option<PathBuf>,
+    /// The host's resolver configuration: the embedded DNS forwards to its resolvers (a
+    /// loopback stub such as systemd-resolved's included), re-read when it changes.
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    pub resolv_conf: PathBuf,
     /// A group whose members may use the API too (as Docker's `docker` group): the socket
     /// becomes 0660 with that group. Without it, root only.
     #[arg(long)]
@@ -275,17 +279,37 @@ fn prepare(state_dir: PathBuf, args: &DaemonArgs) -> anyhow::Result<(Config, boo
         bpffs,
         uplink,
         default_subnet: args.default_subnet,
+        resolv_conf: args.resolv_conf.clone(),
     };
     prepare_netns_dir(&config.netns_dir())?;
     Ok((config, mounted_bpffs))
 }
 
-/// The daemon's background loops: flow expiry every 10 s, and container exits handed to
-/// the controller in the order they come.
+/// The daemon's background loops: flow expiry every 10 s, container exits handed to the
+/// controller in the order they come, and the host's resolv.conf watched (read every 2 s
+/// off the lock; the controller hears only of a change).
 fn spawn_loops(
     ctl: &Shared,
     mut exits: mpsc::UnboundedReceiver<crate::exits::ExitEvent>,
+    resolv_conf: PathBuf,
 ) -> Vec<tokio::task::JoinHandle<()>> {
+    let resolvers = {
+        let ctl = ctl.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            let mut last = None;
+            loop {
+                tick.tick().await;
+                let text = tokio::fs::read_to_string(&resolv_conf)
+                    .await
+                    .unwrap_or_default();
+                if last.as_ref() != Some(&text) {
+                    last = Some(text.clone());
+                    let _ = ctl.run(move |c| c.set_host_resolv_conf(text)).await;
+                }
+            }
+        })
+    };
     let expiry = {
         let ctl = ctl.clone();
         tokio::spawn(async move {
@@ -304,7 +328,7 @@ fn spawn_loops(
             }
         })
     };
-    vec![expiry, exit]
+    vec![expiry, exit, resolvers]
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -369,7 +393,7 @@ pub async fn run(socket: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
             }
         }
     };
-    let mut loops = spawn_loops(&ctl, exits_rx);
+    let mut loops = spawn_loops(&ctl, exits_rx, config.resolv_conf.clone());
     if let Some(url) = &args.cluster_store {
         loops.push(start_cluster(
             url,

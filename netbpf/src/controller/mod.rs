@@ -69,6 +69,8 @@ pub struct Config {
     /// resolv.conf and hosts in `/etc/netns/<prefix><name>/`, so `ip netns exec` works.
     /// `None`: not exposed.
     pub netns_prefix: Option<String>,
+    /// The host's resolver configuration (`--resolv-conf`, /etc/resolv.conf).
+    pub resolv_conf: PathBuf,
 }
 
 impl Config {
@@ -140,6 +142,7 @@ impl Controller {
             tokio::runtime::Handle::current(),
             &config.state_dir,
             config.netns_prefix.clone(),
+            std::fs::read_to_string(&config.resolv_conf).unwrap_or_default(),
         );
         let mut ctl = Self {
             config,
@@ -332,6 +335,13 @@ impl Controller {
 
     pub fn unreconciled(&self) -> &[String] {
         &self.unreconciled
+    }
+
+    /// The host's resolv.conf as it reads now (the daemon watches the file).
+    pub fn set_host_resolv_conf(&mut self, text: String) {
+        if self.names.set_host_resolv_conf(text) {
+            self.sync_names();
+        }
     }
 
     /// Expires idle NAT flows; the daemon calls it periodically.

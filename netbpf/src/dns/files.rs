@@ -16,11 +16,16 @@ pub fn resolv_conf_embedded(search: &[String]) -> String {
 
 /// resolv.conf for a container on the default bridge (or with no network): the host's
 /// resolvers, or its `--dns` servers, as Docker writes it. Loopback resolvers of the host
-/// are unreachable from a container and left out.
-pub fn resolv_conf_direct(host_resolv_conf: &str, dns: &[IpAddr], search: &[String]) -> String {
+/// are unreachable from a container: then those of `upstream_conf` (systemd-resolved's).
+pub fn resolv_conf_direct(
+    host_resolv_conf: &str,
+    upstream_conf: &str,
+    dns: &[IpAddr],
+    search: &[String],
+) -> String {
     let mut out = String::new();
     if dns.is_empty() {
-        for ns in super::table::host_upstreams(host_resolv_conf) {
+        for ns in super::table::direct_nameservers(host_resolv_conf, upstream_conf) {
             out.push_str(&format!("nameserver {}\n", ns.ip()));
         }
     } else {
@@ -80,12 +85,22 @@ mod tests {
     fn direct_resolv_conf_follows_the_host_or_dns_flags() {
         let host = "search corp.example\nnameserver 127.0.0.53\nnameserver 192.0.2.1\n";
         assert_eq!(
-            resolv_conf_direct(host, &[], &[]),
+            resolv_conf_direct(host, "", &[], &[]),
             "nameserver 192.0.2.1\nsearch corp.example\n"
+        );
+        // Only systemd-resolved's stub: the real servers behind it, as Docker does.
+        assert_eq!(
+            resolv_conf_direct(
+                "nameserver 127.0.0.53\n",
+                "nameserver 10.20.0.2\n",
+                &[],
+                &[]
+            ),
+            "nameserver 10.20.0.2\n"
         );
         let dns = ["192.0.2.53".parse().unwrap()];
         assert_eq!(
-            resolv_conf_direct(host, &dns, &["example.test".into()]),
+            resolv_conf_direct(host, "", &dns, &["example.test".into()]),
             "nameserver 192.0.2.53\nsearch example.test\n"
         );
     }

@@ -176,25 +176,53 @@ fn only_internal(state: &State, c: &ContainerRecord) -> bool {
             .all(|ep| state.networks.get(&ep.network).is_some_and(|n| n.internal))
 }
 
-/// The host's upstream resolvers from a resolv.conf, leaving out loopback ones (a local
-/// stub such as systemd-resolved is unreachable from containers), as Docker does; its
-/// public fallback when none is left.
-pub fn host_upstreams(resolv_conf: &str) -> Vec<SocketAddr> {
-    let found: Vec<SocketAddr> = resolv_conf
+/// The public resolvers used when a host names none at all, as Docker does.
+const FALLBACK: [&str; 2] = ["8.8.8.8:53", "8.8.4.4:53"];
+
+fn nameservers(resolv_conf: &str) -> impl Iterator<Item = IpAddr> + '_ {
+    resolv_conf
         .lines()
         .filter_map(|l| l.trim().strip_prefix("nameserver"))
         .filter_map(|ip| ip.trim().parse::<IpAddr>().ok())
-        .filter(|ip| !ip.is_loopback())
-        .map(|ip| SocketAddr::new(ip, 53))
-        .collect();
+}
+
+fn or_fallback(found: Vec<SocketAddr>) -> Vec<SocketAddr> {
     if found.is_empty() {
-        ["8.8.8.8:53", "8.8.4.4:53"]
-            .iter()
-            .map(|a| a.parse().expect("valid"))
-            .collect()
+        FALLBACK.iter().map(|a| a.parse().expect("valid")).collect()
     } else {
         found
     }
+}
+
+/// Where the embedded DNS forwards: every resolver of the host's resolv.conf, loopback
+/// ones included — the forwarder runs in the host's namespace, so a local stub such as
+/// systemd-resolved's 127.0.0.53 (and the split or corporate DNS behind it) is reachable.
+/// The public fallback only when the host names none.
+pub fn host_upstreams(resolv_conf: &str) -> Vec<SocketAddr> {
+    or_fallback(
+        nameservers(resolv_conf)
+            .map(|ip| SocketAddr::new(ip, 53))
+            .collect(),
+    )
+}
+
+/// The resolvers a container asks itself (no embedded DNS: the default bridge), from its
+/// own namespace, where the host's loopback is not the host's: the host's non-loopback
+/// ones, else those of `upstream_conf` (systemd-resolved's list of real servers, which
+/// Docker reads in that case), else the public fallback.
+pub fn direct_nameservers(resolv_conf: &str, upstream_conf: &str) -> Vec<SocketAddr> {
+    let reachable = |conf| -> Vec<SocketAddr> {
+        nameservers(conf)
+            .filter(|ip| !ip.is_loopback())
+            .map(|ip| SocketAddr::new(ip, 53))
+            .collect()
+    };
+    let own = reachable(resolv_conf);
+    or_fallback(if own.is_empty() {
+        reachable(upstream_conf)
+    } else {
+        own
+    })
 }
 
 #[cfg(test)]
@@ -316,11 +344,21 @@ mod tests {
     }
 
     #[test]
-    fn host_upstreams_skip_loopback_stubs() {
+    fn the_forwarder_keeps_loopback_stubs_and_containers_get_reachable_servers() {
+        let stub = "nameserver 127.0.0.53\n";
+        let addr = |a: &str| -> SocketAddr { a.parse().unwrap() };
+        assert_eq!(host_upstreams(stub), vec![addr("127.0.0.53:53")]);
+        assert_eq!(host_upstreams("search x\n"), FALLBACK.map(addr).to_vec());
+        let resolved = "nameserver 10.20.0.2\nnameserver 127.0.0.1\n";
         assert_eq!(
-            host_upstreams("nameserver 127.0.0.53\nnameserver 192.0.2.1\n"),
-            vec!["192.0.2.1:53".parse().unwrap()]
+            direct_nameservers(stub, resolved),
+            vec![addr("10.20.0.2:53")]
         );
-        assert_eq!(host_upstreams("nameserver 127.0.0.53\n").len(), 2);
+        assert_eq!(direct_nameservers(stub, ""), FALLBACK.map(addr).to_vec());
+        let both = "nameserver 127.0.0.53\nnameserver 192.0.2.1\n";
+        assert_eq!(
+            direct_nameservers(both, resolved),
+            vec![addr("192.0.2.1:53")]
+        );
     }
 }
