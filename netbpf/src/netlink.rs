@@ -419,6 +419,27 @@ fn link_from_message(msg: LinkMessage) -> Link {
     link
 }
 
+/// Address changes in the caller's namespace (netlink's IPv4 address group): a message per
+/// address added or removed, for the daemon to follow a DHCP renew. Must be called on the
+/// daemon's runtime (the connection is spawned there).
+pub fn address_changes() -> Result<futures::channel::mpsc::UnboundedReceiver<()>, NetlinkError> {
+    use futures::StreamExt as _;
+    use rtnetlink::sys::AsyncSocket as _;
+    let (mut connection, _handle, mut messages) = rtnetlink::new_connection()?;
+    let groups = rtnetlink::sys::SocketAddr::new(0, rtnetlink::constants::RTMGRP_IPV4_IFADDR);
+    connection.socket_mut().socket_mut().bind(&groups)?;
+    tokio::spawn(connection);
+    let (tx, rx) = futures::channel::mpsc::unbounded();
+    tokio::spawn(async move {
+        while messages.next().await.is_some() {
+            if tx.unbounded_send(()).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(rx)
+}
+
 /// Best-effort teardown: deletes interface `name` (in `ns`, or the daemon's namespace) if it
 /// exists, logging rather than failing, so a teardown carries on with its other steps.
 pub fn remove_link(ns: Option<&File>, name: &str, what: &str) {

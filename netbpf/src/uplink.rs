@@ -66,6 +66,10 @@ pub enum UplinkError {
 }
 
 pub struct Uplink {
+    /// The uplink's name, if there is one.
+    name: Option<String>,
+    /// What the programs were told (kept to change the masquerade address alone).
+    nat_config: NatConfig,
     /// Set once the uplink programs are attached.
     mode: Option<NatMode>,
     /// Tracked NAT flows at the last expiry pass.
@@ -82,6 +86,8 @@ impl Uplink {
         cgroup: &Path,
     ) -> Result<Self, UplinkError> {
         let mut this = Self {
+            name: uplink.map(str::to_owned),
+            nat_config: NatConfig::default(),
             mode: None,
             tracked_flows: TrackedFlows::default(),
         };
@@ -132,7 +138,35 @@ impl Uplink {
             );
         }
         datapath.set_nat_config(config)?;
+        this.nat_config = config;
         Ok(this)
+    }
+
+    /// After an address change (a DHCP renew, an operator's `ip addr`): the host-address
+    /// map again, and masquerade to the uplink's address as it is now. Returns whether
+    /// the masquerade address changed.
+    pub fn follow_addresses(&mut self, datapath: &mut Datapath) -> Result<bool, UplinkError> {
+        self.refresh_host_addrs(datapath)?;
+        let Some(uplink) = &self.name else {
+            return Ok(false);
+        };
+        let addr = Netlink::run(None, |nl| {
+            let link = nl.link(uplink)?;
+            Ok(nl.addresses_of(link.index)?.into_iter().next())
+        })?;
+        let key = addr.map_or_else(IpAddrKey::default, |a| IpAddrKey::from_v4(a.octets()));
+        if key == self.nat_config.uplink_addr {
+            return Ok(false);
+        }
+        match addr {
+            Some(addr) => {
+                tracing::info!(uplink, %addr, "uplink address changed: masquerade follows")
+            }
+            None => tracing::warn!(uplink, "uplink lost its IPv4 address: no masquerade"),
+        }
+        self.nat_config.uplink_addr = key;
+        datapath.set_nat_config(self.nat_config)?;
+        Ok(true)
     }
 
     pub fn mode(&self) -> Option<NatMode> {

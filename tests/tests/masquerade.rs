@@ -251,3 +251,45 @@ fn masquerade_never_takes_a_host_connections_ports() {
     assert_eq!(range, "61000-64999");
     assert!(reserved.contains(&range), "reserved: {reserved}");
 }
+
+#[test]
+fn masquerade_and_published_ports_follow_an_uplink_address_change() {
+    let mut host = TestHost::new();
+    let log = host.dir.join("outside-sink.log");
+    sink::outside(&mut host, 9999, &log);
+    sink::in_container(&host, "web", "bridge", &["7777:9999/udp"]);
+    let send_out = |payload: &str| {
+        host.ok(&[
+            "exec", "web", "--", "python3", "-c", UDP_SEND, OUTSIDE_IP, "9999", payload,
+        ]);
+    };
+    send_out("before");
+    netbpf_tests::eventually(5, "the first datagram outside", || {
+        sink::lines_with(&log, &format!("got before {HOST_UPLINK_IP} ")) == 1
+    });
+
+    // A DHCP renew hands the host another address (and the router again).
+    let ip = |args: &[&str]| {
+        let mut all = vec!["-n", host.host_ns.as_str()];
+        all.extend(args);
+        netbpf_tests::must("ip", &all);
+    };
+    ip(&["addr", "del", &format!("{HOST_UPLINK_IP}/24"), "dev", "up0"]);
+    ip(&["addr", "add", "198.18.0.3/24", "dev", "up0"]);
+    ip(&["route", "replace", "default", "via", OUTSIDE_IP]);
+    netbpf_tests::eventually(5, "masquerade to the new address", || {
+        send_out("after");
+        sink::lines_with(&log, "got after 198.18.0.3 ") > 0
+    });
+    // (One sent in the 200 ms before the daemon followed may still carry the old one.)
+    send_out("later");
+    netbpf_tests::eventually(5, "the next datagram from the new address", || {
+        sink::lines_with(&log, "got later 198.18.0.3 ") == 1
+    });
+    // The published port answers on the new address.
+    sink::send(host.outside(
+        "python3",
+        &["-c", UDP_SEND, "198.18.0.3", "7777", "inbound"],
+    ));
+    sink::wait_for_log(&host, "web", "got inbound", 1);
+}

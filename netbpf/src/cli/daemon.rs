@@ -328,7 +328,28 @@ fn spawn_loops(
             }
         })
     };
-    vec![expiry, exit, resolvers]
+    vec![expiry, exit, resolvers, follow_addresses(ctl)]
+}
+
+/// Follows the host's address changes (a DHCP renew): a burst of netlink events (delete,
+/// add) is let settle for 200 ms, then the uplink re-reads its addresses.
+fn follow_addresses(ctl: &Shared) -> tokio::task::JoinHandle<()> {
+    let ctl = ctl.clone();
+    tokio::spawn(async move {
+        use futures::StreamExt as _;
+        let mut changes = match crate::netlink::address_changes() {
+            Ok(changes) => changes,
+            Err(error) => {
+                tracing::warn!(%error, "cannot follow address changes");
+                return;
+            }
+        };
+        while changes.next().await.is_some() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            while changes.try_recv().is_ok() {}
+            let _ = ctl.run(Controller::follow_addresses).await;
+        }
+    })
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -344,6 +344,13 @@ impl Controller {
         }
     }
 
+    /// The host's addresses changed: the uplink follows them.
+    pub fn follow_addresses(&mut self) {
+        if let Err(error) = self.uplink.follow_addresses(&mut self.datapath) {
+            tracing::warn!(%error, "following an address change");
+        }
+    }
+
     /// Expires idle NAT flows; the daemon calls it periodically.
     pub fn expire_flows(&mut self) {
         self.uplink.expire_flows(&mut self.datapath);
