@@ -167,6 +167,39 @@ impl Etcd {
         }
     }
 
+    /// Cuts the server off the underlay without a word (its link down: no RST, no FIN), as
+    /// a partition does; [`Etcd::heal`] undoes it.
+    pub fn partition(&self) {
+        must("ip", &["-n", &self.ns, "link", "set", "eth0", "down"]);
+    }
+
+    pub fn heal(&self) {
+        must("ip", &["-n", &self.ns, "link", "set", "eth0", "up"]);
+    }
+
+    /// Writes `value` at `key` as any etcd client could (the v3 JSON gateway), bypassing
+    /// netbpf: for records netbpf would never write.
+    pub fn put_raw(&self, key: &str, value: &str) {
+        use base64::Engine as _;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let body = format!(r#"{{"key":"{}","value":"{}"}}"#, b64(key), b64(value));
+        let url = format!("http://{}:2379/v3/kv/put", self.addr);
+        let out = must(
+            "nsenter",
+            &[
+                &format!("--net=/run/netns/{}", self.ns),
+                "curl",
+                "-sf",
+                "-X",
+                "POST",
+                "-d",
+                &body,
+                &url,
+            ],
+        );
+        assert!(out.contains("revision"), "etcd put: {out}");
+    }
+
     /// Stops the server (SIGKILL: an outage, not a shutdown).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

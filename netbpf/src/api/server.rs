@@ -125,12 +125,10 @@ async fn network_create(
     Json(req): Json<NetworkCreate>,
 ) -> Result<(StatusCode, Json<NetworkView>), ApiError> {
     let spec = req.try_into()?;
-    with(&ctl, move |c| {
-        let name = c.network_create(spec)?;
-        network_view(c, &name)
-    })
-    .await
-    .map(|v| (StatusCode::CREATED, Json(v)))
+    let name = ctl.network_create(spec).await?;
+    with(&ctl, move |c| network_view(c, &name))
+        .await
+        .map(|v| (StatusCode::CREATED, Json(v)))
 }
 
 async fn network_inspect(
@@ -144,9 +142,8 @@ async fn network_remove(
     State(ctl): State<Shared>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    with(&ctl, move |c| Ok(c.network_remove(&name)?))
-        .await
-        .map(|()| StatusCode::NO_CONTENT)
+    ctl.network_remove(name).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn network_prune(State(ctl): State<Shared>) -> ApiResult<Vec<String>> {

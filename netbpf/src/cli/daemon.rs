@@ -232,7 +232,9 @@ fn start_cluster(
         host: vtep.to_string(),
         vtep,
     };
-    let cluster = overlay::store::Cluster::start(endpoint, me, views_tx);
+    // The blocks this host's overlay networks have: it asks for the same ones again.
+    let held = ctl.lock().overlay_blocks();
+    let cluster = overlay::store::Cluster::start(endpoint, me, views_tx, held);
     ctl.lock().set_cluster(cluster);
     let ctl = ctl.clone();
     Ok(tokio::spawn(async move {

@@ -2,7 +2,11 @@
 //! networks this host joins (a local bridge network on its block) and leaves, this module
 //! makes those changes, then the overlay maps are written from the view.
 
-use super::{Controller, networks::BridgeNetwork};
+use super::{
+    Controller,
+    networks::{BridgeNetwork, Created, Removal},
+    specs::NetworkSpec,
+};
 use crate::{
     ipam::Pool,
     overlay::{ClusterView, plan::Join, store::Cluster},
@@ -14,6 +18,17 @@ impl Controller {
     /// them and leases a block of the subnet for its own containers.
     pub fn set_cluster(&mut self, cluster: Cluster) {
         self.overlay.set_cluster(cluster);
+    }
+
+    /// This host's block of each overlay network it has joined (from its state, so they
+    /// survive restarts).
+    pub fn overlay_blocks(&self) -> std::collections::BTreeMap<String, ipnet::Ipv4Net> {
+        self.state
+            .networks
+            .values()
+            .filter(|n| n.overlay.is_some())
+            .map(|n| (n.name.clone(), n.subnet))
+            .collect()
     }
 
     /// A new view of the cluster store: overlay networks and which host holds which block.
@@ -65,4 +80,48 @@ impl Controller {
         };
         self.transaction(|ctl, undo| ctl.create_bridge_network(undo, network))
     }
+}
+
+/// Changes that write to the cluster store: checked under the controller lock, written to
+/// the store off it (an etcd that hangs holds up only the one request, for at most
+/// [`crate::overlay::store::ASK_DEADLINE`]), then recorded under the lock again.
+impl super::Shared {
+    /// `network create`.
+    pub async fn network_create(&self, spec: NetworkSpec) -> super::Result<String> {
+        match self
+            .run(move |c| c.network_create(spec))
+            .await
+            .map_err(panicked)??
+        {
+            Created::Local(name) => Ok(name),
+            Created::Overlay(pending) => {
+                let name = pending.spec.name.clone();
+                pending.cluster.create_network(pending.spec.clone()).await?;
+                let spec = pending.spec;
+                self.run(move |c| c.overlay_defined(spec))
+                    .await
+                    .map_err(panicked)?;
+                Ok(name)
+            }
+        }
+    }
+
+    /// `network rm`.
+    pub async fn network_remove(&self, name: String) -> super::Result<()> {
+        let removal = self
+            .run(move |c| c.network_remove(&name))
+            .await
+            .map_err(panicked)??;
+        if let Removal::Overlay { cluster, name } = removal {
+            cluster.remove_network(&name).await?;
+            self.run(move |c| c.overlay_removed(&name))
+                .await
+                .map_err(panicked)??;
+        }
+        Ok(())
+    }
+}
+
+fn panicked(error: tokio::task::JoinError) -> super::Error {
+    super::Error::Other(anyhow::anyhow!("controller call failed: {error}"))
 }

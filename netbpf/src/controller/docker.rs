@@ -55,44 +55,33 @@ impl Controller {
             .unwrap_or_else(|| network_name(network_id))
     }
 
-    /// `CreateNetwork`: a netbpf network for `spec` (named after Docker's id, or as
-    /// `-o netbpf.name` says when `named`). An overlay of that name that another host's
-    /// Docker (or netbpf) already defined in the cluster store is joined, not defined again:
-    /// every host then has its block of it.
-    pub fn docker_create_network(
-        &mut self,
-        network_id: &str,
-        named: bool,
-        spec: NetworkSpec,
-    ) -> Result<String> {
-        let name = spec.name.clone();
-        let defined = self.overlay.view().networks.get(&name).cloned();
+    /// `CreateNetwork`, first step: the network to make for `spec`, or none when it is an
+    /// overlay another host's Docker (or netbpf) already defined in the cluster store under
+    /// that name, which this host then joins (every host has its block of it).
+    pub fn docker_network_plan(&self, spec: NetworkSpec) -> Result<Option<NetworkSpec>> {
+        let defined = self.overlay.view().networks.get(&spec.name).cloned();
         match (&spec.driver, defined) {
             (DriverSpec::Overlay { vni, .. }, Some(defined)) => {
                 if spec.subnet != Some(defined.subnet) || vni.is_some_and(|v| v != defined.vni) {
                     return Err(Error::conflict(format!(
-                        "overlay network {name} is defined with subnet {} and vni {}: create the Docker network with --subnet {}",
-                        defined.subnet, defined.vni, defined.subnet
+                        "overlay network {} is defined with subnet {} and vni {}: create the Docker network with --subnet {}",
+                        spec.name, defined.subnet, defined.vni, defined.subnet
                     )));
                 }
+                Ok(None)
             }
-            _ => {
-                self.network_create(spec)?;
-            }
+            _ => Ok(Some(spec)),
         }
-        if named {
-            let saved = self.transaction(|ctl, _| {
-                ctl.state
-                    .docker_networks
-                    .insert(network_id.to_owned(), name.clone());
-                Ok(())
-            });
-            if let Err(error) = saved {
-                let _ = self.docker_remove_network(network_id);
-                return Err(error);
-            }
-        }
-        Ok(name)
+    }
+
+    /// `CreateNetwork`, last step for a network `-o netbpf.name` named: Docker's id for it.
+    pub fn docker_name_network(&mut self, network_id: &str, name: &str) -> Result<()> {
+        self.transaction(|ctl, _| {
+            ctl.state
+                .docker_networks
+                .insert(network_id.to_owned(), name.to_owned());
+            Ok(())
+        })
     }
 
     /// `DeleteNetwork`. An overlay stays defined in the cluster store (other hosts may
@@ -102,7 +91,7 @@ impl Controller {
         let name = self.docker_network_name(network_id);
         if !self.overlay.view().networks.contains_key(&name) && self.state.network(&name).is_some()
         {
-            self.network_remove(&name)?;
+            self.remove_local_network(&name)?;
         }
         if self.state.docker_networks.contains_key(network_id) {
             self.transaction(|ctl, _| {

@@ -35,7 +35,7 @@ fn pool(subnet: Ipv4Net, gateway: Option<Ipv4Addr>, range: Option<Ipv4Net>) -> R
 
 impl Controller {
     /// `network create`; returns the new network's name.
-    pub fn network_create(&mut self, spec: NetworkSpec) -> Result<String> {
+    pub fn network_create(&mut self, spec: NetworkSpec) -> Result<Created> {
         network::validate_name("network", &spec.name)?;
         if network::RESERVED_NAMES.contains(&spec.name.as_str()) || spec.name == DEFAULT_NETWORK {
             return Err(Error::conflict(format!(
@@ -56,10 +56,17 @@ impl Controller {
         }
         match &spec.driver {
             DriverSpec::Bridge => self.create_user_bridge(&spec)?,
-            DriverSpec::Overlay { vni, port } => self.define_overlay(&spec, *vni, *port)?,
+            DriverSpec::Overlay { vni, port } => {
+                return Ok(Created::Overlay(self.define_overlay(&spec, *vni, *port)?));
+            }
             DriverSpec::Direct { driver, parent } => self.create_direct(&spec, driver, parent)?,
         }
-        Ok(spec.name)
+        Ok(Created::Local(spec.name))
+    }
+
+    /// An overlay network the cluster store has defined: in the view at once.
+    pub fn overlay_defined(&mut self, spec: OverlaySpec) {
+        self.overlay.defined(spec);
     }
 
     fn create_user_bridge(&mut self, spec: &NetworkSpec) -> Result<()> {
@@ -248,8 +255,14 @@ impl Controller {
     }
 
     /// Overlay networks across hosts: defined in the cluster store, where every daemon sees
-    /// them and leases a block of the subnet for its own containers.
-    fn define_overlay(&mut self, spec: &NetworkSpec, vni: Option<u32>, port: u16) -> Result<()> {
+    /// them and leases a block of the subnet for its own containers. Checked here; the
+    /// store is written off the controller lock ([`Created::Overlay`]).
+    fn define_overlay(
+        &mut self,
+        spec: &NetworkSpec,
+        vni: Option<u32>,
+        port: u16,
+    ) -> Result<PendingOverlay> {
         let cluster = self.overlay.cluster().cloned().ok_or_else(|| {
             Error::invalid(
                 "overlay networks need a cluster store: start the daemon with --cluster-store etcd://HOST:PORT",
@@ -304,27 +317,36 @@ impl Controller {
             port,
             created: now_rfc3339(),
         };
-        Ok(self.overlay.define(&cluster, spec)?)
+        Ok(PendingOverlay { cluster, spec })
     }
 
-    /// `network rm`: an overlay network leaves the cluster store (and this host); any
-    /// other network only this host.
-    pub fn network_remove(&mut self, name: &str) -> Result<()> {
+    /// `network rm`: an overlay network leaves the cluster store (and this host: checked
+    /// here, done off the lock, [`Removal::Overlay`]); any other network only this host.
+    pub fn network_remove(&mut self, name: &str) -> Result<Removal> {
         if self.overlay.view().networks.contains_key(name) {
             let cluster = self.overlay.cluster().cloned().ok_or_else(|| {
                 Error::invalid("overlay networks are removed through the cluster store")
             })?;
-            let local = self.state.networks.contains_key(name);
-            if local {
+            if self.state.networks.contains_key(name) {
                 self.check_unused(name)?;
             }
-            self.overlay.undefine(&cluster, name)?;
-            if local {
-                self.remove_local_network(name)?;
-            }
-            return Ok(());
+            return Ok(Removal::Overlay {
+                cluster,
+                name: name.to_owned(),
+            });
         }
-        self.remove_local_network(name)
+        self.remove_local_network(name)?;
+        Ok(Removal::Done)
+    }
+
+    /// An overlay network the cluster store has removed: gone from the view, and its
+    /// local part from this host.
+    pub fn overlay_removed(&mut self, name: &str) -> Result<()> {
+        self.overlay.undefined(name);
+        if self.state.networks.contains_key(name) {
+            self.remove_local_network(name)?;
+        }
+        Ok(())
     }
 
     fn check_unused(&self, name: &str) -> Result<()> {
@@ -363,18 +385,43 @@ impl Controller {
         Ok(())
     }
 
-    /// Removes every user-defined network no container uses; returns their names.
+    /// Removes every user-defined network no container uses; returns their names. Overlay
+    /// networks are left alone: they are the cluster's, and other hosts may use them.
     pub fn network_prune(&mut self) -> Result<Vec<String>> {
         let unused: Vec<String> = self
             .state
             .networks
-            .keys()
-            .filter(|name| *name != DEFAULT_NETWORK && self.state.users_of(name).is_empty())
-            .cloned()
+            .values()
+            .filter(|n| n.name != DEFAULT_NETWORK && n.overlay.is_none())
+            .filter(|n| self.state.users_of(&n.name).is_empty())
+            .map(|n| n.name.clone())
             .collect();
         for name in &unused {
-            self.network_remove(name)?;
+            self.remove_local_network(name)?;
         }
         Ok(unused)
     }
+}
+
+/// What `network create` did, or leaves to do off the lock.
+#[must_use = "an overlay network is only defined once the store is written"]
+pub enum Created {
+    Local(String),
+    Overlay(PendingOverlay),
+}
+
+/// An overlay network checked and ready to be written to the cluster store.
+pub struct PendingOverlay {
+    pub cluster: crate::overlay::store::Cluster,
+    pub spec: OverlaySpec,
+}
+
+/// What `network rm` did, or leaves to do off the lock.
+#[must_use = "an overlay network is only removed once the store is written"]
+pub enum Removal {
+    Done,
+    Overlay {
+        cluster: crate::overlay::store::Cluster,
+        name: String,
+    },
 }

@@ -164,14 +164,51 @@ pub(crate) async fn on_retrying<T: Send + 'static>(
 async fn create_network(State(ctl): State<Shared>, bytes: Bytes) -> Result<Json<Empty>, Failure> {
     let req: CreateNetwork = body(&bytes)?;
     let (spec, named) = network_spec(&req)?;
-    let id = req.network_id.clone();
-    let name = on(&ctl, move |c| c.docker_create_network(&id, named, spec)).await?;
-    tracing::info!(
-        network = name,
-        docker_id = req.network_id,
-        "Docker network created"
-    );
+    let (id, name) = (req.network_id.clone(), spec.name.clone());
+    let plan = spec.clone();
+    let to_make = on(&ctl, move |c| c.docker_network_plan(plan)).await?;
+    let made = to_make.is_some();
+    if let Some(spec) = to_make {
+        // (An overlay is written to the cluster store off the controller lock.)
+        if let Err(error) = ctl.network_create(spec.clone()).await {
+            // Another host may have defined the overlay a moment ago, before this host's
+            // view of the store showed it: then this host joins it.
+            if !matches!(spec.driver, DriverSpec::Overlay { .. })
+                || !joins_defined(&ctl, spec).await?
+            {
+                return Err(Failure::new(error.to_string()));
+            }
+        }
+    }
+    if named {
+        let (for_id, for_name) = (id.clone(), name.clone());
+        let saved = on(&ctl, move |c| c.docker_name_network(&for_id, &for_name)).await;
+        if let Err(failure) = saved {
+            if made {
+                let _ = ctl.network_remove(name).await;
+            }
+            return Err(failure);
+        }
+    }
+    tracing::info!(network = name, docker_id = id, "Docker network created");
     Ok(Json(Empty {}))
+}
+
+/// Whether this host's view comes to show overlay `spec` defined (within the plugin's
+/// patience) as `spec` asks for it; a different definition is an error.
+async fn joins_defined(ctl: &Shared, spec: NetworkSpec) -> Result<bool, Failure> {
+    let deadline = tokio::time::Instant::now() + NOT_YET_PATIENCE;
+    while tokio::time::Instant::now() < deadline {
+        let plan = spec.clone();
+        if on(ctl, move |c| c.docker_network_plan(plan))
+            .await?
+            .is_none()
+        {
+            return Ok(true);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    Ok(false)
 }
 
 /// The netbpf network for a `CreateNetwork`: Docker's IPAM pool and gateway, its id,

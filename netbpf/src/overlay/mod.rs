@@ -27,7 +27,7 @@ use crate::{
     netlink::Netlink,
     state::{NetworkKind, State},
 };
-use store::{Cluster, StoreError};
+use store::Cluster;
 
 /// The UDP port of RFC 7348; Flannel's VXLAN backend uses 8472.
 pub const DEFAULT_VXLAN_PORT: u16 = 4789;
@@ -265,19 +265,15 @@ impl Overlay {
         self.cluster.as_ref()
     }
 
-    /// Defines a network in the store, and in this view at once (the watch confirms it).
-    pub fn define(&mut self, cluster: &Cluster, spec: OverlaySpec) -> Result<(), StoreError> {
-        cluster.create_network(spec.clone())?;
+    /// A network the store has just defined, in this view at once (the watch confirms it).
+    pub fn defined(&mut self, spec: OverlaySpec) {
         self.view.networks.insert(spec.name.clone(), spec);
-        Ok(())
     }
 
-    /// Deletes a network's definition and every host's block of it.
-    pub fn undefine(&mut self, cluster: &Cluster, name: &str) -> Result<(), StoreError> {
-        cluster.remove_network(name)?;
+    /// A network the store has just removed, with every host's block of it.
+    pub fn undefined(&mut self, name: &str) {
         self.view.networks.remove(name);
         self.view.blocks.remove(name);
-        Ok(())
     }
 }
 

@@ -3,8 +3,16 @@
 //! controller asks for. When etcd cannot be reached, the last view stays in force (traffic
 //! between existing containers does not depend on etcd), changes are refused with a clear
 //! error, and the session is retried every two seconds with a log line until etcd is back.
+//!
+//! Nothing here can freeze the daemon: every call has a deadline, HTTP/2 keep-alive finds a
+//! silently partitioned etcd within seconds, the controller asks without holding its lock
+//! and gives up after [`ASK_DEADLINE`], and keys that do not parse count as taken.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    time::Duration,
+};
 
 use anyhow::{Context as _, bail};
 use etcd_client::{
@@ -22,6 +30,15 @@ use crate::ipam;
 
 const RETRY: Duration = Duration::from_secs(2);
 
+/// How long a change (define, remove a network) waits for the store before it fails.
+pub const ASK_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Every single etcd call's deadline (the session ends if one passes).
+const CALL_DEADLINE: Duration = Duration::from_secs(3);
+
+/// HTTP/2 pings on the connection: a partitioned etcd is found within interval + timeout.
+const KEEP_ALIVE: (Duration, Duration) = (Duration::from_secs(2), Duration::from_secs(3));
+
 /// Who this host is in the cluster.
 #[derive(Debug, Clone)]
 pub struct Identity {
@@ -37,6 +54,8 @@ pub enum StoreError {
     Unreachable(String),
     #[error("cluster store: {0}")]
     Failed(String),
+    #[error("the cluster store did not answer in time: the change may or may not be made")]
+    Timeout,
 }
 
 enum Request {
@@ -57,15 +76,17 @@ pub struct Cluster {
 
 impl Cluster {
     /// Starts the session task (on the current tokio runtime). Every new view of the store
-    /// goes to `views`, in order.
+    /// goes to `views`, in order. `held` are the blocks this host's networks have (from its
+    /// state): it asks for those again, never for others of the same networks.
     pub fn start(
         endpoint: String,
         me: Identity,
         views: mpsc::UnboundedSender<ClusterView>,
+        held: BTreeMap<String, Ipv4Net>,
     ) -> Self {
         let (requests, rx) = mpsc::unbounded_channel();
         let vtep = me.vtep;
-        tokio::spawn(run(endpoint.clone(), me, views, rx));
+        tokio::spawn(run(endpoint.clone(), me, views, rx, held));
         Self {
             requests,
             endpoint,
@@ -73,20 +94,24 @@ impl Cluster {
         }
     }
 
-    fn ask(
+    /// Hands a change to the session and waits for it, [`ASK_DEADLINE`] at most (a change
+    /// still queued then is dropped by the session, which sees no one waits for it).
+    async fn ask(
         &self,
         make: impl FnOnce(oneshot::Sender<Result<(), StoreError>>) -> Request,
     ) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
         let gone = || StoreError::Unreachable(self.endpoint.clone());
         self.requests.send(make(tx)).map_err(|_| gone())?;
-        // Called from the controller, which runs on blocking threads.
-        rx.blocking_recv().map_err(|_| gone())?
+        match tokio::time::timeout(ASK_DEADLINE, rx).await {
+            Ok(answer) => answer.map_err(|_| gone())?,
+            Err(_) => Err(StoreError::Timeout),
+        }
     }
 
     /// Defines a network in the store, unless one of that name exists there.
-    pub fn create_network(&self, spec: OverlaySpec) -> Result<(), StoreError> {
-        self.ask(|tx| Request::Create(spec, tx))
+    pub async fn create_network(&self, spec: OverlaySpec) -> Result<(), StoreError> {
+        self.ask(|tx| Request::Create(spec, tx)).await
     }
 
     /// Publishes this host's container names on overlay networks (replacing the last set);
@@ -96,8 +121,8 @@ impl Cluster {
     }
 
     /// Deletes a network's definition and every host's block of it.
-    pub fn remove_network(&self, name: &str) -> Result<(), StoreError> {
-        self.ask(|tx| Request::Remove(name.to_owned(), tx))
+    pub async fn remove_network(&self, name: &str) -> Result<(), StoreError> {
+        self.ask(|tx| Request::Remove(name.to_owned(), tx)).await
     }
 }
 
@@ -106,10 +131,11 @@ async fn run(
     me: Identity,
     views: mpsc::UnboundedSender<ClusterView>,
     mut requests: mpsc::UnboundedReceiver<Request>,
+    mut held: BTreeMap<String, Ipv4Net>,
 ) {
-    // The blocks this host held, kept across sessions so that it asks for the same ones
-    // again (its containers keep their addresses) after etcd comes back.
-    let mut held: BTreeMap<String, Ipv4Net> = BTreeMap::new();
+    // `held`: the blocks this host holds, kept across sessions (and, through the state,
+    // restarts) so that it asks for the same ones again and its containers keep their
+    // addresses after etcd comes back.
     // The names this host wants published; written again under each new session's lease.
     let mut names: Vec<NameRecord> = vec![];
     loop {
@@ -145,13 +171,16 @@ async fn session(
 ) -> anyhow::Result<()> {
     let options = ConnectOptions::new()
         .with_connect_timeout(RETRY)
-        .with_timeout(Duration::from_secs(3));
+        .with_timeout(CALL_DEADLINE)
+        .with_keep_alive(KEEP_ALIVE.0, KEEP_ALIVE.1)
+        .with_keep_alive_while_idle(true);
     let mut client = Client::connect([endpoint], Some(options)).await?;
     let lease = client.lease_grant(LEASE_TTL_SECS, None).await?.id();
-    let (mut keeper, mut keep_alive) = client.lease_keep_alive(lease).await?;
+    let (mut keeper, mut keep_alive) = deadline(client.lease_keep_alive(lease)).await??;
     tracing::info!(store = endpoint, lease, vtep = %me.vtep, "cluster store session started");
     publish(&mut client, lease, &[], names).await?;
-    let mut revision = sync(&mut client, me, lease, held, views).await?;
+    let mut warned = BTreeSet::new();
+    let mut revision = sync(&mut client, me, lease, held, views, &mut warned).await?;
     let mut watch = client
         .watch(
             "/netbpf/v1/",
@@ -166,8 +195,8 @@ async fn session(
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                keeper.keep_alive().await?;
-                match keep_alive.message().await? {
+                deadline(keeper.keep_alive()).await??;
+                match deadline(keep_alive.message()).await?? {
                     Some(answer) if answer.ttl() > 0 => {}
                     _ => bail!("lease {lease} expired"),
                 }
@@ -175,12 +204,14 @@ async fn session(
             message = watch.message() => {
                 let message = message?.context("the watch ended")?;
                 if message.events().iter().any(|e| e.kv().is_some_and(|kv| kv.mod_revision() > revision)) {
-                    revision = sync(&mut client, me, lease, held, views).await?;
+                    revision = sync(&mut client, me, lease, held, views, &mut warned).await?;
                 }
             }
             request = requests.recv() => {
                 let Some(request) = request else { return Ok(()) };
                 match request {
+                    // (No one waits any more: the asker's deadline passed.)
+                    Request::Create(_, reply) | Request::Remove(_, reply) if reply.is_closed() => {}
                     Request::Create(spec, reply) => {
                         let _ = reply.send(create(&mut client, &spec).await);
                     }
@@ -195,6 +226,14 @@ async fn session(
             }
         }
     }
+}
+
+/// `call` within [`CALL_DEADLINE`] (for what etcd-client's own request timeout does not
+/// cover: streams).
+async fn deadline<T>(call: impl std::future::Future<Output = T>) -> anyhow::Result<T> {
+    tokio::time::timeout(CALL_DEADLINE, call)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within {CALL_DEADLINE:?}"))
 }
 
 /// Writes the names in `wanted` under `lease` and deletes those of `before` that are gone.
@@ -219,8 +258,16 @@ async fn publish(
     Ok(())
 }
 
+/// A call's error as the controller reports it: a deadline that passed (etcd silent, as
+/// in a partition) says so; anything else is etcd's own message.
 fn failed(e: etcd_client::Error) -> StoreError {
-    StoreError::Failed(e.to_string())
+    match &e {
+        // gRPC's Cancelled (1) and DeadlineExceeded (4): the request's timeout passed.
+        etcd_client::Error::GRpcStatus(status) if matches!(status.code() as i32, 1 | 4) => {
+            StoreError::Timeout
+        }
+        _ => StoreError::Failed(e.to_string()),
+    }
 }
 
 async fn create(client: &mut Client, spec: &OverlaySpec) -> Result<(), StoreError> {
@@ -253,70 +300,112 @@ async fn remove(client: &mut Client, name: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// What the keys under /netbpf/v1/ say; malformed values are skipped with a warning.
-fn view_of(kvs: &[KeyValue]) -> ClusterView {
+/// What the keys under /netbpf/v1/ say, and the blocks held by records that do not parse
+/// (by network): those count as taken, so no host claims them and no claim loops on one.
+/// Each malformed key is logged once (`warned`).
+fn view_of(
+    kvs: &[KeyValue],
+    warned: &mut BTreeSet<String>,
+) -> (ClusterView, BTreeMap<String, Vec<Ipv4Net>>) {
     let mut view = ClusterView::default();
+    let mut unusable: BTreeMap<String, Vec<Ipv4Net>> = BTreeMap::new();
     for kv in kvs {
         let key = kv.key_str().unwrap_or_default();
+        let mut malformed = |error: &dyn std::fmt::Display| {
+            if warned.insert(key.to_owned()) {
+                tracing::warn!(key, %error, "ignoring a malformed record in the cluster store");
+            }
+        };
         if key.starts_with(NETWORKS_PREFIX) {
             match serde_json::from_slice::<OverlaySpec>(kv.value()) {
                 Ok(spec) => {
                     view.networks.insert(spec.name.clone(), spec);
                 }
-                Err(error) => tracing::warn!(key, %error, "ignoring a malformed network"),
+                Err(error) => malformed(&error),
             }
         } else if key.starts_with(NAMES_PREFIX) {
             match serde_json::from_slice::<NameRecord>(kv.value()) {
                 Ok(name) => view.names.push(name),
-                Err(error) => tracing::warn!(key, %error, "ignoring a malformed name"),
+                Err(error) => malformed(&error),
             }
-        } else if key.starts_with(BLOCKS_PREFIX) {
+        } else if let Some(path) = key.strip_prefix(BLOCKS_PREFIX) {
             match serde_json::from_slice::<BlockLease>(kv.value()) {
                 Ok(lease) => view
                     .blocks
                     .entry(lease.network.clone())
                     .or_default()
                     .push(lease),
-                Err(error) => tracing::warn!(key, %error, "ignoring a malformed block"),
+                Err(error) => {
+                    malformed(&error);
+                    if let Some((network, block)) = block_of_key(path) {
+                        unusable.entry(network).or_default().push(block);
+                    }
+                }
             }
         }
     }
-    view
+    (view, unusable)
+}
+
+/// `NETWORK/ADDR-LEN` (the tail of a block key) as the network and block it names.
+fn block_of_key(path: &str) -> Option<(String, Ipv4Net)> {
+    let (network, block) = path.rsplit_once('/')?;
+    let (addr, len) = block.split_once('-')?;
+    let block = Ipv4Net::new(addr.parse().ok()?, len.parse().ok()?).ok()?;
+    Some((network.to_owned(), block))
 }
 
 /// Reads the store, leases a block of every network this host has none of, and hands the
-/// resulting view on. Returns the store revision the view is of.
+/// resulting view on. Returns the store revision the view is of. A host that held a block
+/// (`held`) asks for that one only: if another host has taken it meanwhile, it stays out of
+/// the network rather than advertise another block than its containers use. A claim lost
+/// to another host is retried after a pause, a bounded number of times.
 async fn sync(
     client: &mut Client,
     me: &Identity,
     lease: i64,
     held: &mut BTreeMap<String, Ipv4Net>,
     views: &mpsc::UnboundedSender<ClusterView>,
+    warned: &mut BTreeSet<String>,
 ) -> anyhow::Result<i64> {
-    loop {
+    for attempt in 0.. {
         let answer = client
             .get("/netbpf/v1/", Some(GetOptions::new().with_prefix()))
             .await?;
         let revision = answer.header().map(|h| h.revision()).unwrap_or(0);
-        let view = view_of(answer.kvs());
+        let (view, unusable) = view_of(answer.kvs(), warned);
         held.retain(|name, _| view.networks.contains_key(name));
-        let mut claimed = false;
+        let mut lost = false;
         for (name, spec) in &view.networks {
             let blocks = view.blocks.get(name).map(Vec::as_slice).unwrap_or_default();
             if let Some(mine) = blocks.iter().find(|b| b.vtep == me.vtep) {
                 held.insert(name.clone(), mine.block);
                 continue;
             }
-            let taken: Vec<Ipv4Net> = blocks.iter().map(|b| b.block).collect();
+            let mut taken: Vec<Ipv4Net> = blocks.iter().map(|b| b.block).collect();
+            taken.extend(unusable.get(name).into_iter().flatten());
             let len = BLOCK_PREFIX_LEN.max(spec.subnet.prefix_len());
-            let Some(block) = held
-                .get(name)
-                .copied()
-                .filter(|b| !taken.iter().any(|t| ipam::overlaps(*t, *b)))
-                .or_else(|| ipam::free_subnet(spec.subnet, len, &taken))
-            else {
-                tracing::warn!(network = name, subnet = %spec.subnet, "no free block left for this host");
-                continue;
+            let block = match held.get(name) {
+                Some(block) if taken.iter().any(|t| ipam::overlaps(*t, *block)) => {
+                    let owner = blocks.iter().find(|b| ipam::overlaps(b.block, *block));
+                    if warned.insert(format!("taken {name} {block}")) {
+                        tracing::error!(
+                            network = name,
+                            %block,
+                            holder = owner.map(|b| b.host.as_str()).unwrap_or("a malformed record"),
+                            "this host's block was taken while it was away: its containers there are cut off; remove them (or the network here) to get a new block"
+                        );
+                    }
+                    continue;
+                }
+                Some(block) => *block,
+                None => match ipam::free_subnet(spec.subnet, len, &taken) {
+                    Some(block) => block,
+                    None => {
+                        tracing::warn!(network = name, subnet = %spec.subnet, "no free block left for this host");
+                        continue;
+                    }
+                },
             };
             let record = BlockLease {
                 network: name.clone(),
@@ -336,11 +425,17 @@ async fn sync(
                 tracing::info!(network = name, %block, "overlay block leased");
                 held.insert(name.clone(), block);
             }
-            claimed = true;
+            lost = true;
         }
-        if !claimed {
+        if !lost || attempt >= MAX_CLAIM_ROUNDS {
             let _ = views.send(view);
             return Ok(revision);
         }
+        tokio::time::sleep(CLAIM_PAUSE).await;
     }
+    unreachable!("the loop returns")
 }
+
+/// Rounds of claiming (another host may win each) before a view is handed on as it is.
+const MAX_CLAIM_ROUNDS: u32 = 10;
+const CLAIM_PAUSE: Duration = Duration::from_millis(200);
