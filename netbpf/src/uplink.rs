@@ -232,13 +232,14 @@ impl Uplink {
     }
 
     /// Expires idle NAT flows; the daemon calls it periodically.
-    pub fn expire_flows(&mut self, datapath: &mut Datapath) {
-        self.tracked_flows = datapath.expire_flows(monotonic_ns());
+    /// What the last flow-expiry sweep left (the daemon sweeps off the lock).
+    pub fn set_tracked_flows(&mut self, flows: TrackedFlows) {
+        self.tracked_flows = flows;
     }
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
-fn monotonic_ns() -> u64 {
+pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

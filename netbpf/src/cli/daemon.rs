@@ -21,7 +21,7 @@ use crate::{
     api::{peer, server},
     container,
     controller::{Config, Controller, Shared, XdpChoice},
-    datapath,
+    datapath::{self, sweep::FlowSweeper},
     exits::{Exits, WaitFor},
     netlink::Netlink,
     overlay,
@@ -287,13 +287,14 @@ fn prepare(state_dir: PathBuf, args: &DaemonArgs) -> anyhow::Result<(Config, boo
     Ok((config, mounted_bpffs))
 }
 
-/// The daemon's background loops: flow expiry every 10 s, container exits handed to the
+/// The daemon's background loops: flow expiry every 10 s (off the lock), container exits handed to the
 /// controller in the order they come, and the host's resolv.conf watched (read every 2 s
 /// off the lock; the controller hears only of a change).
 fn spawn_loops(
     ctl: &Shared,
     mut exits: mpsc::UnboundedReceiver<crate::exits::ExitEvent>,
     resolv_conf: PathBuf,
+    bpffs: PathBuf,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let resolvers = {
         let ctl = ctl.clone();
@@ -316,9 +317,33 @@ fn spawn_loops(
         let ctl = ctl.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(10));
-            loop {
+            let mut sweeper = match FlowSweeper::open(&bpffs) {
+                Ok(sweeper) => Some(sweeper),
+                Err(error) => {
+                    tracing::error!(%error, "no flow expiry: cannot open the conntrack maps");
+                    None
+                }
+            };
+            while let Some(owned) = sweeper.take() {
                 tick.tick().await;
-                let _ = ctl.run(Controller::expire_flows).await;
+                // Off the controller lock, on a blocking thread: only the count takes it.
+                let Ok((owned, swept)) = tokio::task::spawn_blocking(move || {
+                    let started = std::time::Instant::now();
+                    let swept = owned.sweep(crate::uplink::monotonic_ns());
+                    tracing::debug!(took = ?started.elapsed(), "flow expiry sweep");
+                    (owned, swept)
+                })
+                .await
+                else {
+                    break;
+                };
+                sweeper = Some(owned);
+                match swept {
+                    Ok(flows) => {
+                        let _ = ctl.run(move |c| c.set_tracked_flows(flows)).await;
+                    }
+                    Err(error) => tracing::warn!(%error, "flow expiry sweep"),
+                }
             }
         })
     };
@@ -416,7 +441,12 @@ pub async fn run(socket: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
             }
         }
     };
-    let mut loops = spawn_loops(&ctl, exits_rx, config.resolv_conf.clone());
+    let mut loops = spawn_loops(
+        &ctl,
+        exits_rx,
+        config.resolv_conf.clone(),
+        config.bpffs.clone(),
+    );
     if let Some(url) = &args.cluster_store {
         loops.push(start_cluster(
             url,

@@ -351,8 +351,8 @@ impl Controller {
         }
     }
 
-    /// Expires idle NAT flows; the daemon calls it periodically.
-    pub fn expire_flows(&mut self) {
-        self.uplink.expire_flows(&mut self.datapath);
+    /// What the daemon's last flow-expiry sweep left, for `info` and `stats`.
+    pub fn set_tracked_flows(&mut self, flows: crate::datapath::TrackedFlows) {
+        self.uplink.set_tracked_flows(flows);
     }
 }

@@ -7,13 +7,15 @@ use std::{
     net::Ipv4Addr,
 };
 
+use std::os::fd::AsFd as _;
+
 use aya::maps::{LpmTrie, MapData, PerCpuValues, lpm_trie::Key};
 use ipnet::Ipv4Net;
 use netbpf_common::{
     DropReason, EndpointCounters, EndpointIface, EndpointKey, EndpointTarget, FlowKey, Hook,
-    IpAddrKey, NAT_REWRITE_DST, NAT_REWRITE_SRC, NAT_TIMEOUT_NEW_NS, NAT_TIMEOUT_TCP_CLOSING_NS,
-    NAT_TIMEOUT_TCP_NS, NAT_TIMEOUT_UDP_NS, NatConfig, NatEntry, OverlayLocal, OverlayRoute,
-    OverlayRouteKey, PROTO_ICMP, PROTO_TCP, PublishedKey, PublishedTarget, SubnetInfo, SubnetKey,
+    IpAddrKey, NAT_REWRITE_DST, NAT_REWRITE_SRC, NAT_TIMEOUT_TCP_CLOSING_NS, NAT_TIMEOUT_TCP_NS,
+    NAT_TIMEOUT_UDP_NS, NatConfig, NatEntry, OverlayLocal, OverlayRoute, OverlayRouteKey,
+    PROTO_ICMP, PROTO_TCP, PublishedKey, PublishedTarget, SubnetInfo, SubnetKey,
 };
 
 use super::{Datapath, DatapathError, Desired};
@@ -133,29 +135,6 @@ impl Datapath {
         Ok(self.nat_config.set(0, config, 0)?)
     }
 
-    /// Deletes tracked flows idle for longer than their timeout, each half of a masqueraded
-    /// flow only with the other (see [`expired_flows`]), and unconfirmed flows idle for
-    /// [`NAT_TIMEOUT_NEW_NS`]; returns how many of each remain.
-    pub fn expire_flows(&mut self, now_ns: u64) -> TrackedFlows {
-        let flows: HashMap<FlowKey, NatEntry> = self.conntrack.iter().flatten().collect();
-        let expired = expired_flows(&flows, now_ns);
-        for key in &expired {
-            let _ = self.conntrack.remove(key);
-        }
-        let new: Vec<(FlowKey, NatEntry)> = self.conntrack_new.iter().flatten().collect();
-        let mut unconfirmed = new.len();
-        for (key, entry) in &new {
-            if now_ns.saturating_sub(entry.last_seen_ns) > NAT_TIMEOUT_NEW_NS {
-                let _ = self.conntrack_new.remove(key);
-                unconfirmed -= 1;
-            }
-        }
-        TrackedFlows {
-            confirmed: flows.len() - expired.len(),
-            unconfirmed,
-        }
-    }
-
     /// Deletes every tracked flow of `ip` (as either end, or as the address a rewrite
     /// writes), confirmed or not: the next endpoint given that address must not receive the
     /// old one's flows.
@@ -164,15 +143,22 @@ impl Datapath {
         let of_ip = |key: &FlowKey, entry: &NatEntry| {
             key.src == addr || key.dst == addr || entry.addr == addr
         };
-        for map in [&mut self.conntrack, &mut self.conntrack_new] {
-            let stale: Vec<FlowKey> = map
+        for map in [&self.conntrack, &self.conntrack_new] {
+            let fd = aya::maps::IterableMap::map(map).fd().as_fd();
+            let flows: Vec<(FlowKey, NatEntry)> = match super::batch::read_all(fd) {
+                Ok(flows) => flows,
+                Err(error) => {
+                    tracing::warn!(%error, "reading tracked flows");
+                    continue;
+                }
+            };
+            let stale: Vec<FlowKey> = flows
                 .iter()
-                .flatten()
                 .filter(|(key, entry)| of_ip(key, entry))
-                .map(|(key, _)| key)
+                .map(|(key, _)| *key)
                 .collect();
-            for key in &stale {
-                let _ = map.remove(key);
+            if let Err(error) = super::batch::delete(fd, &stale) {
+                tracing::warn!(%error, "forgetting tracked flows");
             }
         }
     }

@@ -167,8 +167,10 @@ fn unpin_outgrown(maps_dir: &Path) {
     }
 }
 
+mod batch;
 mod links;
 mod maps;
+pub mod sweep;
 
 pub use maps::{TrackedFlows, endpoint_key, is_expired, subnet_key};
 
