@@ -196,6 +196,22 @@ fn bind_socket(path: &Path, group: Option<u32>) -> anyhow::Result<UnixListener> 
     bound
 }
 
+/// Raises the soft limit on open files to the hard one: the daemon holds sockets for each
+/// container's DNS and for the queries in flight (bounded per container), and a host's
+/// default soft limit (1024 under systemd) would last a few hundred containers.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(error) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(%error, "cannot raise the open files limit");
+            }
+        }
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "cannot read the open files limit"),
+    }
+}
+
 /// The gid of `--group`.
 fn api_group(name: Option<&str>) -> anyhow::Result<Option<u32>> {
     let Some(name) = name else {
@@ -398,6 +414,7 @@ pub async fn run(socket: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
         );
     }
     let group = api_group(args.group.as_deref())?;
+    raise_open_files_limit();
     let state_dir = std::path::absolute(&args.state_dir)?;
     std::fs::create_dir_all(state_dir.join("containers"))
         .with_context(|| format!("creating state dir {}", state_dir.display()))?;

@@ -53,6 +53,8 @@ pub struct TestHost {
     pub extra: Vec<Child>,
     /// Namespaces a test added (a second LAN), deleted on drop.
     extra_ns: Vec<String>,
+    /// RLIMIT_NOFILE (soft, hard) the daemon starts with, if a test sets one.
+    pub daemon_open_files: Option<(u64, u64)>,
 }
 
 impl TestHost {
@@ -94,6 +96,7 @@ impl TestHost {
             daemon: None,
             extra: vec![],
             extra_ns: vec![],
+            daemon_open_files: None,
         };
         std::fs::create_dir_all(&host.cgroup).expect("test cgroup");
         must("ip", &["netns", "add", &host.host_ns]);
@@ -229,6 +232,21 @@ impl TestHost {
             .args(args)
             .stdin(Stdio::null());
         enter_netns(&mut command, ns);
+        if let Some((soft, hard)) = self.daemon_open_files {
+            // SAFETY: only setrlimit between fork and exec, on a value owned by the closure.
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: soft,
+                        rlim_max: hard,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         command
     }
 
