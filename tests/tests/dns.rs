@@ -5,27 +5,6 @@ use std::time::{Duration, Instant};
 
 use netbpf_tests::{OUTSIDE_IP, TestHost};
 
-/// An upstream resolver beyond the uplink: answers `*.outside.test` and NXDOMAIN else.
-fn start_upstream(host: &mut TestHost) {
-    let cmd = host.outside(
-        "dnsmasq",
-        &[
-            "--no-daemon",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            &format!("--listen-address={OUTSIDE_IP}"),
-            "--address=/outside.test/192.0.2.77",
-            // No upstream of its own: everything else is NXDOMAIN, not REFUSED.
-            "--address=/#/",
-            "--pid-file=",
-            "--user=root",
-        ],
-    );
-    host.background(cmd);
-    std::thread::sleep(Duration::from_millis(300));
-}
-
 fn dig(host: &TestHost, from: &str, args: &[&str]) -> String {
     let mut all = vec!["exec", from, "--", "dig", "+time=5", "+tries=1"];
     all.extend(args);
@@ -292,7 +271,7 @@ fn names_follow_networks_and_lifecycles() {
 #[test]
 fn other_names_are_forwarded_upstream_and_fail_fast_when_it_is_down() {
     let mut host = TestHost::new();
-    start_upstream(&mut host);
+    host.start_outside_resolver();
     host.ok(&["network", "create", "net"]);
     host.ok(&[
         "run",
@@ -464,7 +443,7 @@ fn names_come_back_after_a_daemon_restart() {
 #[test]
 fn internal_networks_get_no_names_from_outside() {
     let mut host = TestHost::new();
-    start_upstream(&mut host);
+    host.start_outside_resolver();
     host.ok(&["network", "create", "--internal", "sealed"]);
     host.ok(&["network", "create", "open"]);
     for (name, network) in [("inner", "sealed"), ("both", "open")] {

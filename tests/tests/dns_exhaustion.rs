@@ -44,20 +44,7 @@ fn one_container_cannot_exhaust_the_embedded_dns_or_the_daemon() {
     let resolv_conf = host.dir.join("resolv.conf");
     std::fs::write(&resolv_conf, format!("nameserver {OUTSIDE_IP}\n")).unwrap();
     host.start_daemon(&["--resolv-conf", resolv_conf.to_str().unwrap()]);
-    let upstream = host.outside(
-        "dnsmasq",
-        &[
-            "--no-daemon",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            &format!("--listen-address={OUTSIDE_IP}"),
-            "--address=/outside.test/192.0.2.77",
-            "--pid-file=",
-            "--user=root",
-        ],
-    );
-    host.background(upstream);
+    host.start_outside_resolver();
     host.ok(&["network", "create", "n"]);
     host.ok(&[
         "run",

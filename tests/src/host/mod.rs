@@ -357,6 +357,28 @@ impl TestHost {
         Transfer(child)
     }
 
+    /// An upstream resolver beyond the uplink (dnsmasq on the outside address): answers
+    /// `*.outside.test` with 192.0.2.77 and NXDOMAIN else.
+    pub fn start_outside_resolver(&mut self) {
+        let cmd = self.outside(
+            "dnsmasq",
+            &[
+                "--no-daemon",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                &format!("--listen-address={OUTSIDE_IP}"),
+                "--address=/outside.test/192.0.2.77",
+                // No upstream of its own: everything else is NXDOMAIN, not REFUSED.
+                "--address=/#/",
+                "--pid-file=",
+                "--user=root",
+            ],
+        );
+        self.background(cmd);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
     /// Starts a long-running process (a server) that is killed when the test host drops.
     pub fn background(&mut self, mut command: Command) {
         command
