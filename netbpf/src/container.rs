@@ -27,6 +27,8 @@ struct ChildSetup {
     new_session: bool,
     /// (source, target) files bind-mounted in the new mount namespace: resolv.conf, hosts.
     binds: Vec<(CString, CString)>,
+    /// The read end of a start gate, kept open across exec (see [`StartGate`]).
+    gate: Option<std::os::fd::RawFd>,
 }
 
 impl ChildSetup {
@@ -36,6 +38,11 @@ impl ChildSetup {
         // call; no allocation, no locks, as required between fork and exec.
         unsafe {
             if self.new_session && libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if let Some(gate) = self.gate
+                && libc::fcntl(gate, libc::F_SETFD, 0) < 0
+            {
                 return Err(io::Error::last_os_error());
             }
             if let Some(ns) = &self.netns
@@ -95,16 +102,23 @@ pub fn spawn(
     log: &Path,
     netns_dir: &Path,
     binds: &[(&Path, &Path)],
-) -> io::Result<Child> {
-    let (program, args) = cmd
-        .split_first()
+) -> io::Result<(Child, StartGate)> {
+    let program = cmd
+        .first()
         .ok_or_else(|| io::Error::other("empty command"))?;
+    // The command is exec'ed only after the gate opens: a command that cannot be found
+    // must fail here, as a plain spawn would.
+    check_executable(program)?;
+    // The process starts as `netbpf __start-gate FD -- CMD…`, which waits on the gate's
+    // read end and only then execs the command (see `StartGate`).
+    let (gate_read, gate_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let setup = ChildSetup {
         netns: netns.map(File::open).transpose()?,
         mntns: None,
         netns_dir: c_path(netns_dir),
         new_session: true,
         binds: binds.iter().map(|(s, t)| (c_path(s), c_path(t))).collect(),
+        gate: Some(gate_read.as_raw_fd()),
     };
     // 0640: a container's output is its own business (and root's, and the log group's).
     let out = File::options()
@@ -112,15 +126,85 @@ pub fn spawn(
         .append(true)
         .mode(0o640)
         .open(log)?;
-    let mut command = Command::new(program);
+    let mut command = Command::new(std::env::current_exe()?);
     command
-        .args(args)
+        .arg(START_GATE)
+        .arg(gate_read.as_raw_fd().to_string())
+        .arg("--")
+        .args(cmd)
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out);
     // SAFETY: `apply` makes only async-signal-safe syscalls (see its comment).
     unsafe { command.pre_exec(move || setup.apply()) };
-    command.spawn()
+    let child = command.spawn()?;
+    drop(gate_read);
+    Ok((child, StartGate(Some(gate_write))))
+}
+
+/// Whether `program` (a path, or a name looked up in PATH) is an executable file.
+fn check_executable(program: &str) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let executable = |path: &Path| {
+        std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    let found = if program.contains('/') {
+        executable(Path::new(program))
+    } else {
+        std::env::var_os("PATH").is_some_and(|paths| {
+            std::env::split_paths(&paths).any(|dir| executable(&dir.join(program)))
+        })
+    };
+    if found {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(libc::ENOENT))
+    }
+}
+
+/// The first argument of a container process that waits at its start gate.
+pub const START_GATE: &str = "__start-gate";
+
+/// A container process's permission to run. It is spawned waiting on a pipe, so that the
+/// daemon records it (pid and all) before it runs: [`StartGate::open`] after the state is
+/// saved lets it exec its command; a gate dropped unopened — the operation rolled back, or
+/// the daemon died before saving — makes it exit without running anything, so no process
+/// ever runs that the state does not know.
+pub struct StartGate(Option<OwnedFd>);
+
+impl StartGate {
+    pub fn open(mut self) {
+        if let Some(fd) = self.0.take() {
+            let _ = nix::unistd::write(&fd, b"1");
+        }
+    }
+}
+
+/// `netbpf __start-gate FD -- CMD…`: waits for one byte on FD, then execs CMD; exits 125
+/// if the gate closes first (the daemon never recorded this process).
+pub fn run_start_gate(args: &[String]) -> ! {
+    let (fd, cmd) = match args {
+        [fd, dash, cmd @ ..] if dash == "--" && !cmd.is_empty() => (fd, cmd),
+        _ => {
+            eprintln!("netbpf {START_GATE}: usage: {START_GATE} FD -- CMD...");
+            std::process::exit(125)
+        }
+    };
+    let Ok(fd) = fd.parse::<std::os::fd::RawFd>() else {
+        std::process::exit(125)
+    };
+    // SAFETY: the daemon passed this fd, open and ours alone, across exec.
+    let gate = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut byte = [0u8; 1];
+    let opened = matches!(nix::unistd::read(&gate, &mut byte), Ok(1));
+    drop(gate);
+    if !opened {
+        eprintln!("netbpf: the daemon stopped before this container was recorded: not started");
+        std::process::exit(125);
+    }
+    let error = Command::new(&cmd[0]).args(&cmd[1..]).exec();
+    eprintln!("netbpf: cannot start {:?}: {error}", cmd[0]);
+    std::process::exit(127)
 }
 
 /// What `exec` returns: the command's status and its captured output.
@@ -148,6 +232,7 @@ pub fn exec(
         netns_dir: c_path(netns_dir),
         new_session: false,
         binds: vec![],
+        gate: None,
     };
     let mut command = Command::new(program);
     command.args(args).stdin(Stdio::null());

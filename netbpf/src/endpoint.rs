@@ -14,7 +14,7 @@ use crate::{
 
 /// Temporary name of the container end until it is inside the namespace and renamed; it
 /// shares the host end's random suffix so concurrent set-ups never collide.
-fn peer_temp_name(host_veth: &str) -> String {
+pub fn peer_temp_name(host_veth: &str) -> String {
     format!("tmp{}", host_veth.trim_start_matches("veth"))
 }
 

@@ -7,6 +7,11 @@ fn main() {
     if netbpf::cli::cni::invoked_as_plugin() {
         std::process::exit(netbpf::cli::cni::run());
     }
+    // A container process waiting until the daemon has recorded it.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(netbpf::container::START_GATE) {
+        netbpf::container::run_start_gate(&args[1..]);
+    }
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let code = match cli.command {

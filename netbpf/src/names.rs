@@ -160,6 +160,25 @@ impl Names {
         true
     }
 
+    /// Removes the `ip netns` names (and /etc/netns files) of containers not in `running`:
+    /// what a crash between exposing a namespace and saving its container left.
+    pub fn unexpose_all_but(&self, running: &std::collections::BTreeSet<String>) {
+        let Some(prefix) = &self.netns_prefix else {
+            return;
+        };
+        for dir in ["/run/netns", "/etc/netns"] {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let file = entry.file_name().to_string_lossy().into_owned();
+                if let Some(name) = file.strip_prefix(prefix.as_str())
+                    && !running.contains(name)
+                {
+                    tracing::info!(netns = file, "removing a leftover namespace name");
+                    self.unexpose(name);
+                }
+            }
+        }
+    }
+
     pub fn unexpose(&self, name: &str) {
         let Some(exposed) = self.exposed_name(name) else {
             return;

@@ -46,6 +46,9 @@ impl NetlinkError {
     }
 }
 
+/// The interface alias of the bridges netbpf makes.
+pub const BRIDGE_ALIAS: &str = "netbpf";
+
 /// What the daemon needs to know about one interface.
 #[derive(Debug, Clone)]
 pub struct Link {
@@ -57,6 +60,8 @@ pub struct Link {
     /// Whether it is a veth (the XDP stage is not used on veth uplinks by default).
     pub is_veth: bool,
     pub is_bridge: bool,
+    /// IFLA_IFALIAS: netbpf marks the bridges it makes (see [`BRIDGE_ALIAS`]).
+    pub alias: Option<String>,
     pub mtu: u32,
 }
 
@@ -147,11 +152,22 @@ impl Netlink {
             })
     }
 
+    /// A bridge, up, marked with [`BRIDGE_ALIAS`] so that a leftover one (a crash between
+    /// forgetting a network and deleting its bridge) is known as netbpf's, not Docker's.
     pub fn create_bridge(&self, name: &str, mac: [u8; 6]) -> Result<Link, NetlinkError> {
         let msg = LinkBridge::new(name).address(mac.to_vec()).up().build();
         self.block(
             || format!("creating bridge {name}"),
             self.handle.link().add(msg).execute(),
+        )?;
+        let bridge = self.link(name)?;
+        // (The kernel takes an alias only on a link that exists.)
+        let alias = LinkUnspec::new_with_index(bridge.index)
+            .alias(BRIDGE_ALIAS)
+            .build();
+        self.block(
+            || format!("marking bridge {name}"),
+            self.handle.link().set(alias).execute(),
         )?;
         self.link(name)
     }
@@ -393,6 +409,7 @@ fn link_from_message(msg: LinkMessage) -> Link {
         up: msg.header.flags.contains(LinkFlags::Up),
         is_veth: false,
         is_bridge: false,
+        alias: None,
         mtu: 1500,
     };
     for attr in msg.attributes {
@@ -403,6 +420,7 @@ fn link_from_message(msg: LinkMessage) -> Link {
             }
             LinkAttribute::Controller(c) => link.controller = Some(c),
             LinkAttribute::Mtu(mtu) => link.mtu = mtu,
+            LinkAttribute::IfAlias(alias) => link.alias = Some(alias),
             LinkAttribute::LinkInfo(infos) => {
                 use rtnetlink::packet_route::link::{InfoKind, LinkInfo};
                 for info in infos {

@@ -415,6 +415,9 @@ pub async fn run(socket: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
     }
     let group = api_group(args.group.as_deref())?;
     raise_open_files_limit();
+    // Crash points for the chaos tests (`FAILPOINTS=NAME=return` aborts there); none set
+    // in normal use.
+    let _failpoints = fail::FailScenario::setup();
     let state_dir = std::path::absolute(&args.state_dir)?;
     std::fs::create_dir_all(state_dir.join("containers"))
         .with_context(|| format!("creating state dir {}", state_dir.display()))?;

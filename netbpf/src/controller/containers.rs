@@ -109,7 +109,7 @@ impl Controller {
             .iter()
             .map(|(s, t)| (s.as_path(), Path::new(*t)))
             .collect();
-        let child = container::spawn(
+        let (child, gate) = container::spawn(
             &c.cmd,
             netns_path.as_deref(),
             &self.config.log_path(&c.id),
@@ -117,6 +117,9 @@ impl Controller {
             &binds,
         )
         .map_err(|e| Error::invalid(format!("cannot start {:?}: {e}", c.cmd[0])))?;
+        // The process waits at its gate until the transaction has saved it.
+        self.gates.push(gate);
+        fail::fail_point!("container-spawned-before-saved", |_| std::process::abort());
         let pid = child.id() as i32;
         undo.push(Step::Process {
             id: c.id.clone(),

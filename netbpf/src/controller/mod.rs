@@ -98,6 +98,9 @@ pub struct Controller {
     exits: Arc<Exits>,
     /// What the last takeover could not reconcile and left as it was (`netbpf info`).
     unreconciled: Vec<String>,
+    /// Processes the running operation started, each waiting at its gate until the
+    /// operation is saved (opened then; dropped, and so ended, if it is undone).
+    gates: Vec<crate::container::StartGate>,
 }
 
 /// The controller behind its one lock. Every caller takes it the same way, so there is one
@@ -155,6 +158,7 @@ impl Controller {
             overlay: Overlay::default(),
             exits,
             unreconciled: vec![],
+            gates: vec![],
         };
         ctl.reconcile()?;
         ctl.sync_container_xdp();
@@ -177,7 +181,11 @@ impl Controller {
         });
         if result.is_ok() {
             undo.commit();
+            for gate in self.gates.drain(..) {
+                gate.open();
+            }
         } else {
+            self.gates.clear();
             self.state = before;
             self.roll_back(undo);
         }

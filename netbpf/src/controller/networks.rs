@@ -374,6 +374,9 @@ impl Controller {
             ctl.state.networks.remove(&record.name);
             Ok(())
         })?;
+        fail::fail_point!("network-forgotten-before-bridge-deleted", |_| {
+            std::process::abort()
+        });
         match record.kind() {
             NetworkKind::Direct(parent) => macvlan::remove_parent(parent),
             NetworkKind::Bridge | NetworkKind::OverlayBlock(_) => {

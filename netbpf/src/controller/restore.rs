@@ -157,6 +157,20 @@ impl Controller {
             .values()
             .map(|n| n.bridge.clone())
             .collect();
+        // Temporary names an operation gives interfaces before they are moved or renamed:
+        // those of recorded endpoints (a runtime's, waiting for it) stay.
+        let temporary: BTreeSet<String> = self
+            .state
+            .containers
+            .values()
+            .flat_map(|c| &c.endpoints)
+            .flat_map(|ep| {
+                [
+                    endpoint::peer_temp_name(&ep.host_veth),
+                    macvlan::runtime_link_name(&ep.id),
+                ]
+            })
+            .collect();
         Netlink::run(None, |nl| {
             let links = nl.links()?;
             let bridge_indexes: Vec<u32> = links
@@ -166,8 +180,13 @@ impl Controller {
                 .collect();
             for link in links {
                 let on_ours = link.controller.is_some_and(|c| bridge_indexes.contains(&c));
-                if on_ours && !veths.contains(&link.name) {
-                    tracing::info!(veth = link.name, "removing leftover veth");
+                let orphan_bridge = link.is_bridge
+                    && link.alias.as_deref() == Some(crate::netlink::BRIDGE_ALIAS)
+                    && !bridges.contains(&link.name);
+                let orphan_temporary =
+                    is_temporary_name(&link.name) && !temporary.contains(&link.name);
+                if (on_ours && !veths.contains(&link.name)) || orphan_bridge || orphan_temporary {
+                    tracing::info!(interface = link.name, "removing leftover interface");
                     nl.delete_link(link.index)?;
                 }
             }
@@ -197,6 +216,14 @@ impl Controller {
                 }
             }
         }
+        let running: BTreeSet<String> = self
+            .state
+            .containers
+            .values()
+            .filter(|c| c.is_running())
+            .map(|c| c.name.clone())
+            .collect();
+        self.names.unexpose_all_but(&running);
         Ok(())
     }
 
@@ -271,6 +298,19 @@ impl Controller {
             tracing::error!(%error, "saving state at shutdown");
         }
         datapath::remove_pins(&self.config.bpffs);
+    }
+}
+
+/// The temporary names netbpf gives interfaces: `nbd` (a macvlan/ipvlan interface before
+/// it moves), `nbp` (a kernel support probe) and 8 hex digits, `tmp` and 7 (a veth's
+/// container end before it moves).
+fn is_temporary_name(name: &str) -> bool {
+    let hex =
+        |rest: &str, len: usize| rest.len() == len && rest.bytes().all(|b| b.is_ascii_hexdigit());
+    match name.split_at_checked(3) {
+        Some(("nbd" | "nbp", rest)) => hex(rest, 8),
+        Some(("tmp", rest)) => hex(rest, 7),
+        _ => false,
     }
 }
 

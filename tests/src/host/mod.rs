@@ -55,6 +55,8 @@ pub struct TestHost {
     extra_ns: Vec<String>,
     /// RLIMIT_NOFILE (soft, hard) the daemon starts with, if a test sets one.
     pub daemon_open_files: Option<(u64, u64)>,
+    /// Environment the daemon starts with (e.g. `FAILPOINTS` for a crash at a chosen step).
+    pub daemon_env: Vec<(String, String)>,
 }
 
 impl TestHost {
@@ -97,6 +99,7 @@ impl TestHost {
             extra: vec![],
             extra_ns: vec![],
             daemon_open_files: None,
+            daemon_env: vec![],
         };
         std::fs::create_dir_all(&host.cgroup).expect("test cgroup");
         must("ip", &["netns", "add", &host.host_ns]);
@@ -230,6 +233,7 @@ impl TestHost {
             .arg("--netns-prefix")
             .arg(self.netns_prefix())
             .args(args)
+            .envs(self.daemon_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
         enter_netns(&mut command, ns);
         if let Some((soft, hard)) = self.daemon_open_files {
