@@ -94,6 +94,8 @@ pub struct Contender {
     pub sink_ns: String,
     pub sink_ip: String,
     pub sink_xdp_link: Option<PathBuf>,
+    /// Docker contenders only: the dockerd socket (`unix://…`) and the image it has.
+    pub docker: Option<(String, String)>,
 }
 
 impl Contender {
@@ -222,6 +224,7 @@ impl Contender {
                     sink_ns: format!("{prefix}-sink"),
                     sink_ip,
                     sink_xdp_link,
+                    docker: None,
                     topo,
                 })
             }
@@ -272,6 +275,7 @@ impl Contender {
                     sink_ns: format!("{prefix}-sink"),
                     sink_ip,
                     sink_xdp_link: None,
+                    docker: None,
                     topo,
                 })
             }

@@ -160,6 +160,7 @@ pub fn contender(
         sink_ns: format!("{prefix}-sink"),
         sink_ip,
         sink_xdp_link: None,
+        docker: Some((socket, "netbpf-bench:latest".into())),
         topo,
     })
 }

@@ -7,6 +7,7 @@ mod overlay;
 mod pps;
 mod profile;
 mod report;
+mod soak;
 mod topology;
 
 use std::{
@@ -28,7 +29,8 @@ pub struct Args {
     #[arg(long)]
     quick: bool,
     /// Only these scenarios (comma-separated): ext-rr, ext-crr, ext-stream, ext-udp,
-    /// local-rr, local-stream, c2c-rr, xdp-pps, overlay, scale, memory.
+    /// local-rr, local-stream, c2c-rr, xdp-pps, overlay, scale, memory; or soak (the
+    /// control plane's soak and crash loop, on its own).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Repetitions of every measurement (interleaved across contenders).
@@ -501,6 +503,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     sh("cargo", &["build", "--release", "--package", "netbpf"], &[])?;
     let bin = root().join("target/release/netbpf");
+    if args.only.iter().any(|o| o == "soak") {
+        return run_soak(&args, &bin);
+    }
     let reps = args.reps.unwrap_or(if args.quick { 1 } else { 5 });
     let duration = args.duration.unwrap_or(if args.quick { 2 } else { 10 });
     let all = [
@@ -636,6 +641,31 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     drop(contenders);
     drop(overlay_bench);
+    Ok(())
+}
+
+/// `--only soak`: the control plane's soak and crash loop (no data-plane contenders).
+fn run_soak(args: &Args, bin: &Path) -> anyhow::Result<()> {
+    let out = if args.out.is_absolute() {
+        args.out.clone()
+    } else {
+        root().join(&args.out)
+    };
+    std::fs::create_dir_all(&out)?;
+    let started = Instant::now();
+    let mut samples = vec![];
+    soak::measure(bin, args.quick, &mut samples)?;
+    let host_ns = "";
+    let machine = report::Machine::detect(host_ns);
+    let command = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
+    report::write(
+        &out,
+        &samples,
+        &machine,
+        &format!("cargo xtask {command}"),
+        started.elapsed().as_secs(),
+    )?;
+    eprintln!("bench: wrote {}", out.display());
     Ok(())
 }
 
