@@ -7,6 +7,24 @@ use serde::Serialize;
 
 use super::Sample;
 
+/// Writes the results of a run that started at `started` (the machine described from
+/// namespace `ns`, the command line as given).
+pub fn write_run(
+    out: &std::path::Path,
+    samples: &[super::Sample],
+    ns: &str,
+    started: std::time::Instant,
+) -> anyhow::Result<()> {
+    let command = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
+    write(
+        out,
+        samples,
+        &Machine::detect(ns),
+        &format!("cargo xtask {command}"),
+        started.elapsed().as_secs(),
+    )
+}
+
 #[derive(Debug, Serialize)]
 pub struct Machine {
     pub kernel: String,
