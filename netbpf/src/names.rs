@@ -145,9 +145,11 @@ impl Names {
         let run = Path::new("/run/netns").join(&exposed);
         let etc = Path::new("/etc/netns").join(&exposed);
         let result = (|| -> io::Result<()> {
+            // The /etc/netns directory first: it marks the name as netbpf's (see
+            // `unexpose_all_but`), so a crash never leaves a bind mount unmarked.
+            std::fs::create_dir_all(&etc)?;
             std::fs::create_dir_all("/run/netns")?;
             netns::bind(netns, &run).map_err(io::Error::other)?;
-            std::fs::create_dir_all(&etc)?;
             for (source, target) in files {
                 let file = Path::new(target).file_name().expect("a file name");
                 std::fs::copy(source, etc.join(file))?;
@@ -161,20 +163,24 @@ impl Names {
     }
 
     /// Removes the `ip netns` names (and /etc/netns files) of containers not in `running`:
-    /// what a crash between exposing a namespace and saving its container left.
+    /// what a crash between exposing a namespace and saving its container left. Only names
+    /// netbpf made count: those with an /etc/netns directory (made before the bind mount),
+    /// never another program's `ip netns add` that happens to share the prefix.
     pub fn unexpose_all_but(&self, running: &std::collections::BTreeSet<String>) {
         let Some(prefix) = &self.netns_prefix else {
             return;
         };
-        for dir in ["/run/netns", "/etc/netns"] {
-            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-                let file = entry.file_name().to_string_lossy().into_owned();
-                if let Some(name) = file.strip_prefix(prefix.as_str())
-                    && !running.contains(name)
-                {
-                    tracing::info!(netns = file, "removing a leftover namespace name");
-                    self.unexpose(name);
-                }
+        for entry in std::fs::read_dir("/etc/netns")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            if let Some(name) = file.strip_prefix(prefix.as_str())
+                && !running.contains(name)
+            {
+                tracing::info!(netns = file, "removing a leftover namespace name");
+                self.unexpose(name);
             }
         }
     }

@@ -26,7 +26,13 @@ fn a_process_started_as_the_daemon_dies_never_runs_untracked() {
     let script = format!("echo ran > {}; exec sleep 6061", marker.display());
     let run = host.netbpf(&["run", "-d", "--name", "c", "--", "sh", "-c", &script]);
     assert_ne!(run.code, 0, "the daemon should have died: {}", run.stdout);
+    // Another program's namespace name with netbpf's prefix is not netbpf's to remove.
+    let foreign = format!("{}foreign", host.netns_prefix());
+    must("ip", &["netns", "add", &foreign]);
     restart_after_crash(&mut host);
+    let kept = std::path::Path::new("/run/netns").join(&foreign).exists();
+    must("ip", &["netns", "del", &foreign]);
+    assert!(kept, "a namespace name netbpf did not make was removed");
     std::thread::sleep(std::time::Duration::from_millis(500));
     assert!(
         !marker.exists(),

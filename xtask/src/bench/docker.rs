@@ -50,19 +50,32 @@ pub fn contender(
     };
     let script = format!(
         "{bind}exec nsenter --net=/run/netns/{host} -- dockerd {flags} -H {socket} \
-         --data-root {data} --exec-root {exec} --pidfile {pid}",
+         --data-root {data} --exec-root {exec} --pidfile {pid} 2>{log}",
         host = topo.host,
         data = path("data"),
         exec = path("exec"),
         pid = path("docker.pid"),
+        log = path("dockerd.log"),
     );
     let mut dockerd = Command::new("unshare");
     dockerd.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
     topo.spawn(dockerd)?;
+    // (Its log goes with the topology; the ensure below quotes its end.)
+    let log = dir.join("dockerd.log");
     let docker = |args: &[&str]| run("docker", &[&["-H", socket.as_str()], args].concat());
     let started = Instant::now();
     while docker(&["version"]).is_err() {
-        anyhow::ensure!(started.elapsed().as_secs() < 60, "dockerd did not start");
+        anyhow::ensure!(
+            started.elapsed().as_secs() < 60,
+            "dockerd did not start: {}",
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let rootfs = dir.join("rootfs");

@@ -206,9 +206,18 @@ impl SoakHost {
 }
 
 impl Drop for SoakHost {
+    /// A clean stop (SIGTERM): the daemon removes its containers, pins, bpffs and namespace
+    /// mounts, so that the topology's directories can go.
     fn drop(&mut self) {
-        let _ = self.cli(&["rm", "-f", "a", "b", "c"]);
-        self.kill();
+        if let Some(mut child) = self.daemon.take() {
+            let _ = run("kill", &["-TERM", &child.id().to_string()]);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
