@@ -165,3 +165,81 @@ fn a_host_whose_block_was_taken_while_it_was_away_never_advertises_another() {
         a.daemon_log()
     );
 }
+
+#[test]
+fn records_from_the_store_are_checked_before_they_count() {
+    let underlay = Underlay::new();
+    let etcd = Etcd::start(&underlay, "10.0.0.250");
+    let a = host_on(&underlay, &etcd, 1);
+    let b = host_on(&underlay, &etcd, 2);
+    create_overlay(&[&a, &b], "10.154.0.0/16", &[]);
+    // A network with a short id (a daemon joining it panicked naming its bridge).
+    etcd.put_raw(
+        "/netbpf/v1/networks/evil",
+        r#"{"id":"abc","name":"evil","subnet":"10.155.0.0/16","vni":99,"port":4789,"created":""}"#,
+    );
+    b.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "ovl",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    a.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "client",
+        "--network",
+        "ovl",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    let web_ip = b.ip_of("web", "ovl");
+    // A name for web's address from a host that holds no block: a forgery.
+    etcd.put_raw(
+        "/netbpf/v1/names/ovl/10.0.0.9/bank",
+        &format!(r#"{{"network":"ovl","name":"bank","ip":"{web_ip}","vtep":"10.0.0.9"}}"#),
+    );
+    let dig = |name: &str| {
+        a.netbpf(&[
+            "exec", "client", "--", "dig", "+time=2", "+tries=1", "+short", name,
+        ])
+        .stdout
+        .trim()
+        .to_owned()
+    };
+    netbpf_tests::eventually(15, "B's container name on A", || dig("web") == web_ip);
+    // (Not a name here, so it is forwarded upstream, where nothing answers.)
+    let forged = dig("bank");
+    assert!(
+        !forged.contains(&web_ip),
+        "a forged name answered: {forged}"
+    );
+    for host in [&a, &b] {
+        answers_quickly(host, "after malformed records");
+        assert!(!host.ok(&["network", "ls"]).contains("evil"));
+    }
+    assert!(
+        a.daemon_log().contains("ignoring a cluster store record"),
+        "{}",
+        a.daemon_log()
+    );
+
+    // The overlay cannot be removed while another host has containers on it.
+    a.ok(&["rm", "-f", "client"]);
+    let refused = a.fails(&["network", "rm", "ovl"]);
+    assert!(
+        refused.contains("has containers on other hosts (10.0.0.2)"),
+        "{refused}"
+    );
+    b.ok(&["rm", "-f", "web"]);
+    netbpf_tests::eventually(15, "the overlay to be removable", || {
+        a.netbpf(&["network", "rm", "ovl"]).code == 0
+    });
+}

@@ -327,6 +327,19 @@ impl Controller {
             let cluster = self.overlay.cluster().cloned().ok_or_else(|| {
                 Error::invalid("overlay networks are removed through the cluster store")
             })?;
+            // Removing it would cut other hosts' containers off each other.
+            let elsewhere: BTreeSet<String> = self
+                .overlay
+                .remote_names()
+                .filter(|n| n.network == name)
+                .map(|n| n.vtep.to_string())
+                .collect();
+            if !elsewhere.is_empty() {
+                return Err(Error::conflict(format!(
+                    "overlay network {name} has containers on other hosts ({}): remove them first",
+                    elsewhere.into_iter().collect::<Vec<_>>().join(", ")
+                )));
+            }
             if self.state.networks.contains_key(name) {
                 self.check_unused(name)?;
             }

@@ -15,6 +15,7 @@
 
 pub mod plan;
 pub mod store;
+mod validate;
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 

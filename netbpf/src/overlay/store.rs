@@ -377,6 +377,9 @@ async fn sync(
         held.retain(|name, _| view.networks.contains_key(name));
         let mut lost = false;
         for (name, spec) in &view.networks {
+            if super::validate::check_network(name, spec).is_err() {
+                continue; // (Left out of the view below, with the reason.)
+            }
             let blocks = view.blocks.get(name).map(Vec::as_slice).unwrap_or_default();
             if let Some(mine) = blocks.iter().find(|b| b.vtep == me.vtep) {
                 held.insert(name.clone(), mine.block);
@@ -428,7 +431,15 @@ async fn sync(
             lost = true;
         }
         if !lost || attempt >= MAX_CLAIM_ROUNDS {
-            let _ = views.send(view);
+            // What the controller acts on: only records that pass (claiming above counted
+            // every block anyone holds, valid or not, as taken).
+            let (valid, rejected) = super::validate::validated(view);
+            for why in rejected {
+                if warned.insert(why.clone()) {
+                    tracing::warn!("ignoring a cluster store record: {why}");
+                }
+            }
+            let _ = views.send(valid);
             return Ok(revision);
         }
         tokio::time::sleep(CLAIM_PAUSE).await;
