@@ -48,6 +48,7 @@ fn wire_inner(
     let host_index = Netlink::run(None, |nl| {
         nl.create_veth(&endpoint.host_veth, &peer)?;
         let host = nl.link(&endpoint.host_veth)?;
+        nl.mark_owned(host.index)?;
         nl.move_to_netns(nl.link(&peer)?.index, ns)?;
         Ok(host.index)
     })?;
@@ -74,6 +75,7 @@ pub fn pair_for_runtime(endpoint: &EndpointRecord) -> Result<(u32, String), Netl
     let peer = peer_temp_name(&endpoint.host_veth);
     let result = Netlink::run(None, |nl| {
         nl.create_veth(&endpoint.host_veth, &peer)?;
+        nl.mark_owned(nl.link(&endpoint.host_veth)?.index)?;
         let container_end = nl.link(&peer)?;
         nl.rename_with_mac(container_end.index, &peer, endpoint.mac)?;
         Ok(nl.link(&endpoint.host_veth)?.index)

@@ -46,8 +46,9 @@ impl NetlinkError {
     }
 }
 
-/// The interface alias of the bridges netbpf makes.
-pub const BRIDGE_ALIAS: &str = "netbpf";
+/// The interface alias of the bridges and host-side veths netbpf makes: a leftover one (a
+/// crash between making it and recording it) is known as netbpf's, not Docker's.
+pub const OWNED_ALIAS: &str = "netbpf";
 
 /// What the daemon needs to know about one interface.
 #[derive(Debug, Clone)]
@@ -60,7 +61,7 @@ pub struct Link {
     /// Whether it is a veth (the XDP stage is not used on veth uplinks by default).
     pub is_veth: bool,
     pub is_bridge: bool,
-    /// IFLA_IFALIAS: netbpf marks the bridges it makes (see [`BRIDGE_ALIAS`]).
+    /// IFLA_IFALIAS: netbpf marks the bridges it makes (see [`OWNED_ALIAS`]).
     pub alias: Option<String>,
     pub mtu: u32,
 }
@@ -152,8 +153,8 @@ impl Netlink {
             })
     }
 
-    /// A bridge, up, marked with [`BRIDGE_ALIAS`] so that a leftover one (a crash between
-    /// forgetting a network and deleting its bridge) is known as netbpf's, not Docker's.
+    /// A bridge, up, marked with [`OWNED_ALIAS`] so that a leftover one (a crash between
+    /// forgetting a network and deleting its bridge) is known as netbpf's.
     pub fn create_bridge(&self, name: &str, mac: [u8; 6]) -> Result<Link, NetlinkError> {
         let msg = LinkBridge::new(name).address(mac.to_vec()).up().build();
         self.block(
@@ -161,15 +162,15 @@ impl Netlink {
             self.handle.link().add(msg).execute(),
         )?;
         let bridge = self.link(name)?;
-        // (The kernel takes an alias only on a link that exists.)
-        let alias = LinkUnspec::new_with_index(bridge.index)
-            .alias(BRIDGE_ALIAS)
-            .build();
-        self.block(
-            || format!("marking bridge {name}"),
-            self.handle.link().set(alias).execute(),
-        )?;
+        self.mark_owned(bridge.index)?;
         self.link(name)
+    }
+
+    /// Gives an interface [`OWNED_ALIAS`] (the kernel takes an alias only on a link that
+    /// exists, not in the request that makes it).
+    pub fn mark_owned(&self, index: u32) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(index).alias(OWNED_ALIAS).build();
+        self.set(|| format!("marking interface {index} as netbpf's"), msg)
     }
 
     /// Creates a veth pair, both ends in this namespace, both down.

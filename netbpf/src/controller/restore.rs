@@ -180,12 +180,18 @@ impl Controller {
                 .collect();
             for link in links {
                 let on_ours = link.controller.is_some_and(|c| bridge_indexes.contains(&c));
-                let orphan_bridge = link.is_bridge
-                    && link.alias.as_deref() == Some(crate::netlink::BRIDGE_ALIAS)
-                    && !bridges.contains(&link.name);
+                let owned = link.alias.as_deref() == Some(crate::netlink::OWNED_ALIAS);
+                let orphan_bridge = link.is_bridge && owned && !bridges.contains(&link.name);
+                // A veth made for an endpoint that was never recorded (a crash in
+                // `network connect`): its peer sits in a live container.
+                let orphan_veth = link.is_veth && owned && !veths.contains(&link.name);
                 let orphan_temporary =
                     is_temporary_name(&link.name) && !temporary.contains(&link.name);
-                if (on_ours && !veths.contains(&link.name)) || orphan_bridge || orphan_temporary {
+                if (on_ours && !veths.contains(&link.name))
+                    || orphan_bridge
+                    || orphan_veth
+                    || orphan_temporary
+                {
                     tracing::info!(interface = link.name, "removing leftover interface");
                     nl.delete_link(link.index)?;
                 }

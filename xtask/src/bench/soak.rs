@@ -259,6 +259,12 @@ pub fn measure(bin: &Path, quick: bool, samples: &mut Vec<Sample>) -> anyhow::Re
     } else {
         (10_000, 300, 200)
     };
+    // NETBPF_SOAK_CYCLES=N: a shorter soak, with the crash loop and the run --rm
+    // comparison as they are (to rerun those after a fix without the long part).
+    let cycles = std::env::var("NETBPF_SOAK_CYCLES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(cycles);
     let pid = std::process::id() % 10_000;
     let mut host = SoakHost::new(bin, &format!("nbs{pid}"))?;
     let sample = |metric: &str, contender: &str, value: f64| Sample {
