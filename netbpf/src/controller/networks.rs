@@ -327,6 +327,9 @@ impl Controller {
             let cluster = self.overlay.cluster().cloned().ok_or_else(|| {
                 Error::invalid("overlay networks are removed through the cluster store")
             })?;
+            if self.state.networks.contains_key(name) {
+                self.check_unused(name)?;
+            }
             // Removing it would cut other hosts' containers off each other.
             let elsewhere: BTreeSet<String> = self
                 .overlay
@@ -339,9 +342,6 @@ impl Controller {
                     "overlay network {name} has containers on other hosts ({}): remove them first",
                     elsewhere.into_iter().collect::<Vec<_>>().join(", ")
                 )));
-            }
-            if self.state.networks.contains_key(name) {
-                self.check_unused(name)?;
             }
             return Ok(Removal::Overlay {
                 cluster,
