@@ -169,35 +169,38 @@ impl OverlayBench {
                 "ovl",
             ],
         )?;
-        // Both hosts hold a block once the network is visible on the second one and its
-        // containers can join.
-        let started = Instant::now();
-        let ctrl = CTRL_PORT.to_string();
-        loop {
-            let joined = cli(
-                &sockets[1],
-                &[
-                    "run",
-                    "-d",
-                    "--name",
-                    "cli",
-                    "--network",
-                    "ovl",
-                    "--",
-                    "sleep",
-                    "infinity",
-                ],
-            );
-            if joined.is_ok() {
-                break;
+        // Both hosts hold a block once the network is visible on each and its
+        // containers can join: on either host, that comes with the host's view of etcd.
+        let join = |socket: &Path, args: &[&str]| -> anyhow::Result<()> {
+            let started = Instant::now();
+            loop {
+                let joined = cli(socket, args);
+                if joined.is_ok() {
+                    return Ok(());
+                }
+                anyhow::ensure!(
+                    started.elapsed().as_secs() < 30,
+                    "overlay not joined: {joined:?}"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(200));
             }
-            anyhow::ensure!(
-                started.elapsed().as_secs() < 30,
-                "overlay not joined: {joined:?}"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(200));
-        }
-        cli(
+        };
+        let ctrl = CTRL_PORT.to_string();
+        join(
+            &sockets[1],
+            &[
+                "run",
+                "-d",
+                "--name",
+                "cli",
+                "--network",
+                "ovl",
+                "--",
+                "sleep",
+                "infinity",
+            ],
+        )?;
+        join(
             &sockets[0],
             &[
                 "run",
