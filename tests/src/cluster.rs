@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{TestHost, eventually, must, unique_id};
+use crate::{TestHost, eventually, must, pki::Pki, unique_id};
 
 /// A shared L2 segment between test hosts, like the switch their second NICs plug into: a
 /// bridge in a namespace of its own, with one veth into each host. The bridge does no VLAN
@@ -103,17 +103,30 @@ pub struct Etcd {
     pub addr: String,
     dir: PathBuf,
     child: Option<Child>,
+    /// A TLS store's certificates (it asks clients for theirs: `--client-cert-auth`).
+    pub pki: Option<Pki>,
 }
 
 impl Etcd {
     /// etcd listening on `addr` (an address of the underlay's subnet, without prefix).
     pub fn start(underlay: &Underlay, addr: &str) -> Self {
+        Self::start_with(underlay, addr, false)
+    }
+
+    /// As [`Etcd::start`], serving clients over TLS only and asking them for a certificate
+    /// signed by its CA.
+    pub fn start_tls(underlay: &Underlay, addr: &str) -> Self {
+        Self::start_with(underlay, addr, true)
+    }
+
+    fn start_with(underlay: &Underlay, addr: &str, tls: bool) -> Self {
         let ns = underlay.station("etcd", &format!("{addr}/24"));
         let dir = std::env::temp_dir().join(format!("netbpf-test-{ns}"));
         std::fs::create_dir_all(&dir).expect("etcd dir");
         let mut etcd = Self {
             ns,
             addr: addr.to_owned(),
+            pki: tls.then(|| Pki::new(&dir.join("pki"), addr)),
             dir,
             child: None,
         };
@@ -122,14 +135,61 @@ impl Etcd {
     }
 
     pub fn url(&self) -> String {
-        format!("etcd://{}:2379", self.addr)
+        match self.pki {
+            Some(_) => format!("etcds://{}:2379", self.addr),
+            None => format!("etcd://{}:2379", self.addr),
+        }
+    }
+
+    fn client_url(&self) -> String {
+        let scheme = if self.pki.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}:2379", self.addr)
+    }
+
+    /// `curl` in the store's namespace, with the client certificate a TLS store wants.
+    fn curl(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("nsenter");
+        command.arg(format!("--net=/run/netns/{}", self.ns)).args([
+            "curl",
+            "-s",
+            "--max-time",
+            "2",
+        ]);
+        if let Some(pki) = &self.pki {
+            command.args(["--cacert", &pki.ca()]);
+            command.args(["--cert", &pki.file("client.pem")]);
+            command.args(["--key", &pki.file("client.key")]);
+        }
+        command.args(args);
+        command
+    }
+
+    /// `etcdctl ARGS` against the store, as its administrator would run it (with the client
+    /// certificate, and `--user` when given in `args`); what it printed.
+    pub fn etcdctl(&self, args: &[&str]) -> std::process::Output {
+        let mut command = Command::new("nsenter");
+        command.arg(format!("--net=/run/netns/{}", self.ns)).args([
+            "etcdctl",
+            "--endpoints",
+            &self.client_url(),
+        ]);
+        if let Some(pki) = &self.pki {
+            command.args(["--cacert", &pki.ca()]);
+            command.args(["--cert", &pki.file("client.pem")]);
+            command.args(["--key", &pki.file("client.key")]);
+        }
+        command
+            .args(args)
+            .output()
+            .expect("etcdctl (Debian's etcd-client) is needed: run cargo xtask test")
     }
 
     /// Starts (or restarts, with the same data) the server and waits until it answers.
     pub fn resume(&mut self) {
-        let client = format!("http://{}:2379", self.addr);
+        let client = self.client_url();
         let peer = format!("http://{}:2380", self.addr);
-        let child = Command::new("nsenter")
+        let mut command = Command::new("nsenter");
+        command
             .arg(format!("--net=/run/netns/{}", self.ns))
             .arg("etcd")
             .args(["--name", "test", "--data-dir"])
@@ -139,7 +199,14 @@ impl Etcd {
                 &client,
                 "--advertise-client-urls",
                 &client,
-            ])
+            ]);
+        if let Some(pki) = &self.pki {
+            command
+                .args(["--cert-file", &pki.file("server.pem")])
+                .args(["--key-file", &pki.file("server.key")])
+                .args(["--trusted-ca-file", &pki.ca(), "--client-cert-auth"]);
+        }
+        let child = command
             .args([
                 "--listen-peer-urls",
                 &peer,
@@ -154,9 +221,8 @@ impl Etcd {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let health = Command::new("nsenter")
-                .arg(format!("--net=/run/netns/{}", self.ns))
-                .args(["curl", "-s", "--max-time", "1", &format!("{client}/health")])
+            let health = self
+                .curl(&[&format!("{client}/health")])
                 .output()
                 .expect("curl");
             if String::from_utf8_lossy(&health.stdout).contains("true") {
@@ -183,20 +249,12 @@ impl Etcd {
         use base64::Engine as _;
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
         let body = format!(r#"{{"key":"{}","value":"{}"}}"#, b64(key), b64(value));
-        let url = format!("http://{}:2379/v3/kv/put", self.addr);
-        let out = must(
-            "nsenter",
-            &[
-                &format!("--net=/run/netns/{}", self.ns),
-                "curl",
-                "-sf",
-                "-X",
-                "POST",
-                "-d",
-                &body,
-                &url,
-            ],
-        );
+        let url = format!("{}/v3/kv/put", self.client_url());
+        let out = self
+            .curl(&["-f", "-X", "POST", "-d", &body, &url])
+            .output()
+            .expect("curl");
+        let out = String::from_utf8_lossy(&out.stdout);
         assert!(out.contains("revision"), "etcd put: {out}");
     }
 

@@ -5,7 +5,7 @@
 //!   uplink veth on 198.18.0.0/24 (a benchmarking range that is never routed) — plus its
 //!   own state dir, socket, bpffs mount and cgroup.
 //! - [`cluster`]: [`Underlay`], an L2 segment between hosts, and [`Etcd`], a real cluster
-//!   store on it.
+//!   store on it (over TLS with client certificates made by [`pki`], if asked).
 //! - [`cni`]: calling `netbpf` as a CNI runtime calls its plugin.
 //! - [`docker`]: a real dockerd per test, finding the test's own `netbpf` driver.
 //! - [`sandbox`]: [`ProgramSandbox`], the real programs run on crafted packets.
@@ -35,6 +35,7 @@ pub mod hostile;
 pub mod image;
 pub mod packet;
 pub mod path;
+pub mod pki;
 pub mod records;
 pub mod sandbox;
 pub mod sink;

@@ -33,6 +33,9 @@ const PACKAGES: &[&str] = &[
     "libprotobuf-dev",
     // The cluster store the overlay tests run (as Flannel and Calico use it).
     "etcd-server",
+    // etcdctl, to set up an authenticated store; openssl, to make its certificates.
+    "etcd-client",
+    "openssl",
     // A real runtime for the CNI plugin's tests: Podman 4 with its CNI backend, the
     // reference plugins it wants to find, its OCI runtime and monitor.
     "podman",

@@ -24,8 +24,9 @@ use crate::{
     datapath::{self, sweep::FlowSweeper},
     exits::{Exits, WaitFor},
     netlink::Netlink,
-    overlay,
 };
+
+use super::cluster::{ClusterArgs, start_cluster};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DaemonArgs {
@@ -53,12 +54,8 @@ pub struct DaemonArgs {
     /// resolv.conf and hosts in /etc/netns) so `ip netns exec` works; empty: do not.
     #[arg(long, default_value = "netbpf-")]
     pub netns_prefix: String,
-    /// The cluster store for overlay networks: etcd://HOST:PORT.
-    #[arg(long)]
-    pub cluster_store: Option<String>,
-    /// This host's tunnel endpoint on the underlay (default: the uplink's address).
-    #[arg(long)]
-    pub vtep_addr: Option<std::net::Ipv4Addr>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
     /// tracing filter, e.g. `info`, `netbpf=debug`.
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -223,43 +220,6 @@ fn api_group(name: Option<&str>) -> anyhow::Result<Option<u32>> {
     }
 }
 
-/// Starts the cluster store session and the task that hands its views to the controller,
-/// in the order they come.
-fn start_cluster(
-    url: &str,
-    vtep: Option<std::net::Ipv4Addr>,
-    uplink: Option<&str>,
-    ctl: &Shared,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let endpoint = overlay::parse_store_url(url).map_err(|e| anyhow::anyhow!(e))?;
-    let vtep = match (vtep, uplink) {
-        (Some(vtep), _) => vtep,
-        (None, Some(uplink)) => {
-            let uplink = uplink.to_owned();
-            Netlink::run(None, move |nl| nl.addresses_of(nl.link(&uplink)?.index))?
-                .into_iter()
-                .next()
-                .context("the uplink has no IPv4 address for the overlay: give --vtep-addr")?
-        }
-        (None, None) => bail!("--cluster-store needs an underlay address: give --vtep-addr"),
-    };
-    let (views_tx, mut views) = mpsc::unbounded_channel();
-    let me = overlay::store::Identity {
-        host: vtep.to_string(),
-        vtep,
-    };
-    // The blocks this host's overlay networks have: it asks for the same ones again.
-    let held = ctl.lock().overlay_blocks();
-    let cluster = overlay::store::Cluster::start(endpoint, me, views_tx, held);
-    ctl.lock().set_cluster(cluster);
-    let ctl = ctl.clone();
-    Ok(tokio::spawn(async move {
-        while let Some(view) = views.recv().await {
-            let _ = ctl.run(move |c| c.apply_cluster(view)).await;
-        }
-    }))
-}
-
 /// The uplink: the one named, or the interface of the default route.
 fn find_uplink(named: Option<&str>) -> anyhow::Result<Option<String>> {
     let uplink = match named {
@@ -279,10 +239,13 @@ fn find_uplink(named: Option<&str>) -> anyhow::Result<Option<String>> {
 
 /// Prepares the host for a daemon with `args`: the bpffs and namespace directory ready. Returns the controller's config and whether the bpffs is ours to
 /// unmount at the end.
-fn prepare(state_dir: PathBuf, args: &DaemonArgs) -> anyhow::Result<(Config, bool)> {
+fn prepare(
+    state_dir: PathBuf,
+    uplink: Option<String>,
+    args: &DaemonArgs,
+) -> anyhow::Result<(Config, bool)> {
     // No host-wide `ip_forward`: each bridge forwards for its own containers
     // (`network::route_for_containers`), so the host routes nothing else because of netbpf.
-    let uplink = find_uplink(args.uplink.as_deref())?;
     let bpffs = std::path::absolute(&args.bpffs)?;
     let mounted_bpffs = prepare_bpffs(&bpffs)?;
     let cgroup = match &args.cgroup {
@@ -414,6 +377,7 @@ pub async fn run(socket: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
         );
     }
     let group = api_group(args.group.as_deref())?;
+    let store = args.cluster.access()?;
     raise_open_files_limit();
     // Crash points for the chaos tests (`FAILPOINTS=NAME=return` aborts there); none set
     // in normal use.
@@ -428,6 +392,12 @@ pub async fn run(socket: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
         .map_err(|_| {
             anyhow::anyhow!("another daemon is using state dir {}", state_dir.display())
         })?;
+    // Everything that can be wrong with the flags is found before anything is made.
+    let uplink = find_uplink(args.uplink.as_deref())?;
+    let cluster = match store {
+        Some(access) => Some((access, args.cluster.identity(uplink.as_deref())?)),
+        None => None,
+    };
     let listener = bind_socket(&socket, group)?;
     // (Docker connects as root.)
     let docker_listener = args
@@ -435,7 +405,7 @@ pub async fn run(socket: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
         .as_deref()
         .map(|path| bind_socket(path, None))
         .transpose()?;
-    let (config, mounted_bpffs) = prepare(state_dir, &args)?;
+    let (config, mounted_bpffs) = prepare(state_dir, uplink, &args)?;
 
     let (exits_tx, exits_rx) = mpsc::unbounded_channel();
     let exits = Arc::new(Exits::new(exits_tx));
@@ -467,13 +437,8 @@ pub async fn run(socket: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
         config.resolv_conf.clone(),
         config.bpffs.clone(),
     );
-    if let Some(url) = &args.cluster_store {
-        loops.push(start_cluster(
-            url,
-            args.vtep_addr,
-            config.uplink.as_deref(),
-            &ctl,
-        )?);
+    if let Some((access, me)) = cluster {
+        loops.push(start_cluster(access, me, &ctl));
     }
 
     if let (Some(listener), Some(path)) = (docker_listener, &args.docker_plugin) {

@@ -1,6 +1,7 @@
 //! The command line: `netbpf daemon` ([`daemon`]) and the client commands, mirroring
 //! Docker's verbs.
 
+pub mod cluster;
 pub mod cni;
 pub mod daemon;
 mod output;

@@ -13,6 +13,7 @@
 //!                                            every host answers for containers on all hosts
 //! ```
 
+pub mod access;
 pub mod plan;
 pub mod store;
 mod validate;
@@ -107,18 +108,6 @@ pub fn block_key(network: &str, block: Ipv4Net) -> String {
         block.network(),
         block.prefix_len()
     )
-}
-
-/// Parses `etcd://HOST:PORT` (or `http://HOST:PORT`) into the endpoint etcd-client takes.
-pub fn parse_store_url(url: &str) -> Result<String, String> {
-    let rest = url
-        .strip_prefix("etcd://")
-        .or_else(|| url.strip_prefix("http://"))
-        .ok_or_else(|| format!("cluster store {url:?}: use etcd://HOST:PORT"))?;
-    if rest.is_empty() || rest.contains('/') || !rest.contains(':') {
-        return Err(format!("cluster store {url:?}: use etcd://HOST:PORT"));
-    }
-    Ok(format!("http://{rest}"))
 }
 
 /// The overlay options of `network create -d overlay -o KEY=VALUE`: `vni` and `port`.
@@ -330,13 +319,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn store_urls_and_options() {
-        assert_eq!(
-            parse_store_url("etcd://10.0.0.1:2379").unwrap(),
-            "http://10.0.0.1:2379"
-        );
-        assert!(parse_store_url("10.0.0.1:2379").is_err());
-        assert!(parse_store_url("etcd://10.0.0.1").is_err());
+    fn options() {
         let opts = |p: &[(&str, &str)]| -> BTreeMap<String, String> {
             p.iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -16,15 +16,15 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KeyValue, PutOptions,
-    Txn, TxnOp, WatchOptions,
+    Client, Compare, CompareOp, DeleteOptions, GetOptions, KeyValue, PutOptions, Txn, TxnOp,
+    WatchOptions,
 };
 use ipnet::Ipv4Net;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
     BLOCK_PREFIX_LEN, BLOCKS_PREFIX, BlockLease, ClusterView, LEASE_TTL_SECS, NAMES_PREFIX,
-    NETWORKS_PREFIX, NameRecord, OverlaySpec, block_key, network_key,
+    NETWORKS_PREFIX, NameRecord, OverlaySpec, access::StoreAccess, block_key, network_key,
 };
 use crate::ipam;
 
@@ -69,7 +69,8 @@ enum Request {
 #[derive(Clone)]
 pub struct Cluster {
     requests: mpsc::UnboundedSender<Request>,
-    pub endpoint: String,
+    /// The store's URL, as given (`etcd://…`, `etcds://…`).
+    pub url: String,
     /// This host's tunnel endpoint: the blocks registered with it are this host's.
     pub vtep: Ipv4Addr,
 }
@@ -79,17 +80,18 @@ impl Cluster {
     /// goes to `views`, in order. `held` are the blocks this host's networks have (from its
     /// state): it asks for those again, never for others of the same networks.
     pub fn start(
-        endpoint: String,
+        access: StoreAccess,
         me: Identity,
         views: mpsc::UnboundedSender<ClusterView>,
         held: BTreeMap<String, Ipv4Net>,
     ) -> Self {
         let (requests, rx) = mpsc::unbounded_channel();
         let vtep = me.vtep;
-        tokio::spawn(run(endpoint.clone(), me, views, rx, held));
+        let url = access.url.clone();
+        tokio::spawn(run(access, me, views, rx, held));
         Self {
             requests,
-            endpoint,
+            url,
             vtep,
         }
     }
@@ -101,7 +103,7 @@ impl Cluster {
         make: impl FnOnce(oneshot::Sender<Result<(), StoreError>>) -> Request,
     ) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
-        let gone = || StoreError::Unreachable(self.endpoint.clone());
+        let gone = || StoreError::Unreachable(self.url.clone());
         self.requests.send(make(tx)).map_err(|_| gone())?;
         match tokio::time::timeout(ASK_DEADLINE, rx).await {
             Ok(answer) => answer.map_err(|_| gone())?,
@@ -127,7 +129,7 @@ impl Cluster {
 }
 
 async fn run(
-    endpoint: String,
+    access: StoreAccess,
     me: Identity,
     views: mpsc::UnboundedSender<ClusterView>,
     mut requests: mpsc::UnboundedReceiver<Request>,
@@ -139,21 +141,25 @@ async fn run(
     // The names this host wants published; written again under each new session's lease.
     let mut names: Vec<NameRecord> = vec![];
     loop {
-        let result = session(&endpoint, &me, &views, &mut requests, &mut held, &mut names).await;
+        let result = session(&access, &me, &views, &mut requests, &mut held, &mut names).await;
         match result {
             Ok(()) => return,
-            Err(error) => tracing::warn!(
-                store = endpoint,
-                error = format!("{error:#}"),
-                "cluster store unreachable or session lost: overlay changes wait; retrying every 2 s"
-            ),
+            Err(error) => {
+                let error = format!("{error:#}");
+                tracing::warn!(
+                    store = access.url,
+                    hint = access.hint(&error),
+                    error,
+                    "cluster store unreachable or session lost: overlay changes wait; retrying every 2 s"
+                )
+            }
         }
         let deadline = tokio::time::Instant::now() + RETRY;
         // Changes asked for while there is no session are refused at once.
         while let Ok(Some(request)) = tokio::time::timeout_at(deadline, requests.recv()).await {
             match request {
                 Request::Create(_, reply) | Request::Remove(_, reply) => {
-                    let _ = reply.send(Err(StoreError::Unreachable(endpoint.clone())));
+                    let _ = reply.send(Err(StoreError::Unreachable(access.url.clone())));
                 }
                 Request::Names(wanted) => names = wanted,
             }
@@ -162,22 +168,25 @@ async fn run(
 }
 
 async fn session(
-    endpoint: &str,
+    access: &StoreAccess,
     me: &Identity,
     views: &mpsc::UnboundedSender<ClusterView>,
     requests: &mut mpsc::UnboundedReceiver<Request>,
     held: &mut BTreeMap<String, Ipv4Net>,
     names: &mut Vec<NameRecord>,
 ) -> anyhow::Result<()> {
-    let options = ConnectOptions::new()
+    // (The certificates, key and password as their files are now: renewed ones are used.)
+    let options = access
+        .connect_options()
+        .map_err(anyhow::Error::msg)?
         .with_connect_timeout(RETRY)
         .with_timeout(CALL_DEADLINE)
         .with_keep_alive(KEEP_ALIVE.0, KEEP_ALIVE.1)
         .with_keep_alive_while_idle(true);
-    let mut client = Client::connect([endpoint], Some(options)).await?;
+    let mut client = Client::connect([&access.endpoint], Some(options)).await?;
     let lease = client.lease_grant(LEASE_TTL_SECS, None).await?.id();
     let (mut keeper, mut keep_alive) = deadline(client.lease_keep_alive(lease)).await??;
-    tracing::info!(store = endpoint, lease, vtep = %me.vtep, "cluster store session started");
+    tracing::info!(store = access.url, lease, vtep = %me.vtep, "cluster store session started");
     publish(&mut client, lease, &[], names).await?;
     let mut warned = BTreeSet::new();
     let mut revision = sync(&mut client, me, lease, held, views, &mut warned).await?;
