@@ -146,6 +146,39 @@ pub fn spawn_with_private_mounts(script: &str, log: &std::path::Path) -> std::pr
         .expect("unshare")
 }
 
+/// As [`spawn_with_private_mounts`], in the mount namespace `mounts` (a process's
+/// `/proc/PID/ns/mnt`) instead of a new one.
+pub fn spawn_in_mounts(
+    mounts: std::fs::File,
+    script: &str,
+    log: &std::path::Path,
+) -> std::process::Child {
+    let log = std::fs::File::create(log).unwrap();
+    let mut command = Command::new("sh");
+    command
+        .args(["-c", script])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    enter_namespace(&mut command, mounts, libc::CLONE_NEWNS);
+    command.spawn().expect("sh in a mount namespace")
+}
+
+/// Makes `command` enter namespace `ns` (of `kind`, a `CLONE_NEW*` flag) before it runs.
+pub fn enter_namespace(command: &mut Command, ns: std::fs::File, kind: libc::c_int) {
+    use std::os::{fd::AsRawFd as _, unix::process::CommandExt as _};
+    // SAFETY: setns is async-signal-safe; the closure owns `ns`, so the fd stays open
+    // until the child has entered the namespace.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setns(ns.as_raw_fd(), kind) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Whether a command succeeds.
 pub fn succeeds(mut command: Command) -> bool {
     command.stdout(Stdio::null()).stderr(Stdio::null());

@@ -1,5 +1,5 @@
 //! Docker networks on netbpf beyond a plain bridge: macvlan, ipvlan and overlay through
-//! `-o netbpf.driver=…`, and what a `dockerd` restart keeps.
+//! `-o netbpf.driver=…`, and what a `dockerd` restart (with `--live-restore` too) keeps.
 
 use netbpf_tests::{
     TestHost,
@@ -241,6 +241,64 @@ fn docker_networks_and_their_containers_come_back_after_a_dockerd_restart() {
     dockerd.ok(&["network", "rm", "nb"]);
     assert!(host_links(&host, &["veth", "br-"]).is_empty());
     assert!(!host.ok(&["network", "ls"]).contains("docker-"));
+}
+
+#[test]
+fn containers_on_netbpf_keep_serving_through_a_live_restore_dockerd_restart() {
+    let (host, dockerd) = Dockerd::with_netbpf_live_restore("live restore\n");
+    dockerd.ok(&[
+        "network",
+        "create",
+        "-d",
+        "netbpf",
+        "--subnet",
+        "10.127.0.0/24",
+        "nb",
+    ]);
+    run_web(&dockerd, "web", "nb", &["-p", "8080:80"]);
+    netbpf_tests::eventually(15, "the published port to answer", || {
+        host.answers_from_outside("http://198.18.0.2:8080/")
+    });
+    let started = dockerd.ok(&["inspect", "-f", "{{.State.StartedAt}}", "web"]);
+
+    // Docker's --live-restore: dockerd goes away and comes back; its container, and
+    // netbpf's endpoint and published port for it, never stop.
+    let every = std::time::Duration::from_millis(100);
+    let requests = host.requests_from_outside("http://198.18.0.2:8080/", every);
+    std::thread::sleep(5 * every);
+    let dockerd = dockerd.restart_live("web");
+    std::thread::sleep(5 * every);
+    let (failed, sent) = requests.stop();
+    assert_eq!(
+        failed, 0,
+        "{failed} of {sent} requests failed across the restart"
+    );
+    assert!(sent >= 5, "only {sent} requests");
+    assert_eq!(
+        dockerd.ok(&["inspect", "-f", "{{.State.StartedAt}}", "web"]),
+        started,
+        "web was restarted"
+    );
+    let ps = host.ok(&["ps", "-a"]);
+    assert_eq!(ps.matches("docker-ep-").count(), 1, "{ps}");
+
+    // The restored dockerd still drives netbpf: a new container joins and finds `web` by
+    // name (Docker's DNS), and removing both leaves nothing.
+    let page = dockerd.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "nb",
+        "bb",
+        "sh",
+        "-c",
+        &image::http_get("web"),
+    ]);
+    assert!(page.contains("live restore"), "{page}");
+    dockerd.ok(&["rm", "-f", "web"]);
+    assert!(!host.ok(&["ps", "-a"]).contains("docker-ep-"));
+    dockerd.ok(&["network", "rm", "nb"]);
+    assert!(host_links(&host, &["veth", "br-"]).is_empty());
 }
 
 #[test]

@@ -175,32 +175,7 @@ fn with_live_restore_a_stopped_daemon_leaves_everything_serving_for_the_next() {
     let pid = host.json(&["inspect", "web"])["State"]["Pid"].clone();
 
     // Requests from outside every 50 ms, and a bulk transfer, across the restart.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let requests = {
-        let (stop, outside) = (stop.clone(), host.outside_ns.clone());
-        std::thread::spawn(move || {
-            let (mut sent, mut failed) = (0, 0);
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let mut curl = std::process::Command::new("ip");
-                curl.args([
-                    "netns",
-                    "exec",
-                    &outside,
-                    "curl",
-                    "-sf",
-                    "--max-time",
-                    "2",
-                    PAGE,
-                ]);
-                sent += 1;
-                if !succeeds(curl) {
-                    failed += 1;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            (sent, failed)
-        })
-    };
+    let requests = host.requests_from_outside(PAGE, Duration::from_millis(50));
     let transfer = host.transfer_from_outside(5201, 6);
     std::thread::sleep(Duration::from_secs(1));
     host.stop_daemon();
@@ -212,8 +187,7 @@ fn with_live_restore_a_stopped_daemon_leaves_everything_serving_for_the_next() {
     std::thread::sleep(Duration::from_secs(1));
     host.start_daemon(&["--live-restore"]);
     std::thread::sleep(Duration::from_secs(1));
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (sent, failed) = requests.join().unwrap();
+    let (failed, sent) = requests.stop();
     assert_eq!(
         failed, 0,
         "{failed} of {sent} requests failed across the restart"

@@ -15,6 +15,9 @@ use crate::{cgroup2_root, must, unique_id};
 
 mod neighbours;
 mod queries;
+mod requests;
+
+pub use requests::RequestLoop;
 
 /// Address of the host namespace's uplink, and of the `outside` end.
 pub const HOST_UPLINK_IP: &str = "198.18.0.2";
@@ -508,16 +511,7 @@ impl Drop for TestHost {
 /// Makes `command` enter the network namespace `ns` between fork and exec (not `ip netns
 /// exec`, which would also remount /sys).
 fn enter_netns(command: &mut Command, ns: File) {
-    // SAFETY: setns is async-signal-safe; the closure owns `ns`, so the fd stays open
-    // until the child has entered the namespace.
-    unsafe {
-        command.pre_exec(move || {
-            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    crate::enter_namespace(command, ns, libc::CLONE_NEWNET);
 }
 
 /// A running iperf3 client (see [`TestHost::transfer_from_outside`]).
