@@ -45,15 +45,17 @@ fn access_flags(etcd: &Etcd, ca: &str, client: bool, password: Option<&str>) -> 
 }
 
 /// A host whose daemon starts with `flags` but cannot open a session with the store: an
-/// overlay change is refused, its log says `why`, and nothing of it reaches the store.
+/// overlay change is refused, `netbpf info` says `why`, and nothing of it reaches the store.
 fn refused(underlay: &Underlay, etcd: &Etcd, n: u8, flags: &[String], why: &str) {
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let host = host_with(underlay, etcd, n, &flags);
     eventually(15, "the session to fail", || {
-        host.daemon_log().contains("cluster store unreachable")
+        host.json(&["info"])["cluster_store"]["error"].is_string()
     });
-    let log = host.daemon_log();
-    assert!(log.contains(why), "expected {why:?} in:\n{log}");
+    let store = &host.json(&["info"])["cluster_store"];
+    assert_eq!(store["connected"], false, "{store}");
+    assert!(store.to_string().contains(why), "expected {why:?} in {store}");
+    assert!(host.daemon_log().contains(why), "{}", host.daemon_log());
     let err = host.fails(&[
         "network",
         "create",
@@ -81,6 +83,11 @@ fn a_tls_store_is_reached_only_with_its_ca_a_client_certificate_and_the_password
     let trusted: Vec<&str> = trusted.iter().map(String::as_str).collect();
     let a = host_with(&underlay, &etcd, 1, &trusted);
     create_overlay(&[&a], "10.150.0.0/16", &[]);
+    let store = &a.json(&["info"])["cluster_store"];
+    assert_eq!(store["url"], "etcds://10.0.0.250:2379", "{store}");
+    assert_eq!(store["tls"], true, "{store}");
+    assert_eq!(store["user"], "root", "{store}");
+    assert_eq!(store["connected"], true, "{store}");
     a.ok(&[
         "run",
         "-d",

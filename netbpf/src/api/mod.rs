@@ -369,4 +369,26 @@ pub struct DaemonInfo {
     /// (their pinned programs keep serving), each with the reason.
     #[serde(default)]
     pub unreconciled: Vec<String>,
+    /// With `--cluster-store`: the store and how this host's session with it stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_store: Option<ClusterStoreInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterStoreInfo {
+    pub url: String,
+    pub tls: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// This host's tunnel endpoint.
+    pub vtep: String,
+    /// A session is up (lease kept alive, watch running); overlay changes work.
+    pub connected: bool,
+    /// Since when it is (or is not) up, RFC 3339.
+    pub since: String,
+    /// Why the last session ended or could not start, and what may be missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
 }

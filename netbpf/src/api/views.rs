@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use netbpf_common::{DropReason, EndpointCounters, Hook};
 
 use super::{
-    ContainerEndpointView, ContainerStateView, ContainerSummary, ContainerView, CountersView,
-    DaemonInfo, EndpointStats, IpamConfigView, IpamView, NetworkEndpointView, NetworkView,
-    PeerView, StatsView,
+    ClusterStoreInfo, ContainerEndpointView, ContainerStateView, ContainerSummary, ContainerView,
+    CountersView, DaemonInfo, EndpointStats, IpamConfigView, IpamView, NetworkEndpointView,
+    NetworkView, PeerView, StatsView,
 };
 use crate::{
     ipam::format_mac,
@@ -280,6 +280,7 @@ pub struct DaemonFacts {
     pub cgroup: String,
     pub ids: crate::datapath::DatapathIds,
     pub unreconciled: Vec<String>,
+    pub cluster_store: Option<crate::overlay::store::StoreFacts>,
 }
 
 pub fn info(facts: DaemonFacts) -> DaemonInfo {
@@ -302,6 +303,16 @@ pub fn info(facts: DaemonFacts) -> DaemonInfo {
         program_ids: facts.ids.program_ids,
         map_ids: facts.ids.map_ids,
         unreconciled: facts.unreconciled,
+        cluster_store: facts.cluster_store.map(|store| ClusterStoreInfo {
+            url: store.url,
+            tls: store.tls,
+            user: store.user,
+            vtep: store.vtep.to_string(),
+            connected: store.status.connected,
+            since: store.status.since,
+            error: store.status.error,
+            hint: store.status.hint.map(str::to_owned),
+        }),
     }
 }
 

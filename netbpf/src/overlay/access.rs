@@ -127,12 +127,22 @@ impl StoreAccess {
 }
 
 impl StoreAccess {
+    pub fn is_tls(&self) -> bool {
+        matches!(self.transport, Transport::Tls { .. })
+    }
+
+    /// The etcd user it logs in as.
+    pub fn user(&self) -> Option<&str> {
+        self.login.as_ref().map(|l| l.user.as_str())
+    }
+
     /// What may be missing when a session failed with `error`: a TLS store that wants a
     /// client certificate just closes the connection (TLS 1.3 says why only to a client
     /// that sent one), which says nothing by itself.
     pub fn hint(&self, error: &str) -> Option<&'static str> {
         match &self.transport {
-            Transport::Tls { client: None, .. } if error.contains("transport error") => Some(
+            // (The connection ends in one of several ways: a broken pipe, a cancelled call.)
+            Transport::Tls { client: None, .. } if error.contains("transport") => Some(
                 "if the store asks for client certificates (etcd's --client-cert-auth), give --cluster-cert and --cluster-key",
             ),
             _ => None,

@@ -20,7 +20,7 @@ use etcd_client::{
     WatchOptions,
 };
 use ipnet::Ipv4Net;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
     BLOCK_PREFIX_LEN, BLOCKS_PREFIX, BlockLease, ClusterView, LEASE_TTL_SECS, NAMES_PREFIX,
@@ -65,14 +65,51 @@ enum Request {
     Names(Vec<NameRecord>),
 }
 
+/// How the session with the store stands (`netbpf info`).
+#[derive(Debug, Clone)]
+pub struct SessionStatus {
+    /// A session is up: a lease kept alive and the watch running.
+    pub connected: bool,
+    /// Since when (RFC 3339).
+    pub since: String,
+    /// Why the last session ended or could not start, and what may be missing.
+    pub error: Option<String>,
+    pub hint: Option<&'static str>,
+}
+
+impl SessionStatus {
+    fn now(connected: bool, error: Option<String>, hint: Option<&'static str>) -> Self {
+        Self {
+            connected,
+            since: crate::state::now_rfc3339(),
+            error,
+            hint,
+        }
+    }
+}
+
+/// What `netbpf info` says about the store.
+#[derive(Debug, Clone)]
+pub struct StoreFacts {
+    pub url: String,
+    pub tls: bool,
+    pub user: Option<String>,
+    pub vtep: Ipv4Addr,
+    pub status: SessionStatus,
+}
+
 /// The controller's handle on the session task.
 #[derive(Clone)]
 pub struct Cluster {
     requests: mpsc::UnboundedSender<Request>,
     /// The store's URL, as given (`etcd://…`, `etcds://…`).
     pub url: String,
+    /// Whether the store is reached over TLS, and as which etcd user.
+    pub tls: bool,
+    pub user: Option<String>,
     /// This host's tunnel endpoint: the blocks registered with it are this host's.
     pub vtep: Ipv4Addr,
+    status: watch::Receiver<SessionStatus>,
 }
 
 impl Cluster {
@@ -86,13 +123,27 @@ impl Cluster {
         held: BTreeMap<String, Ipv4Net>,
     ) -> Self {
         let (requests, rx) = mpsc::unbounded_channel();
-        let vtep = me.vtep;
-        let url = access.url.clone();
-        tokio::spawn(run(access, me, views, rx, held));
-        Self {
+        let (status_tx, status) = watch::channel(SessionStatus::now(false, None, None));
+        let cluster = Self {
             requests,
-            url,
-            vtep,
+            url: access.url.clone(),
+            tls: access.is_tls(),
+            user: access.user().map(str::to_owned),
+            vtep: me.vtep,
+            status,
+        };
+        tokio::spawn(run(access, me, views, rx, held, status_tx));
+        cluster
+    }
+
+    /// Where the store is, how it is reached and how the session stands now.
+    pub fn facts(&self) -> StoreFacts {
+        StoreFacts {
+            url: self.url.clone(),
+            tls: self.tls,
+            user: self.user.clone(),
+            vtep: self.vtep,
+            status: self.status.borrow().clone(),
         }
     }
 
@@ -134,6 +185,7 @@ async fn run(
     views: mpsc::UnboundedSender<ClusterView>,
     mut requests: mpsc::UnboundedReceiver<Request>,
     mut held: BTreeMap<String, Ipv4Net>,
+    status: watch::Sender<SessionStatus>,
 ) {
     // `held`: the blocks this host holds, kept across sessions (and, through the state,
     // restarts) so that it asks for the same ones again and its containers keep their
@@ -141,17 +193,35 @@ async fn run(
     // The names this host wants published; written again under each new session's lease.
     let mut names: Vec<NameRecord> = vec![];
     loop {
-        let result = session(&access, &me, &views, &mut requests, &mut held, &mut names).await;
-        match result {
+        let connected = || {
+            status.send_replace(SessionStatus::now(true, None, None));
+        };
+        let result = session(
+            &access,
+            &me,
+            &views,
+            &mut requests,
+            &mut held,
+            &mut names,
+            connected,
+        );
+        match result.await {
             Ok(()) => return,
             Err(error) => {
                 let error = format!("{error:#}");
+                let hint = access.hint(&error);
                 tracing::warn!(
                     store = access.url,
-                    hint = access.hint(&error),
+                    hint,
                     error,
                     "cluster store unreachable or session lost: overlay changes wait; retrying every 2 s"
-                )
+                );
+                status.send_modify(|now| {
+                    // (A store that stays away keeps the time it went.)
+                    let since = (!now.connected).then(|| now.since.clone());
+                    *now = SessionStatus::now(false, Some(error), hint);
+                    now.since = since.unwrap_or(now.since.clone());
+                });
             }
         }
         let deadline = tokio::time::Instant::now() + RETRY;
@@ -174,6 +244,7 @@ async fn session(
     requests: &mut mpsc::UnboundedReceiver<Request>,
     held: &mut BTreeMap<String, Ipv4Net>,
     names: &mut Vec<NameRecord>,
+    connected: impl FnOnce(),
 ) -> anyhow::Result<()> {
     // (The certificates, key and password as their files are now: renewed ones are used.)
     let options = access
@@ -187,6 +258,7 @@ async fn session(
     let lease = client.lease_grant(LEASE_TTL_SECS, None).await?.id();
     let (mut keeper, mut keep_alive) = deadline(client.lease_keep_alive(lease)).await??;
     tracing::info!(store = access.url, lease, vtep = %me.vtep, "cluster store session started");
+    connected();
     publish(&mut client, lease, &[], names).await?;
     let mut warned = BTreeSet::new();
     let mut revision = sync(&mut client, me, lease, held, views, &mut warned).await?;
