@@ -54,7 +54,10 @@ fn refused(underlay: &Underlay, etcd: &Etcd, n: u8, flags: &[String], why: &str)
     });
     let store = &host.json(&["info"])["cluster_store"];
     assert_eq!(store["connected"], false, "{store}");
-    assert!(store.to_string().contains(why), "expected {why:?} in {store}");
+    assert!(
+        store.to_string().contains(why),
+        "expected {why:?} in {store}"
+    );
     assert!(host.daemon_log().contains(why), "{}", host.daemon_log());
     let err = host.fails(&[
         "network",
