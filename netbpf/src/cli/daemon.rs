@@ -21,12 +21,16 @@ use crate::{
     api::{peer, server},
     container,
     controller::{Config, Controller, Shared, XdpChoice},
-    datapath::{self, sweep::FlowSweeper},
+    datapath,
     exits::{Exits, WaitFor},
     netlink::Netlink,
+    overlay::{self, access::StoreAccess},
 };
 
-use super::cluster::{ClusterArgs, start_cluster};
+use super::{
+    cluster::{ClusterArgs, start_cluster},
+    loops,
+};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DaemonArgs {
@@ -266,98 +270,6 @@ fn prepare(
     Ok((config, mounted_bpffs))
 }
 
-/// The daemon's background loops: flow expiry every 10 s (off the lock), container exits handed to the
-/// controller in the order they come, and the host's resolv.conf watched (read every 2 s
-/// off the lock; the controller hears only of a change).
-fn spawn_loops(
-    ctl: &Shared,
-    mut exits: mpsc::UnboundedReceiver<crate::exits::ExitEvent>,
-    resolv_conf: PathBuf,
-    bpffs: PathBuf,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    let resolvers = {
-        let ctl = ctl.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(2));
-            let mut last = None;
-            loop {
-                tick.tick().await;
-                let text = tokio::fs::read_to_string(&resolv_conf)
-                    .await
-                    .unwrap_or_default();
-                if last.as_ref() != Some(&text) {
-                    last = Some(text.clone());
-                    let _ = ctl.run(move |c| c.set_host_resolv_conf(text)).await;
-                }
-            }
-        })
-    };
-    let expiry = {
-        let ctl = ctl.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(10));
-            let mut sweeper = match FlowSweeper::open(&bpffs) {
-                Ok(sweeper) => Some(sweeper),
-                Err(error) => {
-                    tracing::error!(%error, "no flow expiry: cannot open the conntrack maps");
-                    None
-                }
-            };
-            while let Some(owned) = sweeper.take() {
-                tick.tick().await;
-                // Off the controller lock, on a blocking thread: only the count takes it.
-                let Ok((owned, swept)) = tokio::task::spawn_blocking(move || {
-                    let started = std::time::Instant::now();
-                    let swept = owned.sweep(crate::uplink::monotonic_ns());
-                    tracing::debug!(took = ?started.elapsed(), "flow expiry sweep");
-                    (owned, swept)
-                })
-                .await
-                else {
-                    break;
-                };
-                sweeper = Some(owned);
-                match swept {
-                    Ok(flows) => {
-                        let _ = ctl.run(move |c| c.set_tracked_flows(flows)).await;
-                    }
-                    Err(error) => tracing::warn!(%error, "flow expiry sweep"),
-                }
-            }
-        })
-    };
-    let exit = {
-        let ctl = ctl.clone();
-        tokio::spawn(async move {
-            while let Some(event) = exits.recv().await {
-                let _ = ctl.run(move |c| c.on_exit(event)).await;
-            }
-        })
-    };
-    vec![expiry, exit, resolvers, follow_addresses(ctl)]
-}
-
-/// Follows the host's address changes (a DHCP renew): a burst of netlink events (delete,
-/// add) is let settle for 200 ms, then the uplink re-reads its addresses.
-fn follow_addresses(ctl: &Shared) -> tokio::task::JoinHandle<()> {
-    let ctl = ctl.clone();
-    tokio::spawn(async move {
-        use futures::StreamExt as _;
-        let mut changes = match crate::netlink::address_changes() {
-            Ok(changes) => changes,
-            Err(error) => {
-                tracing::warn!(%error, "cannot follow address changes");
-                return;
-            }
-        };
-        while changes.next().await.is_some() {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            while changes.try_recv().is_ok() {}
-            let _ = ctl.run(Controller::follow_addresses).await;
-        }
-    })
-}
-
 /// Resolves on SIGTERM or SIGINT.
 fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
@@ -370,7 +282,18 @@ fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
     })
 }
 
-pub async fn run(socket: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
+/// What the flags say, checked, with the state dir locked: nothing is made yet.
+struct Checked {
+    group: Option<u32>,
+    state_dir: PathBuf,
+    /// Held while the daemon runs: one daemon per state dir.
+    _lock: nix::fcntl::Flock<std::fs::File>,
+    uplink: Option<String>,
+    cluster: Option<(StoreAccess, overlay::store::Identity)>,
+}
+
+/// Everything that can be wrong with the flags is found here, before anything is made.
+fn check(args: &DaemonArgs) -> anyhow::Result<Checked> {
     if !nix::unistd::geteuid().is_root() {
         bail!(
             "netbpf daemon must run as root (it creates namespaces, interfaces and BPF programs)"
@@ -378,103 +301,81 @@ pub async fn run(socket: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
     }
     let group = api_group(args.group.as_deref())?;
     let store = args.cluster.access()?;
-    raise_open_files_limit();
-    // Crash points for the chaos tests (`FAILPOINTS=NAME=return` aborts there); none set
-    // in normal use.
-    let _failpoints = fail::FailScenario::setup();
     let state_dir = std::path::absolute(&args.state_dir)?;
     std::fs::create_dir_all(state_dir.join("containers"))
         .with_context(|| format!("creating state dir {}", state_dir.display()))?;
     // Root's only: the state, the logs, the namespace mounts.
     std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o700))?;
     let lock = std::fs::File::create(state_dir.join("lock"))?;
-    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
-        .map_err(|_| {
-            anyhow::anyhow!("another daemon is using state dir {}", state_dir.display())
-        })?;
-    // Everything that can be wrong with the flags is found before anything is made.
+    let lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+        |_| anyhow::anyhow!("another daemon is using state dir {}", state_dir.display()),
+    )?;
     let uplink = find_uplink(args.uplink.as_deref())?;
     let cluster = match store {
         Some(access) => Some((access, args.cluster.identity(uplink.as_deref())?)),
         None => None,
     };
-    let listener = bind_socket(&socket, group)?;
-    // (Docker connects as root.)
-    let docker_listener = args
-        .docker_plugin
-        .as_deref()
-        .map(|path| bind_socket(path, None))
-        .transpose()?;
-    let (config, mounted_bpffs) = prepare(state_dir, uplink, &args)?;
+    Ok(Checked {
+        group,
+        state_dir,
+        _lock: lock,
+        uplink,
+        cluster,
+    })
+}
+
+pub async fn run(socket: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
+    let checked = check(&args)?;
+    raise_open_files_limit();
+    // Crash points for the chaos tests (`FAILPOINTS=NAME=return` aborts there); none set
+    // in normal use.
+    let _failpoints = fail::FailScenario::setup();
+    let listener = bind_socket(&socket, checked.group)?;
+    let prepared = (|| {
+        // (Docker connects as root.)
+        let docker_listener = args
+            .docker_plugin
+            .as_deref()
+            .map(|path| bind_socket(path, None))
+            .transpose()?;
+        let (config, mounted_bpffs) =
+            prepare(checked.state_dir.clone(), checked.uplink.clone(), &args)?;
+        anyhow::Ok((docker_listener, config, mounted_bpffs))
+    })();
+    let (docker_listener, config, mounted_bpffs) = prepared.inspect_err(|_| {
+        let _ = std::fs::remove_file(&socket);
+    })?;
 
     let (exits_tx, exits_rx) = mpsc::unbounded_channel();
     let exits = Arc::new(Exits::new(exits_tx));
-    // A data plane pinned by an earlier daemon serves containers while no daemon runs.
-    let inherited = datapath::has_pins(&config.bpffs);
-    let ctl = {
-        let for_start = config.clone();
-        match tokio::task::spawn_blocking(move || Controller::start(for_start, exits)).await? {
-            Ok(ctl) => Shared::new(ctl),
-            Err(error) if inherited => {
-                // Never fail open: removing the pins would detach every container's
-                // programs (isolation, published ports, masquerade) while they keep running.
-                let _ = std::fs::remove_file(&socket);
-                return Err(error.context(format!(
-                    "cannot take over the host: the data plane pinned in {} stays as it was and keeps serving its containers",
-                    config.bpffs.display()
-                )));
-            }
-            Err(error) => {
-                // Leave nothing behind: a refused first start is not a crash to recover from.
-                unprepare(&config, &socket, mounted_bpffs);
-                return Err(error);
-            }
-        }
-    };
-    let mut loops = spawn_loops(
+    let ctl = start_controller(&config, exits, &socket, mounted_bpffs).await?;
+    let mut loops = loops::spawn_loops(
         &ctl,
         exits_rx,
         config.resolv_conf.clone(),
         config.bpffs.clone(),
     );
-    if let Some((access, me)) = cluster {
+    if let Some((access, me)) = checked.cluster {
         loops.push(start_cluster(access, me, &ctl));
     }
-
     if let (Some(listener), Some(path)) = (docker_listener, &args.docker_plugin) {
-        tracing::info!(socket = %path.display(), "serving Docker's remote network driver protocol");
-        let router = crate::docker::router(ctl.clone());
-        loops.push(tokio::spawn(async move {
-            if let Err(error) = axum::serve(listener, router).await {
-                tracing::warn!(%error, "the Docker plugin socket stopped");
-            }
-        }));
+        loops.push(serve_docker(&ctl, listener, path));
     }
     tracing::info!(socket = %socket.display(), state_dir = %config.state_dir.display(), bpffs = %config.bpffs.display(), "netbpf daemon ready");
-    let api = server::router(ctl.clone(), peer::Access { group })
-        .into_make_service_with_connect_info::<peer::Peer>();
+    let api = server::router(
+        ctl.clone(),
+        peer::Access {
+            group: checked.group,
+        },
+    )
+    .into_make_service_with_connect_info::<peer::Peer>();
     axum::serve(listener, api)
         .with_graceful_shutdown(shutdown_signal()?)
         .await
         .context("serving the API")?;
 
-    if args.live_restore {
-        // As after `kill -9`, but on purpose: the pinned data plane serves on, state is
-        // saved (every change was), and the next daemon re-adopts everything.
-        tracing::info!(
-            "live restore: leaving containers, interfaces, pins and published ports serving"
-        );
-        for task in loops {
-            task.abort();
-        }
-    } else {
-        tracing::info!("shutting down: stopping containers");
-        // (The exit loop still runs: it reports the exits `stop_all` waits for.)
-        stop_all(&ctl).await;
-        for task in loops {
-            task.abort();
-        }
-        ctl.run(Controller::teardown).await?;
+    shut_down(&ctl, loops, args.live_restore).await?;
+    if !args.live_restore {
         unprepare(&config, &socket, mounted_bpffs);
     }
     let _ = std::fs::remove_file(&socket);
@@ -483,6 +384,70 @@ pub async fn run(socket: PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
     }
     tracing::info!("netbpf daemon stopped");
     Ok(())
+}
+
+/// Serves Docker's remote network driver protocol on `listener` (bound at `path`).
+fn serve_docker(ctl: &Shared, listener: UnixListener, path: &Path) -> tokio::task::JoinHandle<()> {
+    tracing::info!(socket = %path.display(), "serving Docker's remote network driver protocol");
+    let router = crate::docker::router(ctl.clone());
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, router).await {
+            tracing::warn!(%error, "the Docker plugin socket stopped");
+        }
+    })
+}
+
+/// After SIGTERM: everything torn down, or with `--live-restore` left serving.
+async fn shut_down(
+    ctl: &Shared,
+    loops: Vec<tokio::task::JoinHandle<()>>,
+    live_restore: bool,
+) -> anyhow::Result<()> {
+    if live_restore {
+        // As after `kill -9`, but on purpose: the pinned data plane serves on, state is
+        // saved (every change was), and the next daemon re-adopts everything.
+        tracing::info!(
+            "live restore: leaving containers, interfaces, pins and published ports serving"
+        );
+        loops.iter().for_each(|task| task.abort());
+        return Ok(());
+    }
+    tracing::info!("shutting down: stopping containers");
+    // (The exit loop still runs: it reports the exits `stop_all` waits for.)
+    stop_all(ctl).await;
+    loops.iter().for_each(|task| task.abort());
+    ctl.run(Controller::teardown).await?;
+    Ok(())
+}
+
+/// Starts the controller on the prepared host: it takes over what an earlier daemon left
+/// (pins, interfaces, running containers) or starts afresh.
+async fn start_controller(
+    config: &Config,
+    exits: Arc<Exits>,
+    socket: &Path,
+    mounted_bpffs: bool,
+) -> anyhow::Result<Shared> {
+    // A data plane pinned by an earlier daemon serves containers while no daemon runs.
+    let inherited = datapath::has_pins(&config.bpffs);
+    let for_start = config.clone();
+    match tokio::task::spawn_blocking(move || Controller::start(for_start, exits)).await? {
+        Ok(ctl) => Ok(Shared::new(ctl)),
+        Err(error) if inherited => {
+            // Never fail open: removing the pins would detach every container's programs
+            // (isolation, published ports, masquerade) while they keep running.
+            let _ = std::fs::remove_file(socket);
+            Err(error.context(format!(
+                "cannot take over the host: the data plane pinned in {} stays as it was and keeps serving its containers",
+                config.bpffs.display()
+            )))
+        }
+        Err(error) => {
+            // Leave nothing behind: a refused first start is not a crash to recover from.
+            unprepare(config, socket, mounted_bpffs);
+            Err(error)
+        }
+    }
 }
 
 /// Undoes the host preparation: the namespace dir mount, our bpffs mount, the socket.

@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod cni;
 pub mod daemon;
+mod loops;
 mod output;
 
 use std::{io::Write as _, path::PathBuf};
