@@ -14,6 +14,7 @@
 //! ```
 
 pub mod access;
+mod claim;
 pub mod plan;
 pub mod store;
 mod validate;

@@ -23,10 +23,12 @@ use ipnet::Ipv4Net;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
-    BLOCK_PREFIX_LEN, BLOCKS_PREFIX, BlockLease, ClusterView, LEASE_TTL_SECS, NAMES_PREFIX,
-    NETWORKS_PREFIX, NameRecord, OverlaySpec, access::StoreAccess, block_key, network_key,
+    BLOCKS_PREFIX, BlockLease, ClusterView, LEASE_TTL_SECS, NAMES_PREFIX, NETWORKS_PREFIX,
+    NameRecord, OverlaySpec,
+    access::StoreAccess,
+    claim::{self, Choice},
+    network_key,
 };
-use crate::ipam;
 
 const RETRY: Duration = Duration::from_secs(2);
 
@@ -462,54 +464,33 @@ async fn sync(
                 continue; // (Left out of the view below, with the reason.)
             }
             let blocks = view.blocks.get(name).map(Vec::as_slice).unwrap_or_default();
-            if let Some(mine) = blocks.iter().find(|b| b.vtep == me.vtep) {
-                held.insert(name.clone(), mine.block);
-                continue;
-            }
-            let mut taken: Vec<Ipv4Net> = blocks.iter().map(|b| b.block).collect();
-            taken.extend(unusable.get(name).into_iter().flatten());
-            let len = BLOCK_PREFIX_LEN.max(spec.subnet.prefix_len());
-            let block = match held.get(name) {
-                Some(block) if taken.iter().any(|t| ipam::overlaps(*t, *block)) => {
-                    let owner = blocks.iter().find(|b| ipam::overlaps(b.block, *block));
+            let unusable = unusable.get(name).map(Vec::as_slice).unwrap_or_default();
+            match claim::choose(me.vtep, spec, blocks, unusable, held.get(name).copied()) {
+                Choice::Holding(block) => {
+                    held.insert(name.clone(), block);
+                }
+                Choice::Claim(block) => {
+                    if claim::claim(client, lease, me, name, block).await? {
+                        tracing::info!(network = name, %block, "overlay block leased");
+                        held.insert(name.clone(), block);
+                    }
+                    // (Won or lost, the next round reads what the store holds now.)
+                    lost = true;
+                }
+                Choice::TakenWhileAway { block, holder } => {
                     if warned.insert(format!("taken {name} {block}")) {
                         tracing::error!(
                             network = name,
                             %block,
-                            holder = owner.map(|b| b.host.as_str()).unwrap_or("a malformed record"),
+                            holder = holder.as_deref().unwrap_or("a malformed record"),
                             "this host's block was taken while it was away: its containers there are cut off; remove them (or the network here) to get a new block"
                         );
                     }
-                    continue;
                 }
-                Some(block) => *block,
-                None => match ipam::free_subnet(spec.subnet, len, &taken) {
-                    Some(block) => block,
-                    None => {
-                        tracing::warn!(network = name, subnet = %spec.subnet, "no free block left for this host");
-                        continue;
-                    }
-                },
-            };
-            let record = BlockLease {
-                network: name.clone(),
-                block,
-                host: me.host.clone(),
-                vtep: me.vtep,
-            };
-            let key = block_key(name, block);
-            let txn = Txn::new()
-                .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-                .and_then([TxnOp::put(
-                    key,
-                    serde_json::to_vec(&record)?,
-                    Some(PutOptions::new().with_lease(lease)),
-                )]);
-            if client.txn(txn).await?.succeeded() {
-                tracing::info!(network = name, %block, "overlay block leased");
-                held.insert(name.clone(), block);
+                Choice::Full => {
+                    tracing::warn!(network = name, subnet = %spec.subnet, "no free block left for this host");
+                }
             }
-            lost = true;
         }
         if !lost || attempt >= MAX_CLAIM_ROUNDS {
             // What the controller acts on: only records that pass (claiming above counted
