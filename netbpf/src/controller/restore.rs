@@ -143,68 +143,18 @@ impl Controller {
         Ok(())
     }
 
-    /// Deletes veths on our bridges, link pins and namespace mounts that no record owns.
+    /// Deletes interfaces, link pins, namespace mounts and `ip netns` names that no record
+    /// owns (what a crash between two steps of an operation leaves).
     fn remove_leftovers(&mut self) -> anyhow::Result<()> {
-        let veths: BTreeSet<String> = self
-            .state
-            .containers
-            .values()
-            .flat_map(|c| c.endpoints.iter().map(|ep| ep.host_veth.clone()))
-            .collect();
-        let bridges: Vec<String> = self
-            .state
-            .networks
-            .values()
-            .map(|n| n.bridge.clone())
-            .collect();
-        // Temporary names an operation gives interfaces before they are moved or renamed:
-        // those of recorded endpoints (a runtime's, waiting for it) stay.
-        let temporary: BTreeSet<String> = self
-            .state
-            .containers
-            .values()
-            .flat_map(|c| &c.endpoints)
-            .flat_map(|ep| {
-                [
-                    endpoint::peer_temp_name(&ep.host_veth),
-                    macvlan::runtime_link_name(&ep.id),
-                ]
-            })
-            .collect();
-        Netlink::run(None, |nl| {
-            let links = nl.links()?;
-            let bridge_indexes: Vec<u32> = links
-                .iter()
-                .filter(|l| bridges.contains(&l.name))
-                .map(|l| l.index)
-                .collect();
-            for link in links {
-                let on_ours = link.controller.is_some_and(|c| bridge_indexes.contains(&c));
-                let owned = link.alias.as_deref() == Some(crate::netlink::OWNED_ALIAS);
-                let orphan_bridge = link.is_bridge && owned && !bridges.contains(&link.name);
-                // A veth made for an endpoint that was never recorded (a crash in
-                // `network connect`): its peer sits in a live container.
-                let orphan_veth = link.is_veth && owned && !veths.contains(&link.name);
-                let orphan_temporary =
-                    is_temporary_name(&link.name) && !temporary.contains(&link.name);
-                if (on_ours && !veths.contains(&link.name))
-                    || orphan_bridge
-                    || orphan_veth
-                    || orphan_temporary
-                {
-                    tracing::info!(interface = link.name, "removing leftover interface");
-                    nl.delete_link(link.index)?;
-                }
-            }
-            Ok(())
-        })?;
+        let owned = Owned::of(&self.state);
+        remove_leftover_links(&owned)?;
         for pin in self
             .datapath
             .pinned_links()
             .into_iter()
             .chain(self.datapath.pinned_xdp_links())
         {
-            if !veths.contains(&pin) {
+            if !owned.veths.contains(&pin) {
                 self.datapath.detach(&pin);
             }
         }
@@ -333,4 +283,65 @@ fn is_alive(c: &ContainerRecord) -> bool {
         (_, Some(pid)) => container::is_same_process(pid, c.pid_start_time),
         (_, None) => false,
     }
+}
+
+/// The interfaces the state accounts for.
+struct Owned {
+    /// Host ends of recorded endpoints.
+    veths: BTreeSet<String>,
+    bridges: BTreeSet<String>,
+    /// Temporary names an operation gives interfaces before they are moved or renamed:
+    /// those of recorded endpoints (a runtime's, waiting for it) stay.
+    temporary: BTreeSet<String>,
+}
+
+impl Owned {
+    fn of(state: &crate::state::State) -> Self {
+        let endpoints = || state.containers.values().flat_map(|c| &c.endpoints);
+        Self {
+            veths: endpoints().map(|ep| ep.host_veth.clone()).collect(),
+            bridges: state.networks.values().map(|n| n.bridge.clone()).collect(),
+            temporary: endpoints()
+                .flat_map(|ep| {
+                    [
+                        endpoint::peer_temp_name(&ep.host_veth),
+                        macvlan::runtime_link_name(&ep.id),
+                    ]
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Deletes veths on our bridges that no endpoint owns, and bridges, veths and temporary
+/// links marked as netbpf's that no record explains.
+fn remove_leftover_links(owned: &Owned) -> anyhow::Result<()> {
+    Netlink::run(None, |nl| {
+        let links = nl.links()?;
+        let bridge_indexes: Vec<u32> = links
+            .iter()
+            .filter(|l| owned.bridges.contains(&l.name))
+            .map(|l| l.index)
+            .collect();
+        for link in links {
+            let on_ours = link.controller.is_some_and(|c| bridge_indexes.contains(&c));
+            let marked = link.alias.as_deref() == Some(crate::netlink::OWNED_ALIAS);
+            let orphan_bridge = link.is_bridge && marked && !owned.bridges.contains(&link.name);
+            // A veth made for an endpoint that was never recorded (a crash in
+            // `network connect`): its peer sits in a live container.
+            let orphan_veth = link.is_veth && marked && !owned.veths.contains(&link.name);
+            let orphan_temporary =
+                is_temporary_name(&link.name) && !owned.temporary.contains(&link.name);
+            if (on_ours && !owned.veths.contains(&link.name))
+                || orphan_bridge
+                || orphan_veth
+                || orphan_temporary
+            {
+                tracing::info!(interface = link.name, "removing leftover interface");
+                nl.delete_link(link.index)?;
+            }
+        }
+        Ok(())
+    })?;
+    Ok(())
 }
