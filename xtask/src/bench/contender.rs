@@ -102,184 +102,150 @@ impl Contender {
     pub fn new(kind: Kind, netbpf_bin: &std::path::Path) -> anyhow::Result<Self> {
         let index = Kind::ALL.iter().position(|k| *k == kind).expect("listed");
         let prefix = format!("nbb{}k{index}", std::process::id() % 10_000);
-        let mut topo = Topology::new(&prefix)?;
+        let topo = Topology::new(&prefix)?;
         match kind {
-            Kind::Netbpf | Kind::NetbpfXdp => {
-                let dir = std::env::temp_dir().join(format!("netbpf-bench-{prefix}"));
-                std::fs::create_dir_all(&dir)?;
-                topo.dirs.push(dir.clone());
-                let socket = dir.join("sock");
-                let xdp = if kind == Kind::NetbpfXdp {
-                    "native"
-                } else {
-                    "auto"
-                };
-                let cgroup = topo.cgroup()?;
-                let cgroup_arg = cgroup.to_str().expect("utf-8").to_owned();
-                topo.spawn(netbpf_daemon(
-                    netbpf_bin,
-                    &topo.host,
-                    &dir,
-                    &format!("{prefix}-"),
-                    &["--xdp", xdp, "--cgroup", &cgroup_arg],
-                ))?;
-                let cli = |args: &[&str]| netbpf_cli(netbpf_bin, &socket, args);
-                if kind == Kind::NetbpfXdp {
-                    // A veth hands XDP the checksum a local sender left partial; a frame
-                    // redirected at XDP loses the note that it still needs finishing. Real
-                    // uplinks (NICs) deliver complete checksums, as the client does with
-                    // its offload off.
-                    run(
-                        "nsenter",
-                        &[
-                            &format!("--net=/run/netns/{}", topo.client),
-                            "ethtool",
-                            "-K",
-                            "up0",
-                            "tx",
-                            "off",
-                        ],
-                    )?;
-                }
-                let started = Instant::now();
-                while cli(&["info"]).is_err() {
-                    anyhow::ensure!(
-                        started.elapsed().as_secs() < 30,
-                        "netbpf daemon did not start"
-                    );
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                }
-                cli(&["network", "create", "--subnet", "10.240.0.0/24", "bench"])?;
-                let ctrl = format!("{CTRL_PORT}:{CTRL_PORT}");
-                let data = format!("{DATA_PORT}:{DATA_PORT}");
-                let data_udp = format!("{DATA_PORT}:{DATA_PORT}/udp");
-                cli(&[
-                    "run",
-                    "-d",
-                    "--name",
-                    "srv",
-                    "--network",
-                    "bench",
-                    "-p",
-                    &ctrl,
-                    "-p",
-                    &data,
-                    "-p",
-                    &data_udp,
-                    "--",
-                    "netserver",
-                    "-D",
-                    "-p",
-                    &CTRL_PORT.to_string(),
-                ])?;
-                cli(&[
-                    "run",
-                    "-d",
-                    "--name",
-                    "peer",
-                    "--network",
-                    "bench",
-                    "--",
-                    "sleep",
-                    "infinity",
-                ])?;
-                let sink = format!("{SINK_PORT}:{SINK_PORT}/udp");
-                cli(&[
-                    "run",
-                    "-d",
-                    "--name",
-                    "sink",
-                    "--network",
-                    "bench",
-                    "-p",
-                    &sink,
-                    "--",
-                    "sleep",
-                    "infinity",
-                ])?;
-                let inspect = |name: &str| -> anyhow::Result<serde_json::Value> {
-                    Ok(serde_json::from_str(&cli(&["inspect", name])?)?)
-                };
-                let view = inspect("srv")?;
-                let server_ip = view["Networks"]["bench"]["IPAddress"]
-                    .as_str()
-                    .context("server address")?
-                    .to_owned();
-                let server_pid = view["State"]["Pid"].as_u64().context("server pid")? as u32;
-                let sink = &inspect("sink")?["Networks"]["bench"];
-                let sink_ip = sink["IPAddress"].as_str().context("sink address")?.into();
-                let sink_veth = sink["HostInterface"].as_str().context("sink veth")?;
-                let sink_xdp_link = Some(dir.join("bpffs/xdp-links").join(sink_veth))
-                    .filter(|_| kind == Kind::NetbpfXdp);
-                let netbpf = Some((netbpf_bin.to_owned(), socket));
-                Ok(Self {
-                    kind,
-                    external_addr: HOST_IP.into(),
-                    local_addr: "127.0.0.1".into(),
-                    peer_ns: format!("{prefix}-peer"),
-                    server_ip,
-                    netbpf,
-                    server_pid,
-                    host_cgroup: Some(cgroup),
-                    sink_ns: format!("{prefix}-sink"),
-                    sink_ip,
-                    sink_xdp_link,
-                    docker: None,
-                    topo,
-                })
-            }
+            Kind::Netbpf | Kind::NetbpfXdp => Self::netbpf(kind, topo, &prefix, netbpf_bin),
             Kind::DockerProxy | Kind::DockerIptables | Kind::DockerNetbpf => {
                 super::docker::contender(kind, topo, &prefix, netbpf_bin)
             }
-            Kind::Nftables | Kind::Ceiling => {
-                let server_ip = topo.plain_container("srv", 1)?;
-                topo.plain_container("peer", 2)?;
-                let sink_ip = topo.plain_container("sink", 3)?;
-                let server_ns = format!("{prefix}-srv");
-                topo.spawn(in_ns(
-                    &server_ns,
-                    false,
-                    "netserver",
-                    &["-D", "-p", &CTRL_PORT.to_string()],
-                ))?;
-                // nsenter execs the command: the child is netserver itself.
-                let server_pid = topo.children.last().expect("just spawned").id();
-                let (external_addr, local_addr) = if kind == Kind::Nftables {
-                    nft_dnat(&topo.host, &server_ip, &[CTRL_PORT, DATA_PORT])?;
-                    nft(&topo.host, &port_rules("add", &sink_ip, &[SINK_PORT]))?;
-                    (HOST_IP.to_owned(), "127.0.0.1".to_owned())
-                } else {
-                    run(
-                        "ip",
-                        &[
-                            "-n",
-                            &topo.client,
-                            "route",
-                            "add",
-                            "10.240.0.0/24",
-                            "via",
-                            HOST_IP,
-                        ],
-                    )?;
-                    (server_ip.clone(), server_ip.clone())
-                };
-                Ok(Self {
-                    kind,
-                    external_addr,
-                    local_addr,
-                    peer_ns: format!("{prefix}-peer"),
-                    server_ip,
-                    netbpf: None,
-                    server_pid,
-                    host_cgroup: None,
-                    sink_ns: format!("{prefix}-sink"),
-                    sink_ip,
-                    sink_xdp_link: None,
-                    docker: None,
-                    topo,
-                })
-            }
+            Kind::Nftables | Kind::Ceiling => Self::plain(kind, topo, &prefix),
         }
+    }
+
+    /// netbpf's daemon in the host namespace, its server, peer and sink containers made
+    /// with `netbpf run`.
+    fn netbpf(
+        kind: Kind,
+        mut topo: Topology,
+        prefix: &str,
+        netbpf_bin: &std::path::Path,
+    ) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("netbpf-bench-{prefix}"));
+        std::fs::create_dir_all(&dir)?;
+        topo.dirs.push(dir.clone());
+        let socket = dir.join("sock");
+        let xdp = if kind == Kind::NetbpfXdp {
+            "native"
+        } else {
+            "auto"
+        };
+        let cgroup = topo.cgroup()?;
+        let cgroup_arg = cgroup.to_str().expect("utf-8").to_owned();
+        topo.spawn(netbpf_daemon(
+            netbpf_bin,
+            &topo.host,
+            &dir,
+            &format!("{prefix}-"),
+            &["--xdp", xdp, "--cgroup", &cgroup_arg],
+        ))?;
+        let cli = |args: &[&str]| netbpf_cli(netbpf_bin, &socket, args);
+        if kind == Kind::NetbpfXdp {
+            // A veth hands XDP the checksum a local sender left partial; a frame
+            // redirected at XDP loses the note that it still needs finishing. Real
+            // uplinks (NICs) deliver complete checksums, as the client does with
+            // its offload off.
+            run(
+                "nsenter",
+                &[
+                    &format!("--net=/run/netns/{}", topo.client),
+                    "ethtool",
+                    "-K",
+                    "up0",
+                    "tx",
+                    "off",
+                ],
+            )?;
+        }
+        let started = Instant::now();
+        while cli(&["info"]).is_err() {
+            anyhow::ensure!(
+                started.elapsed().as_secs() < 30,
+                "netbpf daemon did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        netbpf_containers(&cli)?;
+        let inspect = |name: &str| -> anyhow::Result<serde_json::Value> {
+            Ok(serde_json::from_str(&cli(&["inspect", name])?)?)
+        };
+        let view = inspect("srv")?;
+        let server_ip = view["Networks"]["bench"]["IPAddress"]
+            .as_str()
+            .context("server address")?
+            .to_owned();
+        let server_pid = view["State"]["Pid"].as_u64().context("server pid")? as u32;
+        let sink = &inspect("sink")?["Networks"]["bench"];
+        let sink_ip = sink["IPAddress"].as_str().context("sink address")?.into();
+        let sink_veth = sink["HostInterface"].as_str().context("sink veth")?;
+        let sink_xdp_link =
+            Some(dir.join("bpffs/xdp-links").join(sink_veth)).filter(|_| kind == Kind::NetbpfXdp);
+        let netbpf = Some((netbpf_bin.to_owned(), socket));
+        Ok(Self {
+            kind,
+            external_addr: HOST_IP.into(),
+            local_addr: "127.0.0.1".into(),
+            peer_ns: format!("{prefix}-peer"),
+            server_ip,
+            netbpf,
+            server_pid,
+            host_cgroup: Some(cgroup),
+            sink_ns: format!("{prefix}-sink"),
+            sink_ip,
+            sink_xdp_link,
+            docker: None,
+            topo,
+        })
+    }
+
+    /// Plain namespaces on a bridge: nftables DNAT in front (`Nftables`), or nothing at
+    /// all, the client routing straight to the server (`Ceiling`).
+    fn plain(kind: Kind, mut topo: Topology, prefix: &str) -> anyhow::Result<Self> {
+        let server_ip = topo.plain_container("srv", 1)?;
+        topo.plain_container("peer", 2)?;
+        let sink_ip = topo.plain_container("sink", 3)?;
+        let server_ns = format!("{prefix}-srv");
+        topo.spawn(in_ns(
+            &server_ns,
+            false,
+            "netserver",
+            &["-D", "-p", &CTRL_PORT.to_string()],
+        ))?;
+        // nsenter execs the command: the child is netserver itself.
+        let server_pid = topo.children.last().expect("just spawned").id();
+        let (external_addr, local_addr) = if kind == Kind::Nftables {
+            nft_dnat(&topo.host, &server_ip, &[CTRL_PORT, DATA_PORT])?;
+            nft(&topo.host, &port_rules("add", &sink_ip, &[SINK_PORT]))?;
+            (HOST_IP.to_owned(), "127.0.0.1".to_owned())
+        } else {
+            run(
+                "ip",
+                &[
+                    "-n",
+                    &topo.client,
+                    "route",
+                    "add",
+                    "10.240.0.0/24",
+                    "via",
+                    HOST_IP,
+                ],
+            )?;
+            (server_ip.clone(), server_ip.clone())
+        };
+        Ok(Self {
+            kind,
+            external_addr,
+            local_addr,
+            peer_ns: format!("{prefix}-peer"),
+            server_ip,
+            netbpf: None,
+            server_pid,
+            host_cgroup: None,
+            sink_ns: format!("{prefix}-sink"),
+            sink_ip,
+            sink_xdp_link: None,
+            docker: None,
+            topo,
+        })
     }
 
     /// Pins the server (and the per-test children it forks from now on) to CPU 0, or frees
@@ -332,6 +298,57 @@ pub fn netbpf_daemon(
         .args(["--netns-prefix", netns_prefix, "--log-level", "warn"])
         .args(extra);
     daemon
+}
+
+/// `-p` flags for the server: its control and data ports, TCP and the data port's UDP
+/// too, each on the same host port (the same for every contender that publishes).
+pub fn server_publish_flags() -> Vec<String> {
+    [
+        format!("{CTRL_PORT}:{CTRL_PORT}"),
+        format!("{DATA_PORT}:{DATA_PORT}"),
+        format!("{DATA_PORT}:{DATA_PORT}/udp"),
+    ]
+    .into_iter()
+    .flat_map(|port| ["-p".to_owned(), port])
+    .collect()
+}
+
+/// The bench network and its containers, made with `netbpf`'s CLI (`cli`): the server
+/// with its control and data ports published (TCP and UDP), a peer, and a UDP sink.
+fn netbpf_containers(cli: &dyn Fn(&[&str]) -> anyhow::Result<String>) -> anyhow::Result<()> {
+    cli(&["network", "create", "--subnet", "10.240.0.0/24", "bench"])?;
+    let publish = server_publish_flags();
+    let ctrl_port = CTRL_PORT.to_string();
+    let mut args = vec!["run", "-d", "--name", "srv", "--network", "bench"];
+    args.extend(publish.iter().map(String::as_str));
+    args.extend(["--", "netserver", "-D", "-p", &ctrl_port]);
+    cli(&args)?;
+    cli(&[
+        "run",
+        "-d",
+        "--name",
+        "peer",
+        "--network",
+        "bench",
+        "--",
+        "sleep",
+        "infinity",
+    ])?;
+    let sink = format!("{SINK_PORT}:{SINK_PORT}/udp");
+    cli(&[
+        "run",
+        "-d",
+        "--name",
+        "sink",
+        "--network",
+        "bench",
+        "-p",
+        &sink,
+        "--",
+        "sleep",
+        "infinity",
+    ])?;
+    Ok(())
 }
 
 /// A `netbpf` client command against the daemon at `socket`; its output, or why it failed.

@@ -7,7 +7,9 @@ use std::{path::PathBuf, process::Command, time::Instant};
 use anyhow::Context as _;
 
 use super::{
-    contender::{CTRL_PORT, Contender, DATA_PORT, Kind, SINK_PORT, netbpf_cli, netbpf_daemon},
+    contender::{
+        CTRL_PORT, Contender, Kind, SINK_PORT, netbpf_cli, netbpf_daemon, server_publish_flags,
+    },
     topology::{HOST_IP, Topology, run},
 };
 
@@ -25,7 +27,6 @@ pub fn contender(
     std::fs::create_dir_all(&dir)?;
     topo.dirs.push(dir.clone());
     let socket = format!("unix://{}", dir.join("docker.sock").display());
-    let path = |p: &str| dir.join(p).display().to_string();
     let on_netbpf = kind == Kind::DockerNetbpf;
     // On netbpf, Docker touches neither iptables nor forwarding, and finds the driver in
     // the plugin directory its own mount namespace gets.
@@ -34,64 +35,9 @@ pub fn contender(
     } else {
         None
     };
-    let flags = if on_netbpf {
-        "--iptables=false --ip-forward=false --bridge=none --userland-proxy=false".to_owned()
-    } else {
-        format!(
-            "--iptables=true --userland-proxy={}",
-            kind == Kind::DockerProxy
-        )
-    };
-    let bind = if on_netbpf {
-        std::fs::create_dir_all("/run/docker/plugins")?;
-        format!("mount --bind {} /run/docker/plugins && ", path("plugins"))
-    } else {
-        String::new()
-    };
-    let script = format!(
-        "{bind}exec nsenter --net=/run/netns/{host} -- dockerd {flags} -H {socket} \
-         --data-root {data} --exec-root {exec} --pidfile {pid} 2>{log}",
-        host = topo.host,
-        data = path("data"),
-        exec = path("exec"),
-        pid = path("docker.pid"),
-        log = path("dockerd.log"),
-    );
-    let mut dockerd = Command::new("unshare");
-    dockerd.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
-    topo.spawn(dockerd)?;
-    // (Its log goes with the topology; the ensure below quotes its end.)
-    let log = dir.join("dockerd.log");
+    start_dockerd(&mut topo, &dir, &socket, kind)?;
     let docker = |args: &[&str]| run("docker", &[&["-H", socket.as_str()], args].concat());
-    let started = Instant::now();
-    while docker(&["version"]).is_err() {
-        anyhow::ensure!(
-            started.elapsed().as_secs() < 60,
-            "dockerd did not start: {}",
-            std::fs::read_to_string(&log)
-                .unwrap_or_default()
-                .lines()
-                .rev()
-                .take(5)
-                .collect::<Vec<_>>()
-                .join(" | ")
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let rootfs = dir.join("rootfs");
-    build_rootfs(&rootfs)?;
-    let tar = Command::new("tar")
-        .arg("-C")
-        .arg(&rootfs)
-        .args(["-c", "."])
-        .stdout(std::process::Stdio::piped())
-        .spawn()?;
-    let status = Command::new("docker")
-        .args(["-H", &socket, "import", "-", "netbpf-bench:latest"])
-        .stdin(tar.stdout.context("tar output")?)
-        .stdout(std::process::Stdio::null())
-        .status()?;
-    anyhow::ensure!(status.success(), "docker import failed");
+    import_image(&dir, &socket)?;
     // Docker's default bridge, or a netbpf network with the same subnet as netbpf's own
     // contender.
     let network = if on_netbpf {
@@ -108,37 +54,7 @@ pub fn contender(
     } else {
         "bridge"
     };
-    let ctrl = format!("{CTRL_PORT}:{CTRL_PORT}");
-    let data = format!("{DATA_PORT}:{DATA_PORT}");
-    let data_udp = format!("{DATA_PORT}:{DATA_PORT}/udp");
-    docker(&[
-        "run",
-        "-d",
-        "--name",
-        "srv",
-        "--network",
-        network,
-        "-p",
-        &ctrl,
-        "-p",
-        &data,
-        "-p",
-        &data_udp,
-        "netbpf-bench",
-        "/bin/netserver",
-        "-D",
-        "-p",
-        &CTRL_PORT.to_string(),
-    ])?;
-    for (name, publish) in [("peer", None), ("sink", Some(SINK_PORT))] {
-        let publish = publish.map(|p| format!("{p}:{p}/udp"));
-        let mut args = vec!["run", "-d", "--name", name, "--network", network];
-        if let Some(publish) = &publish {
-            args.extend(["-p", publish]);
-        }
-        args.extend(["netbpf-bench", "/bin/sleep", "100000000"]);
-        docker(&args)?;
-    }
+    run_containers(&docker, network)?;
     let inspect = |name: &str, format: &str| {
         docker(&["inspect", "-f", format, name]).map(|s| s.trim().to_owned())
     };
@@ -176,6 +92,108 @@ pub fn contender(
         docker: Some((socket, "netbpf-bench:latest".into())),
         topo,
     })
+}
+
+/// dockerd in the host namespace and a private mount namespace (for netbpf, with the
+/// plugin directory bind-mounted where it looks), waited for until it answers.
+fn start_dockerd(
+    topo: &mut Topology,
+    dir: &std::path::Path,
+    socket: &str,
+    kind: Kind,
+) -> anyhow::Result<()> {
+    let on_netbpf = kind == Kind::DockerNetbpf;
+    let path = |p: &str| dir.join(p).display().to_string();
+    let flags = if on_netbpf {
+        "--iptables=false --ip-forward=false --bridge=none --userland-proxy=false".to_owned()
+    } else {
+        format!(
+            "--iptables=true --userland-proxy={}",
+            kind == Kind::DockerProxy
+        )
+    };
+    let bind = if on_netbpf {
+        std::fs::create_dir_all("/run/docker/plugins")?;
+        format!(
+            "mount --bind {} /run/docker/plugins && ",
+            dir.join("plugins").display()
+        )
+    } else {
+        String::new()
+    };
+    let script = format!(
+        "{bind}exec nsenter --net=/run/netns/{host} -- dockerd {flags} -H {socket} \
+         --data-root {data} --exec-root {exec} --pidfile {pid} 2>{log}",
+        host = topo.host,
+        data = path("data"),
+        exec = path("exec"),
+        pid = path("docker.pid"),
+        log = path("dockerd.log"),
+    );
+    let mut dockerd = Command::new("unshare");
+    dockerd.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
+    topo.spawn(dockerd)?;
+    // (Its log goes with the topology; the ensure below quotes its end.)
+    let log = dir.join("dockerd.log");
+    let docker = |args: &[&str]| run("docker", &[&["-H", socket], args].concat());
+    let started = Instant::now();
+    while docker(&["version"]).is_err() {
+        anyhow::ensure!(
+            started.elapsed().as_secs() < 60,
+            "dockerd did not start: {}",
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// The netserver image, imported from a rootfs built here (no registry).
+fn import_image(dir: &std::path::Path, socket: &str) -> anyhow::Result<()> {
+    let rootfs = dir.join("rootfs");
+    build_rootfs(&rootfs)?;
+    let tar = Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .args(["-c", "."])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let status = Command::new("docker")
+        .args(["-H", socket, "import", "-", "netbpf-bench:latest"])
+        .stdin(tar.stdout.context("tar output")?)
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    anyhow::ensure!(status.success(), "docker import failed");
+    Ok(())
+}
+
+/// The server (control and data ports published, TCP and UDP), a peer, and a UDP sink.
+fn run_containers(
+    docker: &dyn Fn(&[&str]) -> anyhow::Result<String>,
+    network: &str,
+) -> anyhow::Result<()> {
+    let publish = server_publish_flags();
+    let ctrl_port = CTRL_PORT.to_string();
+    let mut args = vec!["run", "-d", "--name", "srv", "--network", network];
+    args.extend(publish.iter().map(String::as_str));
+    args.extend(["netbpf-bench", "/bin/netserver", "-D", "-p", &ctrl_port]);
+    docker(&args)?;
+    for (name, publish) in [("peer", None), ("sink", Some(SINK_PORT))] {
+        let publish = publish.map(|p| format!("{p}:{p}/udp"));
+        let mut args = vec!["run", "-d", "--name", name, "--network", network];
+        if let Some(publish) = &publish {
+            args.extend(["-p", publish]);
+        }
+        args.extend(["netbpf-bench", "/bin/sleep", "100000000"]);
+        docker(&args)?;
+    }
+    Ok(())
 }
 
 /// netbpf's daemon serving the Docker plugin socket in `dir/plugins`, for the
