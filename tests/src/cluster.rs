@@ -105,6 +105,9 @@ pub struct Etcd {
     child: Option<Child>,
     /// A TLS store's certificates (it asks clients for theirs: `--client-cert-auth`).
     pub pki: Option<Pki>,
+    /// This member's name and every member's, as etcd's `--initial-cluster` lists them.
+    name: String,
+    members: String,
 }
 
 impl Etcd {
@@ -129,9 +132,50 @@ impl Etcd {
             pki: tls.then(|| Pki::new(&dir.join("pki"), addr)),
             dir,
             child: None,
+            name: "test".into(),
+            members: format!("test=http://{addr}:2380"),
         };
         etcd.resume();
         etcd
+    }
+
+    /// An etcd cluster of one member at each of `addrs` (plain HTTP), all up.
+    pub fn start_members(underlay: &Underlay, addrs: &[&str]) -> Vec<Self> {
+        let name = |i: usize| format!("m{i}");
+        let members = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, addr)| format!("{}=http://{addr}:2380", name(i)))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster: Vec<Self> = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, addr)| {
+                let ns = underlay.station(&format!("etcd{i}"), &format!("{addr}/24"));
+                let dir = std::env::temp_dir().join(format!("netbpf-test-{ns}"));
+                std::fs::create_dir_all(&dir).expect("etcd dir");
+                Self {
+                    ns,
+                    addr: addr.to_string(),
+                    pki: None,
+                    dir,
+                    child: None,
+                    name: name(i),
+                    members: members.clone(),
+                }
+            })
+            .collect();
+        // (A member answers only once a quorum is up: start them all, then wait.)
+        cluster.iter_mut().for_each(Self::spawn);
+        cluster.iter().for_each(Self::wait_healthy);
+        cluster
+    }
+
+    /// Every member's client URL, as one `--cluster-store` value.
+    pub fn cluster_url(members: &[Self]) -> String {
+        let addrs: Vec<String> = members.iter().map(|m| format!("{}:2379", m.addr)).collect();
+        format!("etcd://{}", addrs.join(","))
     }
 
     pub fn url(&self) -> String {
@@ -186,13 +230,18 @@ impl Etcd {
 
     /// Starts (or restarts, with the same data) the server and waits until it answers.
     pub fn resume(&mut self) {
+        self.spawn();
+        self.wait_healthy();
+    }
+
+    fn spawn(&mut self) {
         let client = self.client_url();
         let peer = format!("http://{}:2380", self.addr);
         let mut command = Command::new("nsenter");
         command
             .arg(format!("--net=/run/netns/{}", self.ns))
             .arg("etcd")
-            .args(["--name", "test", "--data-dir"])
+            .args(["--name", &self.name, "--data-dir"])
             .arg(self.dir.join("data"))
             .args([
                 "--listen-client-urls",
@@ -213,12 +262,16 @@ impl Etcd {
                 "--initial-advertise-peer-urls",
                 &peer,
             ])
-            .args(["--initial-cluster", &format!("test={peer}")])
+            .args(["--initial-cluster", &self.members])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(self.dir.join("etcd.log")).expect("etcd log"))
             .spawn()
             .expect("etcd (Debian's etcd-server) is needed: run cargo xtask test");
         self.child = Some(child);
+    }
+
+    fn wait_healthy(&self) {
+        let client = self.client_url();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let health = self
@@ -300,6 +353,11 @@ pub fn host_with(underlay: &Underlay, etcd: &Etcd, n: u8, extra: &[&str]) -> Tes
 /// Plugs `host` (not started yet) into the underlay as `eth1` with VTEP `10.0.0.<n>` and
 /// returns the daemon flags that put it on the cluster.
 pub fn cluster_args(underlay: &Underlay, etcd: &Etcd, host: &TestHost, n: u8) -> Vec<String> {
+    store_args(underlay, &etcd.url(), host, n)
+}
+
+/// As [`cluster_args`], for the store at `url` (e.g. [`Etcd::cluster_url`]).
+pub fn store_args(underlay: &Underlay, url: &str, host: &TestHost, n: u8) -> Vec<String> {
     underlay.plug(host, "eth1");
     let vtep = format!("10.0.0.{n}");
     must(
@@ -316,7 +374,7 @@ pub fn cluster_args(underlay: &Underlay, etcd: &Etcd, host: &TestHost, n: u8) ->
     );
     vec![
         "--cluster-store".into(),
-        etcd.url(),
+        url.to_owned(),
         "--vtep-addr".into(),
         vtep,
     ]

@@ -386,6 +386,10 @@ pub struct ClusterStoreInfo {
     pub connected: bool,
     /// Since when it is (or is not) up, RFC 3339.
     pub since: String,
+    /// The etcd lease this host's blocks and names live under, in hex (`etcdctl lease
+    /// timetolive ID`); a new session, or the next daemon, takes it up again while it lives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
     /// Why the last session ended or could not start, and what may be missing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

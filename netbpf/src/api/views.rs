@@ -310,6 +310,7 @@ pub fn info(facts: DaemonFacts) -> DaemonInfo {
             vtep: store.vtep.to_string(),
             connected: store.status.connected,
             since: store.status.since,
+            lease: store.status.lease.map(|lease| format!("{lease:x}")),
             error: store.status.error,
             hint: store.status.hint.map(str::to_owned),
         }),

@@ -108,7 +108,9 @@ pub fn start_cluster(
     let (views_tx, mut views) = mpsc::unbounded_channel();
     // The blocks this host's overlay networks have: it asks for the same ones again.
     let held = ctl.lock().overlay_blocks();
-    let cluster = overlay::store::Cluster::start(access, me, views_tx, held);
+    // ...and takes up its lease again while etcd still has it.
+    let lease_file = ctl.lock().config().state_dir.join("cluster-lease");
+    let cluster = overlay::store::Cluster::start(access, me, views_tx, held, lease_file);
     ctl.lock().set_cluster(cluster);
     let ctl = ctl.clone();
     tokio::spawn(async move {

@@ -52,8 +52,9 @@ pub struct AccessFlags {
 pub struct StoreAccess {
     /// The URL as the user wrote it (in logs and errors).
     pub url: String,
-    /// What etcd-client connects to: `http://HOST:PORT` or `https://HOST:PORT`.
-    pub endpoint: String,
+    /// What etcd-client connects to: `http://HOST:PORT` or `https://HOST:PORT`, one per
+    /// member of the store's cluster.
+    pub endpoints: Vec<String>,
     transport: Transport,
     login: Option<Login>,
 }
@@ -62,7 +63,7 @@ impl StoreAccess {
     /// Checks the flags together and reads every file once (so a missing or malformed one
     /// stops the daemon before it starts, with its name in the message).
     pub fn new(flags: AccessFlags) -> Result<Self, String> {
-        let (endpoint, tls) = parse_store_url(&flags.url)?;
+        let (endpoints, tls) = parse_store_url(&flags.url)?;
         let client = match (flags.cert, flags.key) {
             (Some(cert), Some(key)) => Some(ClientCertificate { cert, key }),
             (None, None) => None,
@@ -93,7 +94,7 @@ impl StoreAccess {
         };
         let access = Self {
             url: flags.url,
-            endpoint,
+            endpoints,
             transport,
             login,
         };
@@ -150,10 +151,13 @@ impl StoreAccess {
     }
 }
 
-/// Parses `etcd://HOST:PORT` (or `http://`) and `etcds://HOST:PORT` (or `https://`) into
-/// the endpoint etcd-client takes and whether it is TLS.
-pub fn parse_store_url(url: &str) -> Result<(String, bool), String> {
-    let usage = || format!("cluster store {url:?}: use etcd://HOST:PORT or etcds://HOST:PORT");
+/// Parses `etcd://HOST:PORT[,HOST:PORT…]` (or `http://`) and `etcds://…` (or `https://`)
+/// into the endpoints etcd-client takes (every member of an etcd cluster, as Docker's
+/// `--cluster-store` and Flannel's `--etcd-endpoints` take them) and whether it is TLS.
+pub fn parse_store_url(url: &str) -> Result<(Vec<String>, bool), String> {
+    let usage = || {
+        format!("cluster store {url:?}: use etcd://HOST:PORT[,HOST:PORT…] or etcds://HOST:PORT[,…]")
+    };
     let (rest, tls) = [
         ("etcd://", false),
         ("http://", false),
@@ -163,11 +167,26 @@ pub fn parse_store_url(url: &str) -> Result<(String, bool), String> {
     .into_iter()
     .find_map(|(scheme, tls)| url.strip_prefix(scheme).map(|rest| (rest, tls)))
     .ok_or_else(usage)?;
-    if rest.is_empty() || rest.contains('/') || !rest.contains(':') {
-        return Err(usage());
-    }
     let scheme = if tls { "https" } else { "http" };
-    Ok((format!("{scheme}://{rest}"), tls))
+    let mut endpoints = vec![];
+    for member in rest.split(',') {
+        // (A second member may repeat the scheme, as etcdctl's --endpoints lists do.)
+        let member = member
+            .strip_prefix(&format!("{scheme}://"))
+            .unwrap_or(member);
+        let port = member.rsplit_once(':').map(|(_, port)| port);
+        if member.is_empty()
+            || member.contains('/')
+            || port.is_none_or(|p| p.parse::<u16>().is_err())
+        {
+            return Err(usage());
+        }
+        let endpoint = format!("{scheme}://{member}");
+        if !endpoints.contains(&endpoint) {
+            endpoints.push(endpoint);
+        }
+    }
+    Ok((endpoints, tls))
 }
 
 fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
@@ -218,21 +237,31 @@ mod tests {
     #[test]
     fn urls() {
         let parse = |url| parse_store_url(url).unwrap();
+        let one = |e: &str| vec![e.to_owned()];
         assert_eq!(
             parse("etcd://10.0.0.1:2379"),
-            ("http://10.0.0.1:2379".into(), false)
+            (one("http://10.0.0.1:2379"), false)
         );
         assert_eq!(
             parse("http://10.0.0.1:2379"),
-            ("http://10.0.0.1:2379".into(), false)
+            (one("http://10.0.0.1:2379"), false)
         );
         assert_eq!(
             parse("etcds://etcd.lan:2379"),
-            ("https://etcd.lan:2379".into(), true)
+            (one("https://etcd.lan:2379"), true)
         );
         assert_eq!(
             parse("https://etcd.lan:2379"),
-            ("https://etcd.lan:2379".into(), true)
+            (one("https://etcd.lan:2379"), true)
+        );
+        let members = vec![
+            "https://10.0.0.1:2379".to_owned(),
+            "https://10.0.0.2:2379".to_owned(),
+            "https://10.0.0.3:2379".to_owned(),
+        ];
+        assert_eq!(
+            parse("etcds://10.0.0.1:2379,10.0.0.2:2379,https://10.0.0.3:2379,10.0.0.1:2379"),
+            (members, true)
         );
         for bad in [
             "etcd://10.0.0.1",
@@ -240,6 +269,9 @@ mod tests {
             "etcd://",
             "etcd://a:1/x",
             "ftp://a:1",
+            "etcd://a:1,",
+            "etcd://a:1,b",
+            "etcd://a:99999",
         ] {
             assert!(parse_store_url(bad).is_err(), "{bad}");
         }

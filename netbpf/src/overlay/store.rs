@@ -1,8 +1,11 @@
 //! The daemon's session with the cluster store: a lease it keeps alive, the blocks it holds
 //! under that lease, a watch that keeps its view of every host current, and the changes the
-//! controller asks for. When etcd cannot be reached, the last view stays in force (traffic
-//! between existing containers does not depend on etcd), changes are refused with a clear
-//! error, and the session is retried every two seconds with a log line until etcd is back.
+//! controller asks for. A session runs on one member of the store's cluster; when it fails,
+//! the next member is tried at once, and the lease is taken up again while etcd still has
+//! it (by the next daemon too), so the other hosts see nothing. When no member can be
+//! reached, the last view stays in force (traffic between existing containers does not
+//! depend on etcd), changes are refused with a clear error, and a new round is tried every
+//! two seconds with a log line until etcd is back.
 //!
 //! Nothing here can freeze the daemon: every call has a deadline, HTTP/2 keep-alive finds a
 //! silently partitioned etcd within seconds, the controller asks without holding its lock
@@ -11,6 +14,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
+    path::PathBuf,
     time::Duration,
 };
 
@@ -77,6 +81,8 @@ pub struct SessionStatus {
     /// Why the last session ended or could not start, and what may be missing.
     pub error: Option<String>,
     pub hint: Option<&'static str>,
+    /// The lease this host's keys live under (as `etcdctl lease list` shows it, in hex).
+    pub lease: Option<i64>,
 }
 
 impl SessionStatus {
@@ -86,6 +92,7 @@ impl SessionStatus {
             since: crate::state::now_rfc3339(),
             error,
             hint,
+            lease: None,
         }
     }
 }
@@ -123,6 +130,7 @@ impl Cluster {
         me: Identity,
         views: mpsc::UnboundedSender<ClusterView>,
         held: BTreeMap<String, Ipv4Net>,
+        lease_file: PathBuf,
     ) -> Self {
         let (requests, rx) = mpsc::unbounded_channel();
         let (status_tx, status) = watch::channel(SessionStatus::now(false, None, None));
@@ -134,7 +142,7 @@ impl Cluster {
             vtep: me.vtep,
             status,
         };
-        tokio::spawn(run(access, me, views, rx, held, status_tx));
+        tokio::spawn(run(access, me, views, rx, held, lease_file, status_tx));
         cluster
     }
 
@@ -186,67 +194,132 @@ async fn run(
     me: Identity,
     views: mpsc::UnboundedSender<ClusterView>,
     mut requests: mpsc::UnboundedReceiver<Request>,
-    mut held: BTreeMap<String, Ipv4Net>,
+    held: BTreeMap<String, Ipv4Net>,
+    lease_file: PathBuf,
     status: watch::Sender<SessionStatus>,
 ) {
-    // `held`: the blocks this host holds, kept across sessions (and, through the state,
-    // restarts) so that it asks for the same ones again and its containers keep their
-    // addresses after etcd comes back.
-    // The names this host wants published; written again under each new session's lease.
-    let mut names: Vec<NameRecord> = vec![];
+    let mut kept = Kept {
+        held,
+        names: vec![],
+        lease: std::fs::read_to_string(&lease_file)
+            .ok()
+            .and_then(|text| text.trim().parse().ok()),
+        lease_file,
+    };
+    // One member at a time, the next one when a session fails, as etcd's own client does
+    // (etcd-client's balanced channel fails every call while one member is down); the
+    // 2 s pause comes only after every member failed in a row.
+    let members = access.endpoints.len();
+    let (mut member, mut failed_in_a_row) = (0, 0);
     loop {
-        let connected = || {
-            status.send_replace(SessionStatus::now(true, None, None));
+        let endpoint = &access.endpoints[member];
+        let connected = |lease| {
+            status.send_replace(SessionStatus {
+                lease: Some(lease),
+                ..SessionStatus::now(true, None, None)
+            });
         };
         let result = session(
             &access,
+            endpoint,
             &me,
             &views,
             &mut requests,
-            &mut held,
-            &mut names,
+            &mut kept,
             connected,
         );
-        match result.await {
-            Ok(()) => return,
-            Err(error) => {
-                let error = format!("{error:#}");
-                let hint = access.hint(&error);
-                tracing::warn!(
-                    store = access.url,
-                    hint,
-                    error,
-                    "cluster store unreachable or session lost: overlay changes wait; retrying every 2 s"
-                );
-                status.send_modify(|now| {
-                    // (A store that stays away keeps the time it went.)
-                    let since = (!now.connected).then(|| now.since.clone());
-                    *now = SessionStatus::now(false, Some(error), hint);
-                    now.since = since.unwrap_or(now.since.clone());
-                });
-            }
+        let Err(error) = result.await else { return };
+        let error = format!("{error:#}");
+        let hint = access.hint(&error);
+        failed_in_a_row = if status.borrow().connected {
+            1
+        } else {
+            failed_in_a_row + 1
+        };
+        member = (member + 1) % members;
+        tracing::warn!(
+            store = access.url,
+            member = endpoint,
+            hint,
+            error,
+            "cluster store unreachable or session lost: overlay changes wait; retrying"
+        );
+        status.send_modify(|now| {
+            // (A store that stays away keeps the time it went.)
+            let since = (!now.connected).then(|| now.since.clone());
+            *now = SessionStatus {
+                lease: kept.lease,
+                ..SessionStatus::now(false, Some(error), hint)
+            };
+            now.since = since.unwrap_or(now.since.clone());
+        });
+        if failed_in_a_row < members {
+            // (Changes asked for meanwhile wait for the next member's session.)
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
         }
         let deadline = tokio::time::Instant::now() + RETRY;
-        // Changes asked for while there is no session are refused at once.
+        // Changes asked for while no member answers are refused at once.
         while let Ok(Some(request)) = tokio::time::timeout_at(deadline, requests.recv()).await {
             match request {
                 Request::Create(_, reply) | Request::Remove(_, reply) => {
                     let _ = reply.send(Err(StoreError::Unreachable(access.url.clone())));
                 }
-                Request::Names(wanted) => names = wanted,
+                Request::Names(wanted) => kept.names = wanted,
             }
         }
     }
 }
 
+/// What outlives one session with the store.
+struct Kept {
+    /// The blocks this host holds, kept across sessions (and, through the state, restarts)
+    /// so that it asks for the same ones again and its containers keep their addresses.
+    held: BTreeMap<String, Ipv4Net>,
+    /// The names this host wants published; written again at each new session.
+    names: Vec<NameRecord>,
+    /// The lease its keys live under. A new session (another member of the store's
+    /// cluster, a short outage) takes it up again while etcd still has it, so that its
+    /// blocks and names never vanish from the other hosts' views. Kept in `lease_file`
+    /// too, for the next daemon (a `--live-restore` upgrade changes nothing for the others).
+    lease: Option<i64>,
+    lease_file: PathBuf,
+}
+
+impl Kept {
+    fn set_lease(&mut self, lease: i64) {
+        if self.lease == Some(lease) {
+            return;
+        }
+        self.lease = Some(lease);
+        let tmp = self.lease_file.with_extension("tmp");
+        let written = std::fs::write(&tmp, format!("{lease}\n"))
+            .and_then(|()| std::fs::rename(&tmp, &self.lease_file));
+        if let Err(error) = written {
+            tracing::warn!(%error, file = %self.lease_file.display(), "cannot keep the lease id for the next daemon");
+        }
+    }
+}
+
+/// The lease of the last session if etcd still has it, else a new one.
+async fn lease_for(client: &mut Client, last: Option<i64>) -> anyhow::Result<i64> {
+    if let Some(lease) = last
+        && let Ok(alive) = client.lease_time_to_live(lease, None).await
+        && alive.ttl() > 0
+    {
+        return Ok(lease);
+    }
+    Ok(client.lease_grant(LEASE_TTL_SECS, None).await?.id())
+}
+
 async fn session(
     access: &StoreAccess,
+    endpoint: &str,
     me: &Identity,
     views: &mpsc::UnboundedSender<ClusterView>,
     requests: &mut mpsc::UnboundedReceiver<Request>,
-    held: &mut BTreeMap<String, Ipv4Net>,
-    names: &mut Vec<NameRecord>,
-    connected: impl FnOnce(),
+    kept: &mut Kept,
+    connected: impl FnOnce(i64),
 ) -> anyhow::Result<()> {
     // (The certificates, key and password as their files are now: renewed ones are used.)
     let options = access
@@ -256,11 +329,14 @@ async fn session(
         .with_timeout(CALL_DEADLINE)
         .with_keep_alive(KEEP_ALIVE.0, KEEP_ALIVE.1)
         .with_keep_alive_while_idle(true);
-    let mut client = Client::connect([&access.endpoint], Some(options)).await?;
-    let lease = client.lease_grant(LEASE_TTL_SECS, None).await?.id();
+    let mut client = Client::connect([endpoint], Some(options)).await?;
+    let lease = lease_for(&mut client, kept.lease).await?;
+    let resumed = kept.lease == Some(lease);
+    kept.set_lease(lease);
+    let Kept { held, names, .. } = kept;
     let (mut keeper, mut keep_alive) = deadline(client.lease_keep_alive(lease)).await??;
-    tracing::info!(store = access.url, lease, vtep = %me.vtep, "cluster store session started");
-    connected();
+    tracing::info!(store = access.url, member = endpoint, lease, resumed, vtep = %me.vtep, "cluster store session started");
+    connected(lease);
     publish(&mut client, lease, &[], names).await?;
     let mut warned = BTreeSet::new();
     let mut revision = sync(&mut client, me, lease, held, views, &mut warned).await?;
