@@ -13,7 +13,7 @@ fn an_overlay_network_is_defined_once_and_every_host_leases_a_block_until_it_die
     let mut etcd = Etcd::start(&underlay, "10.0.0.1");
     let a = host_on(&underlay, &etcd, 11);
     let mut b = host_on(&underlay, &etcd, 12);
-    let c = host_on(&underlay, &etcd, 13);
+    let mut c = host_on(&underlay, &etcd, 13);
 
     a.ok(&[
         "network",
@@ -176,6 +176,18 @@ fn an_overlay_network_is_defined_once_and_every_host_leases_a_block_until_it_die
         !peers(&a, "ovl").iter().any(|(_, v)| v == "10.0.0.12")
     });
     assert_eq!(peers(&c, "ovl").len(), 2);
+
+    // A host that shuts down (SIGTERM, no --live-restore) leaves at once: its lease is
+    // revoked, so the others drop it well before the 10 s TTL would.
+    c.stop_daemon();
+    eventually(3, "the stopped host to leave", || {
+        !peers(&a, "ovl").iter().any(|(_, v)| v == "10.0.0.13")
+    });
+    assert!(
+        c.daemon_log().contains("left the cluster"),
+        "{}",
+        c.daemon_log()
+    );
 }
 
 #[test]

@@ -415,6 +415,11 @@ async fn shut_down(
     tracing::info!("shutting down: stopping containers");
     // (The exit loop still runs: it reports the exits `stop_all` waits for.)
     stop_all(ctl).await;
+    // The other hosts stop routing to this one now, not when its lease would expire.
+    let cluster = ctl.lock().cluster();
+    if let Some(cluster) = cluster {
+        cluster.leave().await;
+    }
     loops.iter().for_each(|task| task.abort());
     ctl.run(Controller::teardown).await?;
     Ok(())

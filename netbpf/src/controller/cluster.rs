@@ -20,6 +20,11 @@ impl Controller {
         self.overlay.set_cluster(cluster);
     }
 
+    /// The handle on the cluster store session, if this host is in a cluster.
+    pub fn cluster(&self) -> Option<Cluster> {
+        self.overlay.cluster().cloned()
+    }
+
     /// The cluster store: where, how reached, how the session stands.
     pub fn cluster_store(&self) -> Option<crate::overlay::store::StoreFacts> {
         self.overlay.cluster().map(Cluster::facts)

@@ -69,6 +69,9 @@ enum Request {
     Remove(String, oneshot::Sender<Result<(), StoreError>>),
     /// This host's container names now (the whole set).
     Names(Vec<NameRecord>),
+    /// This host leaves the cluster (a full shutdown): its lease goes, and with it its
+    /// blocks and names; the session ends.
+    Leave(oneshot::Sender<()>),
 }
 
 /// How the session with the store stands (`netbpf info`).
@@ -183,6 +186,16 @@ impl Cluster {
         let _ = self.requests.send(Request::Names(names));
     }
 
+    /// Leaves the cluster at once (revokes the lease: the other hosts drop this host's
+    /// blocks and names now rather than when the lease would expire); best effort, within
+    /// [`ASK_DEADLINE`].
+    pub async fn leave(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.requests.send(Request::Leave(tx)).is_ok() {
+            let _ = tokio::time::timeout(ASK_DEADLINE, rx).await;
+        }
+    }
+
     /// Deletes a network's definition and every host's block of it.
     pub async fn remove_network(&self, name: &str) -> Result<(), StoreError> {
         self.ask(|tx| Request::Remove(name.to_owned(), tx)).await
@@ -266,6 +279,12 @@ async fn run(
                     let _ = reply.send(Err(StoreError::Unreachable(access.url.clone())));
                 }
                 Request::Names(wanted) => kept.names = wanted,
+                Request::Leave(reply) => {
+                    // (The lease expires by itself: etcd cannot be told.)
+                    kept.forget_lease();
+                    let _ = reply.send(());
+                    return;
+                }
             }
         }
     }
@@ -287,6 +306,11 @@ struct Kept {
 }
 
 impl Kept {
+    fn forget_lease(&mut self) {
+        self.lease = None;
+        let _ = std::fs::remove_file(&self.lease_file);
+    }
+
     fn set_lease(&mut self, lease: i64) {
         if self.lease == Some(lease) {
             return;
@@ -380,6 +404,15 @@ async fn session(
                     Request::Names(wanted) => {
                         publish(&mut client, lease, names, &wanted).await?;
                         *names = wanted;
+                    }
+                    Request::Leave(reply) => {
+                        if let Err(error) = deadline(client.lease_revoke(lease)).await {
+                            tracing::warn!(%error, lease, "cannot revoke the lease: this host's blocks go when it expires");
+                        }
+                        tracing::info!(lease, "left the cluster: this host's blocks and names are gone");
+                        kept.forget_lease();
+                        let _ = reply.send(());
+                        return Ok(());
                     }
                 }
             }
