@@ -73,7 +73,10 @@ fn a_dead_store_member_or_a_live_restore_changes_nothing_for_the_other_hosts() {
                 .code
                     == 0
             });
-            assert_eq!(a.json(&["info"])["cluster_store"]["connected"], true);
+            let store = &a.json(&["info"])["cluster_store"];
+            assert_eq!(store["connected"], true, "{store}");
+            let dead = format!("http://{}:2379", members[i].addr);
+            assert_ne!(store["member"], dead.as_str(), "{store}");
             assert_eq!((lease(&a), lease(&b)), leases, "member {i} dead");
             assert!(b.pings("cli", &srv), "member {i} dead: the tunnel stopped");
             members[i].resume();

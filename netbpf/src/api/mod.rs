@@ -390,6 +390,10 @@ pub struct ClusterStoreInfo {
     /// timetolive ID`); a new session, or the next daemon, takes it up again while it lives.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<String>,
+    /// The member of the store's cluster the session runs on (the next one is tried when
+    /// it fails).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
     /// Why the last session ended or could not start, and what may be missing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

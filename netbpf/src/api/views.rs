@@ -311,6 +311,7 @@ pub fn info(facts: DaemonFacts) -> DaemonInfo {
             connected: store.status.connected,
             since: store.status.since,
             lease: store.status.lease.map(|lease| format!("{lease:x}")),
+            member: store.status.member,
             error: store.status.error,
             hint: store.status.hint.map(str::to_owned),
         }),

@@ -86,6 +86,8 @@ pub struct SessionStatus {
     pub hint: Option<&'static str>,
     /// The lease this host's keys live under (as `etcdctl lease list` shows it, in hex).
     pub lease: Option<i64>,
+    /// The member of the store's cluster the session runs on.
+    pub member: Option<String>,
 }
 
 impl SessionStatus {
@@ -96,6 +98,7 @@ impl SessionStatus {
             error,
             hint,
             lease: None,
+            member: None,
         }
     }
 }
@@ -229,6 +232,7 @@ async fn run(
         let connected = |lease| {
             status.send_replace(SessionStatus {
                 lease: Some(lease),
+                member: Some(endpoint.clone()),
                 ..SessionStatus::now(true, None, None)
             });
         };
