@@ -91,6 +91,19 @@ pub struct SessionStatus {
 }
 
 impl SessionStatus {
+    /// A session ended or could not start (a store that stays away keeps the time it
+    /// went).
+    fn failed(&mut self, error: String, hint: Option<&'static str>, lease: Option<i64>) {
+        let since = (!self.connected).then(|| self.since.clone());
+        *self = Self {
+            lease,
+            ..Self::now(false, Some(error), hint)
+        };
+        if let Some(since) = since {
+            self.since = since;
+        }
+    }
+
     fn now(connected: bool, error: Option<String>, hint: Option<&'static str>) -> Self {
         Self {
             connected,
@@ -261,37 +274,48 @@ async fn run(
             error,
             "cluster store unreachable or session lost: overlay changes wait; retrying"
         );
-        status.send_modify(|now| {
-            // (A store that stays away keeps the time it went.)
-            let since = (!now.connected).then(|| now.since.clone());
-            *now = SessionStatus {
-                lease: kept.lease,
-                ..SessionStatus::now(false, Some(error), hint)
-            };
-            now.since = since.unwrap_or(now.since.clone());
-        });
+        status.send_modify(|now| now.failed(error, hint, kept.lease));
         if failed_in_a_row < members {
             // (Changes asked for meanwhile wait for the next member's session.)
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         }
-        let deadline = tokio::time::Instant::now() + RETRY;
-        // Changes asked for while no member answers are refused at once.
-        while let Ok(Some(request)) = tokio::time::timeout_at(deadline, requests.recv()).await {
-            match request {
-                Request::Create(_, reply) | Request::Remove(_, reply) => {
-                    let _ = reply.send(Err(StoreError::Unreachable(access.url.clone())));
-                }
-                Request::Names(wanted) => kept.names = wanted,
-                Request::Leave(reply) => {
-                    // (The lease expires by itself: etcd cannot be told.)
-                    kept.forget_lease();
-                    let _ = reply.send(());
-                    return;
-                }
+        if refuse_changes_for(RETRY, &mut requests, &mut kept, &access.url).await == Left::Yes {
+            return;
+        }
+    }
+}
+
+#[derive(PartialEq, Eq)]
+enum Left {
+    Yes,
+    No,
+}
+
+/// While no member answers: for `pause`, changes are refused at once (names are kept for
+/// the next session). Whether the host left the cluster meanwhile.
+async fn refuse_changes_for(
+    pause: Duration,
+    requests: &mut mpsc::UnboundedReceiver<Request>,
+    kept: &mut Kept,
+    url: &str,
+) -> Left {
+    let deadline = tokio::time::Instant::now() + pause;
+    while let Ok(Some(request)) = tokio::time::timeout_at(deadline, requests.recv()).await {
+        match request {
+            Request::Create(_, reply) | Request::Remove(_, reply) => {
+                let _ = reply.send(Err(StoreError::Unreachable(url.to_owned())));
+            }
+            Request::Names(wanted) => kept.names = wanted,
+            Request::Leave(reply) => {
+                // (The lease expires by itself: etcd cannot be told.)
+                kept.forget_lease();
+                let _ = reply.send(());
+                return Left::Yes;
             }
         }
     }
+    Left::No
 }
 
 /// What outlives one session with the store.
@@ -396,32 +420,54 @@ async fn session(
             }
             request = requests.recv() => {
                 let Some(request) = request else { return Ok(()) };
-                match request {
-                    // (No one waits any more: the asker's deadline passed.)
-                    Request::Create(_, reply) | Request::Remove(_, reply) if reply.is_closed() => {}
-                    Request::Create(spec, reply) => {
-                        let _ = reply.send(create(&mut client, &spec).await);
-                    }
-                    Request::Remove(name, reply) => {
-                        let _ = reply.send(remove(&mut client, &name).await);
-                    }
-                    Request::Names(wanted) => {
-                        publish(&mut client, lease, names, &wanted).await?;
-                        *names = wanted;
-                    }
-                    Request::Leave(reply) => {
-                        if let Err(error) = deadline(client.lease_revoke(lease)).await {
-                            tracing::warn!(%error, lease, "cannot revoke the lease: this host's blocks go when it expires");
-                        }
-                        tracing::info!(lease, "left the cluster: this host's blocks and names are gone");
-                        kept.forget_lease();
-                        let _ = reply.send(());
-                        return Ok(());
-                    }
+                if let Served::Left(reply) = serve(&mut client, lease, names, request).await? {
+                    kept.forget_lease();
+                    let _ = reply.send(());
+                    return Ok(());
                 }
             }
         }
     }
+}
+
+enum Served {
+    Done,
+    /// The host left the cluster; the leaver waits on this for the session's end.
+    Left(oneshot::Sender<()>),
+}
+
+/// One change the controller asked for, in a session under `lease`.
+async fn serve(
+    client: &mut Client,
+    lease: i64,
+    names: &mut Vec<NameRecord>,
+    request: Request,
+) -> anyhow::Result<Served> {
+    match request {
+        // (No one waits any more: the asker's deadline passed.)
+        Request::Create(_, reply) | Request::Remove(_, reply) if reply.is_closed() => {}
+        Request::Create(spec, reply) => {
+            let _ = reply.send(create(client, &spec).await);
+        }
+        Request::Remove(name, reply) => {
+            let _ = reply.send(remove(client, &name).await);
+        }
+        Request::Names(wanted) => {
+            publish(client, lease, names, &wanted).await?;
+            *names = wanted;
+        }
+        Request::Leave(reply) => {
+            if let Err(error) = deadline(client.lease_revoke(lease)).await {
+                tracing::warn!(%error, lease, "cannot revoke the lease: this host's blocks go when it expires");
+            }
+            tracing::info!(
+                lease,
+                "left the cluster: this host's blocks and names are gone"
+            );
+            return Ok(Served::Left(reply));
+        }
+    }
+    Ok(Served::Done)
 }
 
 /// `call` within [`CALL_DEADLINE`] (for what etcd-client's own request timeout does not
