@@ -16,6 +16,7 @@
 pub mod access;
 mod claim;
 pub mod plan;
+mod records;
 pub mod store;
 mod validate;
 
