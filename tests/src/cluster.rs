@@ -123,18 +123,10 @@ impl Etcd {
     }
 
     fn start_with(underlay: &Underlay, addr: &str, tls: bool) -> Self {
-        let ns = underlay.station("etcd", &format!("{addr}/24"));
-        let dir = std::env::temp_dir().join(format!("netbpf-test-{ns}"));
-        std::fs::create_dir_all(&dir).expect("etcd dir");
-        let mut etcd = Self {
-            ns,
-            addr: addr.to_owned(),
-            pki: tls.then(|| Pki::new(&dir.join("pki"), addr)),
-            dir,
-            child: None,
-            name: "test".into(),
-            members: format!("test=http://{addr}:2380"),
-        };
+        let mut etcd = Self::member(underlay, "etcd", addr, "test", "");
+        if tls {
+            etcd.pki = Some(Pki::new(&etcd.dir.join("pki"), addr));
+        }
         etcd.resume();
         etcd
     }
@@ -151,25 +143,33 @@ impl Etcd {
         let mut cluster: Vec<Self> = addrs
             .iter()
             .enumerate()
-            .map(|(i, addr)| {
-                let ns = underlay.station(&format!("etcd{i}"), &format!("{addr}/24"));
-                let dir = std::env::temp_dir().join(format!("netbpf-test-{ns}"));
-                std::fs::create_dir_all(&dir).expect("etcd dir");
-                Self {
-                    ns,
-                    addr: addr.to_string(),
-                    pki: None,
-                    dir,
-                    child: None,
-                    name: name(i),
-                    members: members.clone(),
-                }
-            })
+            .map(|(i, addr)| Self::member(underlay, &format!("etcd{i}"), addr, &name(i), &members))
             .collect();
         // (A member answers only once a quorum is up: start them all, then wait.)
         cluster.iter_mut().for_each(Self::spawn);
         cluster.iter().for_each(Self::wait_healthy);
         cluster
+    }
+
+    /// A member `name` at `addr` in a station of its own, not started; `members` as etcd's
+    /// `--initial-cluster` takes it (empty: this member alone).
+    fn member(underlay: &Underlay, station: &str, addr: &str, name: &str, members: &str) -> Self {
+        let ns = underlay.station(station, &format!("{addr}/24"));
+        let dir = std::env::temp_dir().join(format!("netbpf-test-{ns}"));
+        std::fs::create_dir_all(&dir).expect("etcd dir");
+        let members = match members {
+            "" => format!("{name}=http://{addr}:2380"),
+            all => all.to_owned(),
+        };
+        Self {
+            ns,
+            addr: addr.to_owned(),
+            pki: None,
+            dir,
+            child: None,
+            name: name.to_owned(),
+            members,
+        }
     }
 
     /// Every member's client URL, as one `--cluster-store` value.
@@ -190,6 +190,21 @@ impl Etcd {
         format!("{scheme}://{}:2379", self.addr)
     }
 
+    /// `--cacert`, `--cert`, `--key` for a TLS store (curl and etcdctl spell them alike).
+    fn client_certificate_args(&self) -> Vec<String> {
+        match &self.pki {
+            Some(pki) => vec![
+                "--cacert".into(),
+                pki.ca(),
+                "--cert".into(),
+                pki.file("client.pem"),
+                "--key".into(),
+                pki.file("client.key"),
+            ],
+            None => vec![],
+        }
+    }
+
     /// `curl` in the store's namespace, with the client certificate a TLS store wants.
     fn curl(&self, args: &[&str]) -> Command {
         let mut command = Command::new("nsenter");
@@ -199,11 +214,7 @@ impl Etcd {
             "--max-time",
             "2",
         ]);
-        if let Some(pki) = &self.pki {
-            command.args(["--cacert", &pki.ca()]);
-            command.args(["--cert", &pki.file("client.pem")]);
-            command.args(["--key", &pki.file("client.key")]);
-        }
+        command.args(self.client_certificate_args());
         command.args(args);
         command
     }
@@ -217,11 +228,7 @@ impl Etcd {
             "--endpoints",
             &self.client_url(),
         ]);
-        if let Some(pki) = &self.pki {
-            command.args(["--cacert", &pki.ca()]);
-            command.args(["--cert", &pki.file("client.pem")]);
-            command.args(["--key", &pki.file("client.key")]);
-        }
+        command.args(self.client_certificate_args());
         command
             .args(args)
             .output()

@@ -30,36 +30,40 @@ impl Dockerd {
     /// dockerd that finds it, and the busybox image (serving `page`) imported as `bb`.
     pub fn with_netbpf(page: &str, daemon_args: &[&str]) -> (TestHost, Dockerd) {
         let args = daemon_args.iter().map(|a| a.to_string()).collect();
-        Self::on_host(TestHost::bare(), page, args)
+        Self::on_host(TestHost::bare(), page, args, false)
     }
 
     /// [`Dockerd::with_netbpf`] with Docker's `--live-restore`: containers keep running
     /// while dockerd is down ([`Dockerd::restart_live`]).
     pub fn with_netbpf_live_restore(page: &str) -> (TestHost, Dockerd) {
-        let mut host = TestHost::bare();
-        let plugins = host.dir.join("plugins");
-        let socket = plugins.join("netbpf.sock");
-        host.start_daemon(&["--docker-plugin", socket.to_str().unwrap()]);
-        let dockerd = Self::start_in(host.dir.join("docker"), &plugins, &host.host_ns, None, true);
-        let tar = crate::image::busybox_tar(&host.dir, page);
-        dockerd.ok(&["import", tar.to_str().unwrap(), "bb"]);
-        (host, dockerd)
+        Self::on_host(TestHost::bare(), page, vec![], true)
     }
 
     /// [`Dockerd::with_netbpf`] for host `10.0.0.<n>` of a cluster.
     pub fn on_cluster(underlay: &Underlay, etcd: &Etcd, n: u8, page: &str) -> (TestHost, Dockerd) {
         let host = TestHost::bare();
         let args = crate::cluster::cluster_args(underlay, etcd, &host, n);
-        Self::on_host(host, page, args)
+        Self::on_host(host, page, args, false)
     }
 
-    fn on_host(mut host: TestHost, page: &str, daemon_args: Vec<String>) -> (TestHost, Dockerd) {
+    fn on_host(
+        mut host: TestHost,
+        page: &str,
+        daemon_args: Vec<String>,
+        live_restore: bool,
+    ) -> (TestHost, Dockerd) {
         let plugins = host.dir.join("plugins");
         let socket = plugins.join("netbpf.sock");
         let mut args = vec!["--docker-plugin", socket.to_str().unwrap()];
         args.extend(daemon_args.iter().map(String::as_str));
         host.start_daemon(&args);
-        let dockerd = Dockerd::start(&host, &plugins);
+        let dockerd = Self::start_in(
+            host.dir.join("docker"),
+            &plugins,
+            &host.host_ns,
+            None,
+            live_restore,
+        );
         let tar = crate::image::busybox_tar(&host.dir, page);
         dockerd.ok(&["import", tar.to_str().unwrap(), "bb"]);
         (host, dockerd)

@@ -10,6 +10,7 @@ use netbpf_tests::{
     TestHost,
     cluster::{Etcd, Underlay, create_overlay, host_on, peers},
     host::netbpf_bin,
+    hostile::sleeper,
 };
 
 /// `netbpf ps` answers within a second.
@@ -29,17 +30,7 @@ fn a_partitioned_store_fails_changes_in_time_and_never_holds_up_the_api() {
     let etcd = Etcd::start(&underlay, "10.0.0.250");
     let a = host_on(&underlay, &etcd, 1);
     create_overlay(&[&a], "10.150.0.0/16", &[]);
-    a.ok(&[
-        "run",
-        "-d",
-        "--name",
-        "c",
-        "--network",
-        "ovl",
-        "--",
-        "sleep",
-        "600",
-    ]);
+    sleeper(&a, "c", "ovl");
 
     etcd.partition();
     // A change that needs the store, in the background, while the API keeps answering.
@@ -116,17 +107,7 @@ fn a_host_whose_block_was_taken_while_it_was_away_never_advertises_another() {
     let mut a = host_on(&underlay, &etcd, 1);
     let b = host_on(&underlay, &etcd, 2);
     create_overlay(&[&a, &b], "10.153.0.0/16", &[]);
-    a.ok(&[
-        "run",
-        "-d",
-        "--name",
-        "c",
-        "--network",
-        "ovl",
-        "--",
-        "sleep",
-        "600",
-    ]);
+    sleeper(&a, "c", "ovl");
     let block_of_a = |view: &[(String, String)]| {
         view.iter()
             .filter(|(_, vtep)| vtep == "10.0.0.1")
@@ -180,28 +161,8 @@ fn records_from_the_store_are_checked_before_they_count() {
         "/netbpf/v1/networks/evil",
         r#"{"id":"abc","name":"evil","subnet":"10.155.0.0/16","vni":99,"port":4789,"created":""}"#,
     );
-    b.ok(&[
-        "run",
-        "-d",
-        "--name",
-        "web",
-        "--network",
-        "ovl",
-        "--",
-        "sleep",
-        "600",
-    ]);
-    a.ok(&[
-        "run",
-        "-d",
-        "--name",
-        "client",
-        "--network",
-        "ovl",
-        "--",
-        "sleep",
-        "600",
-    ]);
+    sleeper(&b, "web", "ovl");
+    sleeper(&a, "client", "ovl");
     let web_ip = b.ip_of("web", "ovl");
     // A name for web's address from a host that holds no block: a forgery.
     etcd.put_raw(

@@ -6,6 +6,7 @@ use netbpf_tests::{
     TestHost,
     cluster::{Etcd, Underlay, cluster_args, create_overlay, host_with},
     eventually,
+    hostile::sleeper,
 };
 
 fn etcdctl_ok(etcd: &Etcd, args: &[&str]) -> String {
@@ -91,17 +92,7 @@ fn a_tls_store_is_reached_only_with_its_ca_a_client_certificate_and_the_password
     assert_eq!(store["tls"], true, "{store}");
     assert_eq!(store["user"], "root", "{store}");
     assert_eq!(store["connected"], true, "{store}");
-    a.ok(&[
-        "run",
-        "-d",
-        "--name",
-        "c",
-        "--network",
-        "ovl",
-        "--",
-        "sleep",
-        "600",
-    ]);
+    sleeper(&a, "c", "ovl");
     let keys = etcdctl_ok(
         &etcd,
         &[

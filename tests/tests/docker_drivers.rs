@@ -33,6 +33,20 @@ fn host_links(host: &TestHost, prefixes: &[&str]) -> Vec<String> {
         .collect()
 }
 
+/// The page of `target` (an address or a name), fetched by a new container on `network`.
+fn fetch_on(dockerd: &Dockerd, network: &str, target: &str) -> String {
+    dockerd.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        network,
+        "bb",
+        "sh",
+        "-c",
+        &image::http_get(target),
+    ])
+}
+
 /// Whether a client in the LAN namespace fetches the page of `ip`.
 fn lan_fetches(lan: &str, ip: &str) -> bool {
     let mut curl = std::process::Command::new("ip");
@@ -226,16 +240,7 @@ fn docker_networks_and_their_containers_come_back_after_a_dockerd_restart() {
     );
     // The network still takes new containers and goes away when asked.
     let ip = ip_on(&dockerd, "web", "nb");
-    let page = dockerd.ok(&[
-        "run",
-        "--rm",
-        "--network",
-        "nb",
-        "bb",
-        "sh",
-        "-c",
-        &image::http_get(&ip),
-    ]);
+    let page = fetch_on(&dockerd, "nb", &ip);
     assert!(page.contains("after a restart"), "{page}");
     dockerd.ok(&["rm", "-f", "web"]);
     dockerd.ok(&["network", "rm", "nb"]);
@@ -284,16 +289,7 @@ fn containers_on_netbpf_keep_serving_through_a_live_restore_dockerd_restart() {
 
     // The restored dockerd still drives netbpf: a new container joins and finds `web` by
     // name (Docker's DNS), and removing both leaves nothing.
-    let page = dockerd.ok(&[
-        "run",
-        "--rm",
-        "--network",
-        "nb",
-        "bb",
-        "sh",
-        "-c",
-        &image::http_get("web"),
-    ]);
+    let page = fetch_on(&dockerd, "nb", "web");
     assert!(page.contains("live restore"), "{page}");
     dockerd.ok(&["rm", "-f", "web"]);
     assert!(!host.ok(&["ps", "-a"]).contains("docker-ep-"));

@@ -106,7 +106,7 @@ async fn info(State(ctl): State<Shared>) -> ApiResult<super::DaemonInfo> {
             tracked_flows: c.tracked_flows(),
             ids: c.datapath_ids(),
             unreconciled: c.unreconciled().to_vec(),
-            cluster_store: c.cluster_store(),
+            cluster_store: c.cluster().map(|store| store.facts()),
         }))
     })
     .await

@@ -106,12 +106,15 @@ pub fn start_cluster(
     ctl: &Shared,
 ) -> tokio::task::JoinHandle<()> {
     let (views_tx, mut views) = mpsc::unbounded_channel();
-    // The blocks this host's overlay networks have: it asks for the same ones again.
-    let held = ctl.lock().overlay_blocks();
-    // ...and takes up its lease again while etcd still has it.
-    let lease_file = ctl.lock().config().state_dir.join("cluster-lease");
-    let cluster = overlay::store::Cluster::start(access, me, views_tx, held, lease_file);
-    ctl.lock().set_cluster(cluster);
+    {
+        let mut c = ctl.lock();
+        // The blocks this host's overlay networks have: it asks for the same ones again,
+        // and takes up its lease again while etcd still has it.
+        let held = c.overlay_blocks();
+        let lease_file = c.config().state_dir.join("cluster-lease");
+        let cluster = overlay::store::Cluster::start(access, me, views_tx, held, lease_file);
+        c.set_cluster(cluster);
+    }
     let ctl = ctl.clone();
     tokio::spawn(async move {
         while let Some(view) = views.recv().await {

@@ -25,11 +25,6 @@ impl Controller {
         self.overlay.cluster().cloned()
     }
 
-    /// The cluster store: where, how reached, how the session stands.
-    pub fn cluster_store(&self) -> Option<crate::overlay::store::StoreFacts> {
-        self.overlay.cluster().map(Cluster::facts)
-    }
-
     /// This host's block of each overlay network it has joined (from its state, so they
     /// survive restarts).
     pub fn overlay_blocks(&self) -> std::collections::BTreeMap<String, ipnet::Ipv4Net> {

@@ -275,42 +275,35 @@ async fn run(
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         }
-        if refuse_changes_for(RETRY, &mut requests, &mut kept, &access.url).await == Left::Yes {
+        if let Served::Left(reply) =
+            refuse_changes_for(RETRY, &mut requests, &mut kept.names, &access.url).await
+        {
+            // (The lease expires by itself: etcd cannot be told.)
+            kept.left(reply);
             return;
         }
     }
 }
 
-#[derive(PartialEq, Eq)]
-enum Left {
-    Yes,
-    No,
-}
-
 /// While no member answers: for `pause`, changes are refused at once (names are kept for
-/// the next session). Whether the host left the cluster meanwhile.
+/// the next session).
 async fn refuse_changes_for(
     pause: Duration,
     requests: &mut mpsc::UnboundedReceiver<Request>,
-    kept: &mut Kept,
+    names: &mut Vec<NameRecord>,
     url: &str,
-) -> Left {
+) -> Served {
     let deadline = tokio::time::Instant::now() + pause;
     while let Ok(Some(request)) = tokio::time::timeout_at(deadline, requests.recv()).await {
         match request {
             Request::Create(_, reply) | Request::Remove(_, reply) => {
                 let _ = reply.send(Err(StoreError::Unreachable(url.to_owned())));
             }
-            Request::Names(wanted) => kept.names = wanted,
-            Request::Leave(reply) => {
-                // (The lease expires by itself: etcd cannot be told.)
-                kept.forget_lease();
-                let _ = reply.send(());
-                return Left::Yes;
-            }
+            Request::Names(wanted) => *names = wanted,
+            Request::Leave(reply) => return Served::Left(reply),
         }
     }
-    Left::No
+    Served::Done
 }
 
 /// What outlives one session with the store.
@@ -329,9 +322,12 @@ struct Kept {
 }
 
 impl Kept {
-    fn forget_lease(&mut self) {
+    /// The host left the cluster: no lease for the next daemon, and the leaver hears
+    /// back only then.
+    fn left(&mut self, reply: oneshot::Sender<()>) {
         self.lease = None;
         let _ = std::fs::remove_file(&self.lease_file);
+        let _ = reply.send(());
     }
 
     fn set_lease(&mut self, lease: i64) {
@@ -416,8 +412,7 @@ async fn session(
             request = requests.recv() => {
                 let Some(request) = request else { return Ok(()) };
                 if let Served::Left(reply) = serve(&mut client, lease, names, request).await? {
-                    kept.forget_lease();
-                    let _ = reply.send(());
+                    kept.left(reply);
                     return Ok(());
                 }
             }
@@ -425,9 +420,10 @@ async fn session(
     }
 }
 
+/// What came of the changes asked for.
 enum Served {
     Done,
-    /// The host left the cluster; the leaver waits on this for the session's end.
+    /// The host leaves the cluster; the leaver waits on this for the session's end.
     Left(oneshot::Sender<()>),
 }
 
