@@ -19,7 +19,8 @@ use crate::{
 #[derive(clap::Args, Debug, Clone)]
 pub struct ClusterArgs {
     /// The cluster store for overlay networks: etcd://HOST:PORT, or etcds://HOST:PORT for
-    /// TLS (the server's certificate checked against --cluster-ca, else the system's roots).
+    /// TLS (the server's certificate checked against --cluster-ca, else the system's roots);
+    /// every member of an etcd cluster comma-separated (etcd://m1:2379,m2:2379,m3:2379).
     #[arg(long)]
     pub cluster_store: Option<String>,
     /// The CA certificate(s), PEM, that the store's server certificate must chain to.
