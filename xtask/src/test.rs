@@ -32,6 +32,10 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         is_root(),
         "the integration tests need root: run `sudo -E cargo xtask test`"
     );
+    // The Docker tests drive a real dockerd (Debian's docker.io), one of the benchmark's
+    // packages: on a fresh machine they must be there before the first test, not only before
+    // the quick benchmark run at the end.
+    setup::bench()?;
     let previous = upgrade::previous_release()?;
     sh("cargo", &["build", "--package", "netbpf"], &[])?;
     let bin = root().join("target/debug/netbpf");

@@ -4,6 +4,7 @@
 mod contender;
 mod docker;
 mod overlay;
+mod packet_socket;
 mod pps;
 mod profile;
 mod report;

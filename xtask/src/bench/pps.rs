@@ -5,7 +5,8 @@
 //!
 //! The generator is `bench_generate` (netbpf-ebpf's `netbpf-bench` object) run through
 //! BPF_PROG_TEST_RUN in live-frames mode: the kernel turns its XDP_TX into a transmit on the
-//! context's interface, the client end of the uplink veth, in batches of 64.
+//! context's interface, the client end of the uplink veth, in batches of 64. A kernel that
+//! refuses live frames gets the same frames from an AF_PACKET socket ([`packet_socket`]).
 
 use std::{
     fs::File,
@@ -27,6 +28,7 @@ use aya::{
 
 use super::{
     contender::{Contender, Kind, SINK_PORT},
+    packet_socket,
     topology::{CLIENT_IP, HOST_IP, link_info},
 };
 use crate::root;
@@ -169,6 +171,16 @@ fn ipv4(text: &str) -> anyhow::Result<[u8; 4]> {
 /// The generator, the pass program and the sink, loaded once for the whole run.
 pub struct Generator {
     ebpf: Ebpf,
+    source: Source,
+}
+
+/// Where the frames come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// `bench_generate` through BPF_PROG_RUN's live-frames mode.
+    LiveFrames,
+    /// An AF_PACKET socket: the kernel refused live frames.
+    PacketSocket,
 }
 
 impl Generator {
@@ -177,7 +189,10 @@ impl Generator {
         for name in ["bench_generate", "bench_pass", "bench_sink"] {
             xdp(&mut ebpf, name).load()?;
         }
-        Ok(Self { ebpf })
+        Ok(Self {
+            ebpf,
+            source: Source::LiveFrames,
+        })
     }
 
     fn sink_count(&self) -> anyhow::Result<u64> {
@@ -220,28 +235,20 @@ impl Generator {
 
         let before = self.sink_count()?;
         let generator = xdp(&mut self.ebpf, "bench_generate");
+        let period = Duration::from_secs(u64::from(duration));
+        let mut source = self.source;
         let (generated, elapsed) = in_netns(client, true, || {
-            // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
-            // egress_ifindex.
-            let mut ctx = [0u8; 24];
-            ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-            ctx[12..16].copy_from_slice(&client_ifindex.to_ne_bytes());
-            let started = Instant::now();
-            let mut generated = 0u64;
-            while started.elapsed() < Duration::from_secs(u64::from(duration)) {
-                generator
-                    .test_run(TestRunOptions {
-                        data_in: Some(&frame),
-                        ctx_in: Some(&ctx),
-                        repeat: FRAMES_PER_CALL,
-                        attrs: TestRunAttrs::new().xdp_live_frames(64),
-                        ..TestRunOptions::new()
-                    })
-                    .context("live-frames test run")?;
-                generated += u64::from(FRAMES_PER_CALL);
+            if source == Source::LiveFrames {
+                match live_frames(generator, &frame, client_ifindex, period)? {
+                    Some(sent) => return Ok(sent),
+                    None => source = Source::PacketSocket,
+                }
             }
-            Ok((generated, started.elapsed().as_secs_f64()))
+            let started = Instant::now();
+            let sent = packet_socket::send(&frame, client_ifindex, period)?;
+            Ok((sent, started.elapsed().as_secs_f64()))
         })?;
+        self.source = source;
         // Let the last batches drain.
         std::thread::sleep(Duration::from_millis(100));
         let delivered = self.sink_count()? - before;
@@ -281,6 +288,64 @@ impl Generator {
         }
     }
 }
+
+/// Runs `bench_generate` in live-frames mode on `ifindex` for `period`: (frames generated,
+/// seconds taken), or `None` if the kernel refuses the mode at the first call.
+fn live_frames(
+    generator: &mut Xdp,
+    frame: &[u8],
+    ifindex: u32,
+    period: Duration,
+) -> anyhow::Result<Option<(u64, f64)>> {
+    // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+    // egress_ifindex.
+    let mut ctx = [0u8; 24];
+    ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+    let started = Instant::now();
+    let mut generated = 0u64;
+    while started.elapsed() < period {
+        let run = generator.test_run(TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: Some(&ctx),
+            repeat: FRAMES_PER_CALL,
+            attrs: TestRunAttrs::new().xdp_live_frames(64),
+            ..TestRunOptions::new()
+        });
+        match run {
+            Ok(_) => generated += u64::from(FRAMES_PER_CALL),
+            Err(e) if generated == 0 && refused(&e) => {
+                eprintln!(
+                    "bench: the kernel refuses BPF_PROG_RUN's live-frames mode ({}); \
+                     the per-packet run sends from an AF_PACKET socket instead",
+                    anyhow::Error::from(e).root_cause()
+                );
+                return Ok(None);
+            }
+            Err(e) => return Err(anyhow::Error::from(e).context("live-frames test run")),
+        }
+    }
+    Ok(Some((generated, started.elapsed().as_secs_f64())))
+}
+
+/// Whether a test run failed because the kernel does not allow or know the mode, not
+/// because of what was asked.
+fn refused(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.raw_os_error(),
+                Some(libc::EPERM | libc::EOPNOTSUPP | ENOTSUPP)
+            );
+        }
+        cause = e.source();
+    }
+    false
+}
+
+/// The kernel's internal "operation not supported" (524), which bpf(2) lets through.
+const ENOTSUPP: i32 = 524;
 
 fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut Xdp {
     ebpf.program_mut(name)
