@@ -262,7 +262,7 @@ fn measure(
                 scenario,
                 true,
                 c,
-                &["delivered pps", "delivered %"],
+                &[generator.rate_metric(), "delivered %"],
                 &[pps, delivered],
             );
         }

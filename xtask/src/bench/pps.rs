@@ -195,6 +195,15 @@ impl Generator {
         })
     }
 
+    /// The metric the delivered rate is reported under: the sender is part of the path, so
+    /// rates from the two generators are never mixed in one table.
+    pub fn rate_metric(&self) -> &'static str {
+        match self.source {
+            Source::LiveFrames => "delivered pps",
+            Source::PacketSocket => "delivered pps (AF_PACKET sender)",
+        }
+    }
+
     fn sink_count(&self) -> anyhow::Result<u64> {
         let map: PerCpuArray<_, u64> =
             PerCpuArray::try_from(self.ebpf.map("BENCH_SINK_PACKETS").context("sink map")?)?;
